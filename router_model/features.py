@@ -1,0 +1,145 @@
+"""Feature sets, category codes and the label mapping: the single source of truth.
+
+Every other module takes column names, routes, labels and code domains from here. The data set
+(Kaggle ``prishasawhney/mushroom-dataset``, file ``mushroom_cleaned.csv``) is label-encoded: the
+categorical columns hold small integer codes and ``season`` holds one of four floats.
+
+Label mapping: ``class`` 1 means **poisonous**, 0 means **edible**. Every probability this project
+reports as ``poisonous_probability`` is P(class == 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+TARGET = "class"
+
+NAIVE_BAYES = "naive_bayes"
+LOGISTIC_REGRESSION = "logistic_regression"
+ROUTES: tuple[str, ...] = (NAIVE_BAYES, LOGISTIC_REGRESSION)
+AUTO = "auto"
+
+#: Canonical (hyphenated) feature names of each route, in the order the sub-models see them.
+ROUTE_FEATURES: Mapping[str, tuple[str, ...]] = {
+    NAIVE_BAYES: ("cap-diameter", "cap-shape", "gill-attachment", "gill-color"),
+    LOGISTIC_REGRESSION: ("stem-height", "stem-width", "stem-color", "season"),
+}
+NB_FEATURES = ROUTE_FEATURES[NAIVE_BAYES]
+LR_FEATURES = ROUTE_FEATURES[LOGISTIC_REGRESSION]
+ALL_FEATURES: tuple[str, ...] = NB_FEATURES + LR_FEATURES
+
+#: Continuous measurements: any finite number >= 0.
+NUMERIC_FEATURES: tuple[str, ...] = ("cap-diameter", "stem-height", "stem-width")
+
+#: Label-encoded categorical columns: integer codes 0..n-1.
+CATEGORY_CARDINALITY: Mapping[str, int] = {
+    "cap-shape": 7,
+    "gill-attachment": 7,
+    "gill-color": 12,
+    "stem-color": 13,
+}
+
+#: ``season`` is label-encoded as one of these four floats (as they appear in the data set).
+SEASON = "season"
+SEASON_VALUES: tuple[float, ...] = (
+    0.027372133055605714,
+    0.8884502877862838,
+    0.9431945538974952,
+    1.8042727086281731,
+)
+#: Two season values closer than this are the same season (CSV round trips lose the last digits).
+SEASON_TOLERANCE = 1e-6
+
+LABEL_EDIBLE = 0
+LABEL_POISONOUS = 1
+LABELS: Mapping[int, str] = {LABEL_EDIBLE: "edible", LABEL_POISONOUS: "poisonous"}
+
+#: Output columns of the router, in order.
+OUTPUT_COLUMNS: tuple[str, ...] = ("prediction", "probability", "poisonous_probability", "model")
+
+DEFAULT_THRESHOLD = 0.5
+
+_CANONICAL = {name.replace("-", "_"): name for name in ALL_FEATURES + (TARGET,)}
+
+
+def canonical_name(column: object) -> object:
+    """Return the canonical hyphenated spelling of a known column, else the column unchanged.
+
+    ``stem_height``, ``stem-height`` and `` Stem-Height `` all map to ``stem-height``.
+
+    Args:
+        column: A column label from user input.
+
+    Returns:
+        The canonical feature name, or ``column`` itself when it is not a known feature.
+    """
+    if not isinstance(column, str):
+        return column
+    key = column.strip().lower().replace("-", "_")
+    return _CANONICAL.get(key, column)
+
+
+def canonical_columns(columns: Iterable[object]) -> dict[str, list[object]]:
+    """Group input columns by the known feature they spell.
+
+    Args:
+        columns: Column labels as given.
+
+    Returns:
+        A mapping from canonical feature name to the input labels that spell it, in input order.
+        Columns that spell no known feature are left out.
+    """
+    groups: dict[str, list[object]] = {}
+    for column in columns:
+        name = canonical_name(column)
+        if name in _CANONICAL.values():
+            groups.setdefault(name, []).append(column)
+    return groups
+
+
+def season_codes(values: np.ndarray) -> np.ndarray:
+    """Map season floats to codes 0-3; values that are no known season map to -1.
+
+    Args:
+        values: Season values as floats (NaN allowed, maps to -1).
+
+    Returns:
+        An int array of the same shape.
+    """
+    known = np.asarray(SEASON_VALUES)
+    values = np.asarray(values, dtype=float)
+    distance = np.abs(values[..., None] - known)
+    with np.errstate(invalid="ignore"):
+        nearest = np.argmin(np.where(np.isnan(distance), np.inf, distance), axis=-1)
+        ok = np.take_along_axis(distance, nearest[..., None], axis=-1)[..., 0] <= SEASON_TOLERANCE
+    return np.where(ok, nearest, -1)
+
+
+def expected_values(column: str) -> str:
+    """Describe the values a feature column accepts, for error messages.
+
+    Args:
+        column: A canonical feature name.
+
+    Returns:
+        A short human-readable description.
+    """
+    if column in CATEGORY_CARDINALITY:
+        return f"an integer code 0-{CATEGORY_CARDINALITY[column] - 1}"
+    if column == SEASON:
+        return "one of the season codes " + ", ".join(repr(v) for v in SEASON_VALUES)
+    return "a finite number >= 0"
+
+
+def example_rows() -> list[dict[str, float]]:
+    """Two example inputs, one per feature set (the logged input example and the README's curl).
+
+    Returns:
+        Records with canonical names; each row gives only its own route's features.
+    """
+    return [
+        {"cap-diameter": 1372, "cap-shape": 2, "gill-attachment": 2, "gill-color": 10},
+        {"stem-height": 3.81, "stem-width": 1545, "stem-color": 11, "season": SEASON_VALUES[3]},
+    ]

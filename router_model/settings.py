@@ -1,0 +1,96 @@
+"""Names and settings: the registered model, its aliases, and everything read from the environment.
+
+Every setting is read when it is used, never at import, so a test or a DAG task can change the
+environment first. Defaults keep a fresh clone working offline: a SQLite tracking store and an
+artifact folder inside the project home.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+MODEL_NAME = "mushroom-router"
+EXPERIMENT_NAME = "mushroom-router"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+KAGGLE_DATASET = "prishasawhney/mushroom-dataset"
+KAGGLE_FILE = "mushroom_cleaned.csv"
+
+DEFAULT_SERVE_HOST = "127.0.0.1"
+DEFAULT_SERVE_PORT = 5001
+
+#: Held-out share and seed of the train/test split (the original project's 80/20, seed 42).
+TEST_SIZE = 0.2
+SPLIT_SEED = 42
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """Read an environment variable, treating an empty value as unset.
+
+    Args:
+        name: Variable name.
+        default: Returned when the variable is unset or empty.
+
+    Returns:
+        The value or ``default``.
+    """
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def home() -> Path:
+    """The project home: ``MUSHROOM_HOME``, else the source checkout, else the working directory.
+
+    Returns:
+        An absolute path; the local tracking store, artifacts and data cache live below it.
+    """
+    configured = env("MUSHROOM_HOME")
+    if configured:
+        return Path(configured).expanduser().resolve()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():
+        return checkout
+    return Path.cwd().resolve()
+
+
+def tracking_uri() -> str:
+    """The MLflow tracking URI: ``MLFLOW_TRACKING_URI``, else a SQLite file in the project home."""
+    return env("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def artifact_location() -> str | None:
+    """Where a new experiment stores artifacts when the tracking store is the local default.
+
+    Returns:
+        ``MUSHROOM_ARTIFACT_ROOT``; else, for a local store (SQLite or files), a folder in the
+        project home (MLflow would otherwise use ``./mlruns`` wherever it runs); else ``None``,
+        and the tracking server decides.
+    """
+    configured = env("MUSHROOM_ARTIFACT_ROOT")
+    if configured:
+        return configured
+    if tracking_uri().split(":", 1)[0] in ("http", "https", "databricks"):
+        return None
+    return (home() / "mlartifacts").as_uri()
+
+
+def data_dir() -> Path:
+    """Cache folder for downloaded and generated data (gitignored)."""
+    return Path(env("MUSHROOM_DATA_DIR") or home() / "data")
+
+
+def data_path() -> str | None:
+    """An explicit training-data path from ``MUSHROOM_DATA``, if set."""
+    return env("MUSHROOM_DATA")
+
+
+def model_uri(alias: str = CHAMPION) -> str:
+    """The registry URI of the router under ``alias``, overridable with ``MUSHROOM_MODEL_URI``."""
+    return env("MUSHROOM_MODEL_URI") or f"models:/{MODEL_NAME}@{alias}"
+
+
+def experiment_name() -> str:
+    """The MLflow experiment for training runs (``MUSHROOM_EXPERIMENT``)."""
+    return env("MUSHROOM_EXPERIMENT", EXPERIMENT_NAME) or EXPERIMENT_NAME

@@ -1,0 +1,204 @@
+"""Turn user input into a clean feature matrix, or fail with a message that names the bad value.
+
+The router, batch scoring and training-data validation all go through :func:`feature_matrix`:
+columns may be spelled with hyphens or underscores, a missing value (absent column, ``None``,
+``NaN``) means "not given", and anything else that is not a finite, in-domain number is refused
+with an :class:`InvalidInputError` naming the row, the column, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from router_model import features as F
+
+_logger = logging.getLogger(__name__)
+
+_REAL_TYPES = (int, float, np.integer, np.floating)
+_BOOL_TYPES = (bool, np.bool_)
+
+
+class InvalidInputError(ValueError):
+    """Input that the router cannot score; the message says where and why.
+
+    Attributes:
+        row: 0-based position of the first offending row, when one row is to blame.
+        column: The offending column as the user spelled it, when one column is to blame.
+    """
+
+    def __init__(self, message: str, *, row: int | None = None, column: object = None) -> None:
+        super().__init__(message)
+        self.row = row
+        self.column = column
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"the string {shown!r}"
+    if isinstance(value, _BOOL_TYPES):
+        return f"the boolean {bool(value)!r}"
+    if isinstance(value, (dict, list, tuple)):
+        return f"a {type(value).__name__}"
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        value = int(value)
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _fail(rows: np.ndarray, column: object, values: Sequence[object], why: str) -> None:
+    first = int(rows[0])
+    more = f" ({len(rows) - 1} more row(s) have the same problem)" if len(rows) > 1 else ""
+    raise InvalidInputError(
+        f"row {first}, column {column!r}: got {_describe(values[first])}; {why}{more}",
+        row=first,
+        column=column,
+    )
+
+
+def column_values(series: pd.Series, column: object, expected: str) -> np.ndarray:
+    """Convert one input column to float64 with NaN for "not given".
+
+    Args:
+        series: The column as the user gave it.
+        column: Its label, for error messages.
+        expected: What the column accepts, for error messages.
+
+    Returns:
+        A float64 array.
+
+    Raises:
+        InvalidInputError: On a boolean, string or other non-numeric value, or on +/-inf.
+    """
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        given = series.notna().to_numpy()
+        _fail(np.flatnonzero(given), column, series.to_numpy(dtype=object), f"expected {expected}")
+    if pd.api.types.is_numeric_dtype(dtype):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        values = _object_values(series.to_numpy(dtype=object), column, expected)
+    inf = np.flatnonzero(np.isinf(values))
+    if len(inf):
+        _fail(inf, column, values, f"expected {expected}, not an infinite value")
+    return values
+
+
+def _object_values(raw: np.ndarray, column: object, expected: str) -> np.ndarray:
+    """Numbers from a column of mixed Python objects (JSON input, or CSV text columns).
+
+    Numeric strings are numbers (a CSV column with one bad cell arrives as text, and its good
+    cells must not be blamed); booleans, other strings, lists and dicts are refused.
+    """
+    missing = pd.isna(raw)
+    values = np.full(len(raw), np.nan)
+    real = np.fromiter(
+        (isinstance(v, _REAL_TYPES) and not isinstance(v, _BOOL_TYPES) for v in raw), dtype=bool, count=len(raw)
+    )
+    text = np.fromiter((isinstance(v, str) for v in raw), dtype=bool, count=len(raw)) & ~missing
+    bad = ~real & ~text & ~missing
+    try:
+        values[real] = np.asarray([float(v) for v in raw[real]], dtype=np.float64)
+    except OverflowError:  # an integer beyond float range
+        limit = int(np.finfo(np.float64).max)
+        too_big = [i for i in np.flatnonzero(real) if isinstance(raw[i], int) and abs(raw[i]) > limit]
+        _fail(np.asarray(too_big), column, raw, f"expected {expected}, not a number beyond float range")
+    if text.any():
+        parsed = pd.to_numeric(pd.Series(raw[text], dtype=object).str.strip(), errors="coerce").to_numpy(float)
+        values[text] = parsed
+        unparsed = np.isnan(parsed) & ~pd.Series(raw[text]).str.strip().str.lower().isin(["nan", ""]).to_numpy()
+        bad[np.flatnonzero(text)[unparsed]] = True
+    rows = np.flatnonzero(bad)
+    if len(rows):
+        _fail(rows, column, raw, f"expected {expected}")
+    return values
+
+
+def _check_domain(values: np.ndarray, column: str, label: object) -> None:
+    given = ~np.isnan(values)
+    expected = F.expected_values(column)
+    if column in F.CATEGORY_CARDINALITY:
+        n = F.CATEGORY_CARDINALITY[column]
+        bad = given & ((values != np.round(values)) | (values < 0) | (values > n - 1))
+    elif column == F.SEASON:
+        bad = given & (F.season_codes(values) < 0)
+    else:
+        bad = given & (values < 0)
+    rows = np.flatnonzero(bad)
+    if len(rows):
+        _fail(rows, label, values, f"expected {expected}")
+
+
+def feature_matrix(frame: pd.DataFrame) -> np.ndarray:
+    """Validate input and return its features as a float64 matrix in ``ALL_FEATURES`` order.
+
+    Columns are matched by canonical name (``stem_height`` is ``stem-height``); unknown columns
+    are ignored. When both spellings of a feature are present (a JSON batch whose records spell
+    it differently), each row takes the one it gives; a row that gives both with different
+    values is refused.
+
+    Args:
+        frame: Input rows.
+
+    Returns:
+        An ``(n_rows, len(ALL_FEATURES))`` float64 array, NaN where a value is not given.
+
+    Raises:
+        InvalidInputError: If any given value is non-numeric, boolean, infinite or out of its
+            column's domain.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise InvalidInputError(
+            f"expected a table of rows with named columns, got {type(frame).__name__}"
+        )
+    if frame.columns.has_duplicates:
+        dup = frame.columns[frame.columns.duplicated()][0]
+        raise InvalidInputError(f"column {dup!r} is given twice", column=dup)
+    matrix = np.full((len(frame), len(F.ALL_FEATURES)), np.nan)
+    groups = F.canonical_columns(frame.columns)
+    for j, name in enumerate(F.ALL_FEATURES):
+        expected = F.expected_values(name)
+        merged: np.ndarray | None = None
+        for label in groups.get(name, ()):
+            values = column_values(frame[label], label, expected)
+            _check_domain(values, name, label)
+            if merged is None:
+                merged = values
+                continue
+            clash = np.flatnonzero(~np.isnan(merged) & ~np.isnan(values) & (merged != values))
+            if len(clash):
+                spellings = " and ".join(repr(s) for s in groups[name])
+                raise InvalidInputError(
+                    f"row {int(clash[0])}: {spellings} spell the same feature but give "
+                    f"different values ({merged[clash[0]]!r} and {values[clash[0]]!r})",
+                    row=int(clash[0]),
+                    column=name,
+                )
+            merged = np.where(np.isnan(merged), values, merged)
+        if merged is not None:
+            matrix[:, j] = merged
+    return matrix
+
+
+def missing_features(matrix: np.ndarray, row: int, route: str) -> list[str]:
+    """Name the features of ``route`` that ``row`` of ``matrix`` does not give.
+
+    Args:
+        matrix: Output of :func:`feature_matrix`.
+        row: Row position.
+        route: A route name from ``features.ROUTES``.
+
+    Returns:
+        The missing canonical feature names, in route order.
+    """
+    return [
+        name
+        for name in F.ROUTE_FEATURES[route]
+        if np.isnan(matrix[row, F.ALL_FEATURES.index(name)])
+    ]

@@ -1,0 +1,59 @@
+"""Feature names, spellings, season codes and the label mapping."""
+
+import numpy as np
+import pytest
+
+from router_model import features as F
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("stem-height", "stem-height"),
+        ("stem_height", "stem-height"),
+        (" Stem_Height ", "stem-height"),
+        ("CAP-DIAMETER", "cap-diameter"),
+        ("gill_attachment", "gill-attachment"),
+        ("class", "class"),
+        ("colour", "colour"),
+        (3, 3),
+    ],
+)
+def test_canonical_name(given, expected):
+    assert F.canonical_name(given) == expected
+
+
+def test_canonical_columns_groups_both_spellings_and_drops_unknown():
+    groups = F.canonical_columns(["stem_height", "id", "stem-height", "season"])
+    assert groups == {"stem-height": ["stem_height", "stem-height"], "season": ["season"]}
+
+
+def test_feature_sets_are_disjoint_and_complete():
+    assert set(F.NB_FEATURES).isdisjoint(F.LR_FEATURES)
+    assert F.NB_FEATURES == ("cap-diameter", "cap-shape", "gill-attachment", "gill-color")
+    assert F.LR_FEATURES == ("stem-height", "stem-width", "stem-color", "season")
+    assert len(F.ALL_FEATURES) == 8
+
+
+def test_label_mapping_is_class_one_poisonous():
+    assert F.LABELS == {0: "edible", 1: "poisonous"}
+    assert F.LABEL_POISONOUS == 1
+
+
+def test_season_codes_match_known_values_with_tolerance():
+    values = np.array([*F.SEASON_VALUES, F.SEASON_VALUES[2] + 1e-9, 0.5, np.nan])
+    assert F.season_codes(values).tolist() == [0, 1, 2, 3, 2, -1, -1]
+
+
+@pytest.mark.parametrize(
+    ("column", "text"),
+    [("cap-shape", "0-6"), ("stem-color", "0-12"), ("season", "1.8042727086281731"), ("stem-width", ">= 0")],
+)
+def test_expected_values_describe_the_domain(column, text):
+    assert text in F.expected_values(column)
+
+
+def test_example_rows_cover_each_feature_set_exactly():
+    nb_row, lr_row = F.example_rows()
+    assert tuple(nb_row) == F.NB_FEATURES
+    assert tuple(lr_row) == F.LR_FEATURES
