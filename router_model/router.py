@@ -1,0 +1,267 @@
+"""The router: one MLflow pyfunc model that sends each row to the sub-model whose features it has.
+
+Contract (see README "The router model"):
+
+* Params ``model`` (``"auto"`` | ``"naive_bayes"`` | ``"logistic_regression"``) and ``threshold``
+  (float in [0, 1], default 0.5).
+* Per row, vectorised: a row goes to the sub-model whose complete feature set it carries; a row
+  with both sets goes to the sub-model with the higher validation ROC-AUC, recorded in the model's
+  ``model_config`` at training time; ``model`` overrides. A batch may mix rows of both kinds.
+* Output, one row per input row in input order: ``prediction`` ("edible" | "poisonous"),
+  ``probability`` (of the predicted label), ``poisonous_probability`` (P(class == 1)), ``model``
+  (the route taken). ``prediction`` is "poisonous" exactly when ``poisonous_probability >=
+  threshold``: lowering the threshold trades false alarms for fewer dangerous "edible" mistakes.
+* Bad input fails the whole request with ``MlflowException(INVALID_PARAMETER_VALUE)`` naming the
+  row, the column and what was expected. Nothing is half-answered.
+
+Sub-models are stored as skops files and loaded with a trusted-types list that lives here, in
+code, not in the artifact, so loading needs no pickle (``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``
+works) and a tampered artifact cannot widen what gets instantiated.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from router_model import features as F
+from router_model.validation import InvalidInputError, feature_matrix, missing_features
+
+_logger = logging.getLogger(__name__)
+
+#: Types beyond skops' defaults that the sub-model files may contain.
+TRUSTED_TYPES: tuple[str, ...] = ("router_model.transformers.BinCross",)
+
+#: ``model_config`` keys written at training time.
+CONFIG_PREFERRED = "preferred_route"
+CONFIG_VALIDATION_AUC = "validation_roc_auc"
+
+_ROUTE_INDEX = {route: i for i, route in enumerate(F.ROUTES)}
+_COLUMN_INDEX = {route: [F.ALL_FEATURES.index(c) for c in F.ROUTE_FEATURES[route]] for route in F.ROUTES}
+_NO_ROUTE = -1
+
+
+def submodel_filename(route: str) -> str:
+    """The artifact file name of a route's sub-model."""
+    return f"{route}.skops"
+
+
+def untrusted_types(path: str) -> list[str]:
+    """Types in a skops file that :data:`TRUSTED_TYPES` and skops' defaults do not cover."""
+    import skops.io
+
+    return [t for t in skops.io.get_untrusted_types(file=path) if t not in TRUSTED_TYPES]
+
+
+def save_submodel(estimator: Any, path: str) -> None:
+    """Write a fitted sub-model as skops and check it loads with :data:`TRUSTED_TYPES`.
+
+    Raises:
+        ValueError: If the file would need a type outside the trusted list.
+    """
+    import skops.io
+
+    skops.io.dump(estimator, path)
+    extra = untrusted_types(path)
+    if extra:
+        raise ValueError(f"sub-model at {path} needs untrusted types {extra}; add them to TRUSTED_TYPES")
+
+
+def load_submodel(path: str) -> Any:
+    """Load a sub-model written by :func:`save_submodel` (no pickle)."""
+    import skops.io
+
+    return skops.io.load(path, trusted=list(TRUSTED_TYPES))
+
+
+def parse_params(params: Mapping[str, Any] | None) -> tuple[str, float]:
+    """Check the request params and fill in defaults.
+
+    Args:
+        params: ``{"model": ..., "threshold": ...}``, either key optional.
+
+    Returns:
+        ``(model, threshold)``.
+
+    Raises:
+        InvalidInputError: On an unknown param, an unknown model or a threshold outside [0, 1].
+    """
+    params = dict(params or {})
+    unknown = sorted(set(params) - {"model", "threshold"})
+    if unknown:
+        raise InvalidInputError(f"unknown param(s) {unknown}; expected 'model' and/or 'threshold'")
+    model = params.get("model", F.AUTO)
+    if model is None:
+        model = F.AUTO
+    allowed = (F.AUTO,) + F.ROUTES
+    if model not in allowed:
+        raise InvalidInputError(f"param 'model' is {model!r}; expected one of {list(allowed)}")
+    threshold = params.get("threshold", F.DEFAULT_THRESHOLD)
+    if threshold is None:
+        threshold = F.DEFAULT_THRESHOLD
+    if (
+        isinstance(threshold, (bool, np.bool_))
+        or not isinstance(threshold, (int, float, np.integer, np.floating))
+        or not 0.0 <= float(threshold) <= 1.0
+        or math.isnan(float(threshold))
+    ):
+        raise InvalidInputError(f"param 'threshold' is {threshold!r}; expected a number in [0, 1]")
+    return model, float(threshold)
+
+
+def assign_routes(matrix: np.ndarray, model: str, preferred: str) -> np.ndarray:
+    """Pick a route for every row.
+
+    Args:
+        matrix: Output of :func:`router_model.validation.feature_matrix`.
+        model: ``"auto"`` or a route name that every row must then complete.
+        preferred: Route for rows that complete both feature sets (``model="auto"``).
+
+    Returns:
+        An int array of indices into ``features.ROUTES``.
+
+    Raises:
+        InvalidInputError: Naming the first row that lacks the features of its route.
+    """
+    complete = {r: ~np.isnan(matrix[:, _COLUMN_INDEX[r]]).any(axis=1) for r in F.ROUTES}
+    if model != F.AUTO:
+        lacking = np.flatnonzero(~complete[model])
+        if len(lacking):
+            row = int(lacking[0])
+            more = f" ({len(lacking) - 1} more row(s) too)" if len(lacking) > 1 else ""
+            raise InvalidInputError(
+                f"row {row}: param model={model!r} needs {list(F.ROUTE_FEATURES[model])}, "
+                f"missing {missing_features(matrix, row, model)}{more}",
+                row=row,
+            )
+        return np.full(len(matrix), _ROUTE_INDEX[model])
+    other = F.ROUTES[1 - _ROUTE_INDEX[preferred]]
+    routes = np.where(
+        complete[preferred],
+        _ROUTE_INDEX[preferred],
+        np.where(complete[other], _ROUTE_INDEX[other], _NO_ROUTE),
+    )
+    lost = np.flatnonzero(routes == _NO_ROUTE)
+    if len(lost):
+        row = int(lost[0])
+        needs = "; ".join(
+            f"{r} needs {list(F.ROUTE_FEATURES[r])} (missing {missing_features(matrix, row, r)})"
+            for r in F.ROUTES
+        )
+        more = f" ({len(lost) - 1} more row(s) too)" if len(lost) > 1 else ""
+        raise InvalidInputError(f"row {row} completes neither feature set: {needs}{more}", row=row)
+    return routes
+
+
+def as_frame(model_input: Any) -> pd.DataFrame:
+    """Accept the shapes MLflow hands to ``predict`` and return a DataFrame.
+
+    Raises:
+        InvalidInputError: For input without column names (a bare array or list of lists).
+    """
+    if isinstance(model_input, pd.DataFrame):
+        return model_input
+    if isinstance(model_input, Mapping):
+        values = dict(model_input)
+        if all(np.ndim(v) == 0 for v in values.values()):
+            return pd.DataFrame([values])
+        try:
+            return pd.DataFrame({k: list(np.ravel(v)) for k, v in values.items()})
+        except ValueError as err:
+            raise InvalidInputError(f"columns of different lengths: {err}") from None
+    if isinstance(model_input, list) and all(isinstance(r, Mapping) for r in model_input):
+        # MLflow hands ``inputs`` records over with each value wrapped in a 0-d array.
+        return pd.DataFrame(
+            [{k: v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v for k, v in r.items()} for r in model_input]
+        )
+    raise InvalidInputError(
+        f"expected rows with named feature columns, got {type(model_input).__name__}; send "
+        "dataframe_split, dataframe_records, or instances/inputs as records or columns"
+    )
+
+
+class Router:
+    """Both fitted sub-models and the routing rule, without any MLflow machinery.
+
+    Args:
+        submodels: Fitted estimators by route name, each taking that route's features as a
+            float array in ``features.ROUTE_FEATURES`` order and having ``predict_proba``.
+        preferred: Route for rows that carry both feature sets.
+    """
+
+    def __init__(self, submodels: Mapping[str, Any], preferred: str) -> None:
+        if set(submodels) != set(F.ROUTES):
+            raise ValueError(f"need sub-models {list(F.ROUTES)}, got {sorted(submodels)}")
+        if preferred not in F.ROUTES:
+            raise ValueError(f"preferred route {preferred!r} is not one of {list(F.ROUTES)}")
+        self.submodels = dict(submodels)
+        self.preferred = preferred
+        self._positive = {
+            r: int(np.flatnonzero(np.asarray(m.classes_) == F.LABEL_POISONOUS)[0])
+            for r, m in self.submodels.items()
+        }
+
+    def predict(self, frame: Any, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        """Score rows.
+
+        Args:
+            frame: Input rows (DataFrame, records or columns).
+            params: Optional ``model`` and ``threshold``.
+
+        Returns:
+            A frame with ``features.OUTPUT_COLUMNS``, one row per input row.
+
+        Raises:
+            InvalidInputError: On any bad row or param; nothing is scored then.
+        """
+        model, threshold = parse_params(params)
+        matrix = feature_matrix(as_frame(frame))
+        routes = assign_routes(matrix, model, self.preferred)
+        poisonous = np.empty(len(matrix))
+        for route, index in _ROUTE_INDEX.items():
+            rows = routes == index
+            if rows.any():
+                columns = matrix[np.ix_(rows, _COLUMN_INDEX[route])]
+                poisonous[rows] = self.submodels[route].predict_proba(columns)[:, self._positive[route]]
+        is_poisonous = poisonous >= threshold
+        return pd.DataFrame(
+            {
+                "prediction": np.where(is_poisonous, F.LABELS[F.LABEL_POISONOUS], F.LABELS[F.LABEL_EDIBLE]),
+                "probability": np.where(is_poisonous, poisonous, 1.0 - poisonous),
+                "poisonous_probability": poisonous,
+                "model": np.asarray(F.ROUTES, dtype=object)[routes],
+            }
+        )
+
+
+# MLflow warns at class creation when predict() has no type hints; ours has none on purpose (the
+# input schema would break input paths, see registry.SIGNATURE). Silence exactly that message.
+warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
+
+
+class MushroomRouterModel(mlflow.pyfunc.PythonModel):
+    """The MLflow pyfunc wrapper around :class:`Router` (logged as models-from-code)."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        """Load both sub-models from the model's artifacts with the trusted skops types."""
+        config = context.model_config or {}
+        submodels = {route: load_submodel(context.artifacts[route]) for route in F.ROUTES}
+        self.router = Router(submodels, preferred=config.get(CONFIG_PREFERRED, F.LOGISTIC_REGRESSION))
+
+    # No type hints here on purpose: MLflow turns predict() hints into an input schema, and
+    # this model validates its own input (see registry.SIGNATURE for why).
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        """Route and score ``model_input``; bad input raises ``MlflowException`` (HTTP 400)."""
+        try:
+            return self.router.predict(model_input, params)
+        except InvalidInputError as err:
+            raise MlflowException(f"Invalid input: {err}", error_code=INVALID_PARAMETER_VALUE) from None

@@ -1,0 +1,155 @@
+"""Routing, output contract, params and threshold semantics of the in-memory Router."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from router_model import features as F
+from router_model.router import Router, as_frame, assign_routes, parse_params
+from router_model.validation import InvalidInputError
+
+
+@pytest.fixture(scope="module")
+def rows(synthetic_frame):
+    return synthetic_frame[list(F.ALL_FEATURES)].iloc[:50].reset_index(drop=True)
+
+
+def sub_proba(router, route, frame):
+    return router.submodels[route].predict_proba(frame[list(F.ROUTE_FEATURES[route])].to_numpy(float))[:, 1]
+
+
+def test_output_contract(router, rows):
+    out = router.predict(rows)
+    assert list(out.columns) == list(F.OUTPUT_COLUMNS)
+    assert len(out) == len(rows)
+    assert set(out["prediction"]) <= {"edible", "poisonous"}
+    p = out["poisonous_probability"].to_numpy()
+    assert ((0 <= p) & (p <= 1)).all()
+    chosen = np.where(out["prediction"] == "poisonous", p, 1 - p)
+    np.testing.assert_allclose(out["probability"], chosen)
+
+
+def test_rows_with_both_sets_take_the_preferred_route(router, rows):
+    out = router.predict(rows)
+    assert (out["model"] == router.preferred).all()
+    np.testing.assert_allclose(out["poisonous_probability"], sub_proba(router, router.preferred, rows))
+
+
+def test_preferred_route_is_the_higher_validation_auc(trained):
+    assert trained.router.preferred == max(trained.validation_auc, key=trained.validation_auc.get)
+
+
+def test_mixed_batch_routes_each_row_by_its_features_and_keeps_order(router, rows):
+    nb_only = rows.loc[:9, list(F.NB_FEATURES)]
+    lr_only = rows.loc[10:19, list(F.LR_FEATURES)]
+    mixed = pd.concat([nb_only, lr_only]).sample(frac=1, random_state=3)
+    out = router.predict(mixed)
+    expected_route = np.where(mixed.index < 10, F.NAIVE_BAYES, F.LOGISTIC_REGRESSION)
+    assert out["model"].tolist() == expected_route.tolist()
+    nb = sub_proba(router, F.NAIVE_BAYES, rows.loc[mixed.index[mixed.index < 10]])
+    np.testing.assert_allclose(out["poisonous_probability"][mixed.index < 10], nb)
+
+
+@pytest.mark.parametrize("route", F.ROUTES)
+def test_model_param_overrides_the_route(router, rows, route):
+    out = router.predict(rows, {"model": route})
+    assert (out["model"] == route).all()
+    np.testing.assert_allclose(out["poisonous_probability"], sub_proba(router, route, rows))
+
+
+def test_underscore_spelling_gives_identical_predictions(router, rows):
+    underscored = rows.rename(columns=lambda c: c.replace("-", "_"))
+    pd.testing.assert_frame_equal(router.predict(underscored), router.predict(rows))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.2, 0.5, 0.8, 1.0])
+def test_poisonous_exactly_when_probability_reaches_threshold(router, rows, threshold):
+    out = router.predict(rows, {"threshold": threshold})
+    expected = np.where(out["poisonous_probability"] >= threshold, "poisonous", "edible")
+    assert out["prediction"].tolist() == expected.tolist()
+
+
+def test_threshold_equal_to_probability_is_poisonous(router, rows):
+    p = float(router.predict(rows.iloc[:1])["poisonous_probability"].iloc[0])
+    assert router.predict(rows.iloc[:1], {"threshold": p})["prediction"].iloc[0] == "poisonous"
+
+
+def test_empty_input_gives_empty_output(router, rows):
+    out = router.predict(rows.iloc[:0])
+    assert out.empty and list(out.columns) == list(F.OUTPUT_COLUMNS)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"model": "random_forest"}, r"param 'model' is 'random_forest'; expected one of \['auto'"),
+        ({"threshold": 1.5}, r"param 'threshold' is 1.5; expected a number in \[0, 1\]"),
+        ({"threshold": -0.1}, r"expected a number in \[0, 1\]"),
+        ({"threshold": float("nan")}, r"param 'threshold' is nan"),
+        ({"threshold": True}, r"param 'threshold' is True"),
+        ({"threshold": "0.5"}, r"param 'threshold' is '0.5'"),
+        ({"colour": 1}, r"unknown param\(s\) \['colour'\]"),
+    ],
+)
+def test_bad_params_are_refused(params, message):
+    with pytest.raises(InvalidInputError, match=message):
+        parse_params(params)
+
+
+def test_params_default_to_auto_and_half():
+    assert parse_params(None) == ("auto", 0.5)
+    assert parse_params({"model": None, "threshold": None}) == ("auto", 0.5)
+
+
+def test_row_completing_neither_set_names_the_missing_columns(router, rows):
+    bad = rows.copy()
+    bad.loc[3, "gill-color"] = np.nan
+    bad.loc[3, "season"] = np.nan
+    with pytest.raises(
+        InvalidInputError,
+        match=r"row 3 completes neither feature set: naive_bayes needs .* \(missing \['gill-color'\]\); "
+        r"logistic_regression needs .* \(missing \['season'\]\)",
+    ):
+        router.predict(bad)
+
+
+def test_forced_route_needs_its_features(router, rows):
+    with pytest.raises(InvalidInputError, match=r"row 0: param model='naive_bayes' needs .*, missing \['cap-diameter', 'gill-attachment', 'gill-color'\] \(1 more"):
+        router.predict(rows[list(F.LR_FEATURES)].iloc[:2].assign(**{"cap-shape": 1}), {"model": "naive_bayes"})
+
+
+def test_one_bad_row_fails_the_whole_batch(router, rows):
+    bad = rows.astype(object)
+    bad.loc[7, "stem-color"] = 99
+    with pytest.raises(InvalidInputError, match=r"row 7, column 'stem-color': got 99"):
+        router.predict(bad)
+
+
+def test_assign_routes_without_both_sets_uses_the_other():
+    matrix = np.full((2, 8), np.nan)
+    matrix[0, :4] = 1
+    matrix[1, 4:] = 1
+    assert assign_routes(matrix, "auto", F.LOGISTIC_REGRESSION).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"cap-diameter": 1, "cap-shape": 1},
+        {"cap-diameter": [1, 2], "cap-shape": [1, 2]},
+        [{"cap-diameter": np.array(1)}, {"cap-shape": 2}],
+    ],
+)
+def test_as_frame_accepts_mlflow_shapes(given):
+    frame = as_frame(given)
+    assert isinstance(frame, pd.DataFrame) and len(frame) in (1, 2)
+
+
+def test_as_frame_refuses_unnamed_arrays():
+    with pytest.raises(InvalidInputError, match="expected rows with named feature columns, got ndarray"):
+        as_frame(np.zeros((2, 8)))
+
+
+def test_router_needs_both_submodels(router):
+    with pytest.raises(ValueError, match="need sub-models"):
+        Router({F.NAIVE_BAYES: router.submodels[F.NAIVE_BAYES]}, F.NAIVE_BAYES)
