@@ -1,0 +1,212 @@
+"""The retrain pipeline: data -> validate -> train and register -> evaluate -> gate -> alias.
+
+The CLI runs these steps in one process; the Airflow DAG runs each as its own task. Every step
+takes and returns small JSON-friendly values (paths, versions, metrics) and is safe to re-run:
+training with a ``retrain_key`` that is already registered returns that version instead of
+registering a duplicate, and alias moves are idempotent.
+
+The gate: a new version takes ``champion`` only when, on the same held-out rows, its ROC-AUC on
+*each* route is at least the current champion's plus ``min_improvement``. The first version is
+champion by default. Otherwise the new version gets ``challenger`` and the reason is recorded on
+it. Nothing before the final alias move touches ``champion``, so a failed retrain never moves it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from router_model import data as data_mod
+from router_model import features as F
+from router_model import registry, settings
+from router_model.train import TrainConfig, evaluate, train
+
+_logger = logging.getLogger(__name__)
+
+GATE_METRIC = "roc_auc"
+
+
+class PipelineError(RuntimeError):
+    """A retrain step cannot go on; the message says why."""
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The outcome of comparing a candidate with the champion.
+
+    Attributes:
+        promote: Whether the candidate becomes ``champion``.
+        reason: One line a person can read.
+        version: The candidate version.
+        champion_version: The champion it was compared with (``None`` for the first version).
+    """
+
+    promote: bool
+    reason: str
+    version: int
+    champion_version: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return asdict(self)
+
+
+def fetch_data(source: str | None = None, path: str | None = None, api_factory: Any = None) -> dict[str, str]:
+    """Resolve the training data (see :func:`router_model.data.resolve_data`).
+
+    Returns:
+        ``{"path", "source", "sha256"}``.
+    """
+    resolved = data_mod.resolve_data(path=path, source=source, api_factory=api_factory)
+    _logger.info("Training data: %s (%s, sha256 %s)", resolved.path, resolved.source, resolved.sha256[:12])
+    return {"path": resolved.path, "source": resolved.source, "sha256": resolved.sha256}
+
+
+def validate_data(path: str) -> dict[str, Any]:
+    """Validate a training file; raises :class:`router_model.data.DataError` naming the column.
+
+    Returns:
+        Row count and class balance.
+    """
+    summary = data_mod.describe(data_mod.load_training_frame(path))
+    _logger.info("Validated %s: %s", path, summary)
+    return summary
+
+
+def train_and_register(
+    path: str,
+    source: str = data_mod.SOURCE_PATH,
+    train_params: dict[str, Any] | None = None,
+    retrain_key: str | None = None,
+) -> dict[str, Any]:
+    """Train on a validated file, log the run and register the router (no alias yet).
+
+    Args:
+        path: Training CSV.
+        source: Where it came from (recorded as the ``data_source`` tag).
+        train_params: Overrides of :class:`router_model.train.TrainConfig`.
+        retrain_key: Idempotency key (for example the Airflow run id); a version already
+            registered under it is returned instead of training again.
+
+    Returns:
+        ``{"run_id", "model_uri", "version"}``.
+    """
+    config = TrainConfig.from_mapping(train_params)
+    if retrain_key:
+        existing = registry.find_version(retrain_key)
+        if existing is not None:
+            _logger.info("Version %s is already registered for %s; not training again", existing.version, retrain_key)
+            return registry.RegisteredRouter(
+                existing.run_id, registry.version_uri(existing.version), int(existing.version)
+            ).as_dict()
+    frame = data_mod.load_training_frame(path)
+    result = train(frame, config)
+    tags = {"data_source": source, "data_sha256": data_mod.file_sha256(path), "data_path": str(path)}
+    extra = {registry.TAG_RETRAIN_KEY: retrain_key} if retrain_key else None
+    return registry.log_router(result, tags, extra).as_dict()
+
+
+def evaluate_against_champion(version: int, path: str) -> dict[str, Any]:
+    """Score the candidate and the current champion on the same held-out rows.
+
+    Args:
+        version: Candidate version.
+        path: The training file the candidate was trained on (its held-out split is used).
+
+    Returns:
+        ``{"version", "candidate": metrics, "champion_version", "champion": metrics or None}``.
+
+    Raises:
+        PipelineError: If the file is not the one the candidate was trained on.
+    """
+    c = registry.client()
+    candidate = c.get_model_version(settings.MODEL_NAME, str(version))
+    expected = candidate.tags.get("data_sha256")
+    actual = data_mod.file_sha256(path)
+    if expected and expected != actual:
+        raise PipelineError(
+            f"{path} changed since version {version} was trained on it (sha256 {actual[:12]} != {expected[:12]})"
+        )
+    _, test = data_mod.split(data_mod.load_training_frame(path))
+    scores = {"version": int(version), "candidate": evaluate(registry.load_router(registry.version_uri(version)), test)}
+    champion = registry.alias_version(settings.CHAMPION)
+    scores["champion_version"] = int(champion.version) if champion else None
+    scores["champion"] = None
+    if champion is not None and int(champion.version) != int(version):
+        scores["champion"] = evaluate(registry.load_router(registry.version_uri(champion.version)), test)
+    return scores
+
+
+def decide(evaluation: dict[str, Any], min_improvement: float = 0.0) -> GateDecision:
+    """Apply the gate to the output of :func:`evaluate_against_champion`.
+
+    Args:
+        evaluation: Candidate and champion metrics on the same rows.
+        min_improvement: How much higher each route's ROC-AUC must be than the champion's.
+
+    Returns:
+        The :class:`GateDecision`.
+    """
+    version = int(evaluation["version"])
+    champion_version = evaluation.get("champion_version")
+    if champion_version is None:
+        return GateDecision(True, "first version: no champion yet", version, None)
+    if int(champion_version) == version:
+        return GateDecision(True, f"version {version} is already the champion", version, version)
+    candidate, champion = evaluation["candidate"], evaluation["champion"]
+    parts, ok = [], True
+    for route in F.ROUTES:
+        key = f"{route}_{GATE_METRIC}"
+        need = champion[key] + min_improvement
+        passed = candidate[key] >= need
+        ok &= passed
+        parts.append(f"{route} ROC-AUC {candidate[key]:.4f} {'>=' if passed else '<'} {need:.4f}")
+    verdict = "beats or matches" if ok else "is worse than"
+    reason = f"version {version} {verdict} champion version {champion_version}: " + "; ".join(parts)
+    return GateDecision(ok, reason, version, int(champion_version))
+
+
+def apply_decision(decision: GateDecision) -> str:
+    """Move the aliases as decided and record the reason on the version.
+
+    Returns:
+        The alias the version now holds (``champion`` or ``challenger``).
+    """
+    registry.tag_version(decision.version, {"gate": "promoted" if decision.promote else "rejected", "gate_reason": decision.reason})
+    if decision.promote:
+        registry.set_alias(settings.CHAMPION, decision.version)
+        challenger = registry.alias_version(settings.CHALLENGER)
+        if challenger is not None and int(challenger.version) == decision.version:
+            registry.delete_alias(settings.CHALLENGER)
+        return settings.CHAMPION
+    registry.set_alias(settings.CHALLENGER, decision.version)
+    return settings.CHALLENGER
+
+
+def retrain(
+    path: str | None = None,
+    source: str | None = None,
+    train_params: dict[str, Any] | None = None,
+    min_improvement: float = 0.0,
+    retrain_key: str | None = None,
+) -> dict[str, Any]:
+    """Run every step in one process (what ``mushroom-router train`` does).
+
+    Returns:
+        Data, registration, evaluation and decision, as one dict.
+    """
+    fetched = fetch_data(source=source, path=path)
+    summary = validate_data(fetched["path"])
+    registered = train_and_register(fetched["path"], fetched["source"], train_params, retrain_key)
+    evaluation = evaluate_against_champion(registered["version"], fetched["path"])
+    decision = decide(evaluation, min_improvement)
+    alias = apply_decision(decision)
+    return {
+        "data": fetched,
+        "summary": summary,
+        **registered,
+        "evaluation": evaluation,
+        "decision": decision.as_dict(),
+        "alias": alias,
+    }

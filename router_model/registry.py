@@ -1,0 +1,243 @@
+"""The MLflow side: log a trained router, register it, read and move its aliases.
+
+The router is logged as a models-from-code pyfunc (:mod:`router_model.pyfunc_entry`) with both
+sub-models as skops artifacts and the package itself as ``code_paths``, so
+``mlflow.pyfunc.load_model("models:/mushroom-router@champion")`` works anywhere MLflow,
+scikit-learn and skops are installed, with pickle deserialization switched off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ParamSchema, ParamSpec
+
+from router_model import features as F
+from router_model import settings
+from router_model.router import (
+    CONFIG_PREFERRED,
+    CONFIG_VALIDATION_AUC,
+    MushroomRouterModel,
+    Router,
+    save_submodel,
+    submodel_filename,
+)
+
+_logger = logging.getLogger(__name__)
+
+ARTIFACT_NAME = "router"
+PACKAGE_DIR = Path(__file__).resolve().parent
+ENTRY_FILE = PACKAGE_DIR / "pyfunc_entry.py"
+
+TAG_RETRAIN_KEY = "retrain_key"
+TAG_RUN_ID = "run_id"
+
+#: The signature declares params only (``inputs=None``), on purpose. MLflow 3.17's input
+#: enforcement breaks real input paths: a typed optional ``double`` column refuses integer data (a
+#: DataFrame read straight from the CSV), a ``long`` column refuses NaN (a batch with missing
+#: values), unknown columns are silently dropped (so ``stem_height`` would vanish before predict),
+#: JSON ``true`` turns into 1.0, and ``AnyType`` columns make every ``text/csv`` request fail.
+#: With ``inputs=None`` MLflow passes the input through untouched and
+#: :func:`router_model.validation.feature_matrix` does the checking, with errors that name the
+#: row and the column.
+SIGNATURE = ModelSignature(
+    inputs=None,
+    params=ParamSchema(
+        [
+            ParamSpec("model", "string", F.AUTO),
+            ParamSpec("threshold", "double", F.DEFAULT_THRESHOLD),
+        ]
+    ),
+)
+
+
+def input_example() -> pd.DataFrame:
+    """Two rows, one per feature set, as a client would send them (not given = null)."""
+    return pd.DataFrame(F.example_rows(), columns=list(F.ALL_FEATURES)).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class RegisteredRouter:
+    """A logged and registered router.
+
+    Attributes:
+        run_id: The MLflow run that logged it.
+        model_uri: ``models:/mushroom-router/<version>``.
+        version: Registry version number.
+    """
+
+    run_id: str
+    model_uri: str
+    version: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (what DAG tasks pass on)."""
+        return dataclasses.asdict(self)
+
+
+def client() -> MlflowClient:
+    """Point MLflow at the configured tracking store and return a client for it."""
+    uri = settings.tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id() -> str:
+    """The training experiment's id, created on first use with the configured artifact root."""
+    c = client()
+    name = settings.experiment_name()
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=settings.artifact_location())
+    except MlflowException:  # created concurrently by another process
+        return c.get_experiment_by_name(name).experiment_id
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout this package runs from, if it is one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def pip_requirements() -> list[str]:
+    """Pinned runtime requirements of the logged router."""
+    return [f"{name}=={package_version(name)}" for name in ("mlflow", "scikit-learn", "pandas", "numpy", "skops")]
+
+
+def find_version(key: str) -> ModelVersion | None:
+    """The registered version tagged with ``retrain_key=key``, if any (makes re-runs idempotent)."""
+    c = client()
+    try:
+        found = c.search_model_versions(f"name='{settings.MODEL_NAME}' and tags.{TAG_RETRAIN_KEY}='{key}'")
+    except MlflowException:
+        return None
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def alias_version(alias: str) -> ModelVersion | None:
+    """The version holding ``alias``, or ``None`` when the alias (or the model) does not exist."""
+    try:
+        return client().get_model_version_by_alias(settings.MODEL_NAME, alias)
+    except MlflowException:
+        return None
+
+
+def set_alias(alias: str, version: int | str) -> None:
+    """Point ``alias`` at ``version`` (moving it if another version had it)."""
+    client().set_registered_model_alias(settings.MODEL_NAME, alias, str(version))
+    _logger.info("%s@%s -> version %s", settings.MODEL_NAME, alias, version)
+
+
+def delete_alias(alias: str) -> None:
+    """Remove ``alias`` if it exists."""
+    try:
+        client().delete_registered_model_alias(settings.MODEL_NAME, alias)
+    except MlflowException:
+        pass
+
+
+def tag_version(version: int | str, tags: dict[str, Any]) -> None:
+    """Set tags on a registered version."""
+    c = client()
+    for key, value in tags.items():
+        c.set_model_version_tag(settings.MODEL_NAME, str(version), key, str(value))
+
+
+def version_uri(version: int | str) -> str:
+    """``models:/mushroom-router/<version>``."""
+    return f"models:/{settings.MODEL_NAME}/{version}"
+
+
+def load_router(model_uri: str) -> Router:
+    """Load a registered router and return its :class:`Router` (for evaluation in-process)."""
+    client()
+    model = mlflow.pyfunc.load_model(model_uri)
+    python_model = model.unwrap_python_model()
+    if not isinstance(python_model, MushroomRouterModel):
+        raise TypeError(f"{model_uri} is not a mushroom router (got {type(python_model).__name__})")
+    return python_model.router
+
+
+def log_router(
+    result: Any,
+    data_tags: dict[str, str],
+    extra_tags: dict[str, str] | None = None,
+) -> RegisteredRouter:
+    """Log one training run (params, metrics, plots, the router) and register the router.
+
+    Args:
+        result: A :class:`router_model.train.TrainResult`.
+        data_tags: ``data_source``, ``data_sha256`` and ``data_path`` of the training data.
+        extra_tags: More run and version tags (for example ``retrain_key``).
+
+    Returns:
+        The run id, model URI and registry version. No alias is set here.
+    """
+    from router_model.plots import confusion_figure, roc_figure
+
+    exp = experiment_id()
+    tags = {**data_tags, **(extra_tags or {})}
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    test = result.test
+    y = test[F.TARGET].to_numpy()
+    scores = {
+        route: result.router.predict(test[list(F.ALL_FEATURES)], {"model": route})["poisonous_probability"].to_numpy()
+        for route in F.ROUTES
+    }
+    with mlflow.start_run(experiment_id=exp, tags=tags) as run:
+        mlflow.log_params({**dataclasses.asdict(result.config), "preferred_route": result.router.preferred})
+        mlflow.log_params({"train_rows": result.train_rows, "test_rows": len(test)})
+        mlflow.log_metrics(result.metrics)
+        mlflow.log_metrics({f"{r}_validation_roc_auc": v for r, v in result.validation_auc.items()})
+        mlflow.log_metric("train_seconds", result.seconds)
+        mlflow.log_figure(roc_figure(y, scores), "plots/roc.png")
+        mlflow.log_figure(confusion_figure(y, scores), "plots/confusion_matrix.png")
+        with tempfile.TemporaryDirectory() as tmp:
+            artifacts = {}
+            for route, model in result.router.submodels.items():
+                path = str(Path(tmp) / submodel_filename(route))
+                save_submodel(model, path)
+                artifacts[route] = path
+            info = mlflow.pyfunc.log_model(
+                name=ARTIFACT_NAME,
+                python_model=str(ENTRY_FILE),
+                artifacts=artifacts,
+                code_paths=[str(PACKAGE_DIR)],
+                model_config={
+                    CONFIG_PREFERRED: result.router.preferred,
+                    CONFIG_VALIDATION_AUC: result.validation_auc,
+                },
+                signature=SIGNATURE,
+                input_example=input_example(),
+                pip_requirements=pip_requirements(),
+            )
+        version = mlflow.register_model(
+            info.model_uri, settings.MODEL_NAME, tags={**tags, TAG_RUN_ID: run.info.run_id}
+        )
+    registered = RegisteredRouter(run.info.run_id, version_uri(version.version), int(version.version))
+    _logger.info("Registered %s (run %s)", registered.model_uri, registered.run_id)
+    return registered
