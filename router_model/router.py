@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -162,6 +161,11 @@ def assign_routes(matrix: np.ndarray, model: str, preferred: str) -> np.ndarray:
     return routes
 
 
+def _scalar(value: Any) -> Any:
+    """Unwrap the 0-d arrays MLflow's JSON parser wraps ``instances``/``inputs`` values in."""
+    return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+
+
 def as_frame(model_input: Any) -> pd.DataFrame:
     """Accept the shapes MLflow hands to ``predict`` and return a DataFrame.
 
@@ -175,13 +179,12 @@ def as_frame(model_input: Any) -> pd.DataFrame:
         if all(np.ndim(v) == 0 for v in values.values()):
             return pd.DataFrame([values])
         try:
-            return pd.DataFrame({k: list(np.ravel(v)) for k, v in values.items()})
+            return pd.DataFrame({k: [_scalar(x) for x in np.ravel(v)] for k, v in values.items()})
         except ValueError as err:
             raise InvalidInputError(f"columns of different lengths: {err}") from None
     if isinstance(model_input, list) and all(isinstance(r, Mapping) for r in model_input):
-        # MLflow hands ``inputs`` records over with each value wrapped in a 0-d array.
         return pd.DataFrame(
-            [{k: v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v for k, v in r.items()} for r in model_input]
+            [{k: _scalar(v) for k, v in r.items()} for r in model_input]
         )
     raise InvalidInputError(
         f"expected rows with named feature columns, got {type(model_input).__name__}; send "
@@ -243,13 +246,13 @@ class Router:
         )
 
 
-# MLflow warns at class creation when predict() has no type hints; ours has none on purpose (the
-# input schema would break input paths, see registry.SIGNATURE). Silence exactly that message.
-warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
-
-
 class MushroomRouterModel(mlflow.pyfunc.PythonModel):
     """The MLflow pyfunc wrapper around :class:`Router` (logged as models-from-code)."""
+
+    # predict() has no type hints on purpose: MLflow would derive an input schema from them, and
+    # its enforcement breaks input paths (see registry.SIGNATURE). This opts out of MLflow's
+    # type-hint wrapper and its "add type hints" warning at class creation.
+    _skip_type_hint_validation = True
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         """Load both sub-models from the model's artifacts with the trusted skops types."""
@@ -257,8 +260,6 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
         submodels = {route: load_submodel(context.artifacts[route]) for route in F.ROUTES}
         self.router = Router(submodels, preferred=config.get(CONFIG_PREFERRED, F.LOGISTIC_REGRESSION))
 
-    # No type hints here on purpose: MLflow turns predict() hints into an input schema, and
-    # this model validates its own input (see registry.SIGNATURE for why).
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         """Route and score ``model_input``; bad input raises ``MlflowException`` (HTTP 400)."""
         try:

@@ -1,0 +1,130 @@
+"""A real `mlflow models serve` of models:/mushroom-router@champion, answering HTTP on 127.0.0.1."""
+
+import io
+import json
+
+import pandas as pd
+import pytest
+import requests
+
+from router_model import features as F
+
+pytestmark = pytest.mark.serving
+
+NB, LR = F.example_rows()
+NB_U = {k.replace("-", "_"): v for k, v in NB.items()}
+LR_U = {k.replace("-", "_"): v for k, v in LR.items()}
+
+
+def post(url, body, content_type="application/json"):
+    data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    return requests.post(f"{url}/invocations", data=data, headers={"Content-Type": content_type}, timeout=30)
+
+
+def predictions(response):
+    assert response.status_code == 200, response.text
+    return pd.DataFrame(response.json()["predictions"])
+
+
+def assert_clean_error(response, *fragments):
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["error_code"] == "INVALID_PARAMETER_VALUE"
+    for leak in ("Traceback", "stack_trace", 'File "', ".py", "site-packages"):
+        assert leak not in response.text
+    for fragment in fragments:
+        assert fragment in body["message"]
+
+
+def test_ping(server):
+    assert requests.get(f"{server}/ping", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"dataframe_records": [NB, LR]},
+        {"dataframe_split": {"columns": list(F.ALL_FEATURES), "data": [[*NB.values(), *[None] * 4], [*[None] * 4, *LR.values()]]}},
+        {"instances": [NB | dict.fromkeys(F.LR_FEATURES), dict.fromkeys(F.NB_FEATURES) | LR]},
+        {"inputs": [NB | dict.fromkeys(F.LR_FEATURES), dict.fromkeys(F.NB_FEATURES) | LR]},
+        {"inputs": {c: [NB.get(c), LR.get(c)] for c in F.ALL_FEATURES}},
+        {"dataframe_records": [NB_U, LR_U]},
+        {"dataframe_records": [NB, LR_U]},
+        {"dataframe_records": [NB, {k: str(v) for k, v in LR.items()}]},
+    ],
+    ids=["dataframe_records", "dataframe_split", "instances", "inputs_records", "inputs_columns",
+         "underscores", "mixed_spellings", "numeric_strings"],
+)
+def test_every_request_form_routes_a_mixed_batch(server, body):
+    out = predictions(post(server, body))
+    assert out.columns.tolist() == list(F.OUTPUT_COLUMNS)
+    assert out["model"].tolist() == [F.NAIVE_BAYES, F.LOGISTIC_REGRESSION]
+
+
+def test_same_answer_from_every_form(server):
+    a = predictions(post(server, {"dataframe_records": [NB, LR]}))
+    b = predictions(post(server, {"dataframe_records": [NB_U, LR_U]}))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_text_csv_with_rows_of_both_kinds(server):
+    frame = pd.DataFrame([NB, LR], columns=list(F.ALL_FEATURES))
+    out = predictions(post(server, frame.to_csv(index=False), "text/csv"))
+    assert out["model"].tolist() == [F.NAIVE_BAYES, F.LOGISTIC_REGRESSION]
+    direct = predictions(post(server, {"dataframe_records": [NB, LR]}))
+    pd.testing.assert_series_equal(out["poisonous_probability"], direct["poisonous_probability"])
+
+
+def test_text_csv_with_underscore_header(server):
+    csv = io.StringIO()
+    pd.DataFrame([LR_U]).to_csv(csv, index=False)
+    assert predictions(post(server, csv.getvalue(), "text/csv"))["model"].tolist() == [F.LOGISTIC_REGRESSION]
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+def test_params_threshold(server, threshold):
+    out = predictions(post(server, {"dataframe_records": [NB, LR], "params": {"threshold": threshold}}))
+    expected = "poisonous" if threshold == 0.0 else "edible"
+    assert (out["prediction"] == expected).all() or (out["poisonous_probability"] >= 1.0).any()
+
+
+def test_params_model_override(server):
+    both = NB | LR
+    out = predictions(post(server, {"dataframe_records": [both, both], "params": {"model": "naive_bayes"}}))
+    assert (out["model"] == F.NAIVE_BAYES).all()
+    out = predictions(post(server, {"dataframe_records": [both], "params": {"model": "logistic_regression"}}))
+    assert out["model"].tolist() == [F.LOGISTIC_REGRESSION]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragments"),
+    [
+        ({"dataframe_records": [NB | {"cap-shape": 9}]}, ["row 0, column 'cap-shape': got 9", "0-6"]),
+        ({"dataframe_records": [NB, LR | {"season": 0.5}]}, ["row 1, column 'season'"]),
+        ({"dataframe_records": [NB | {"gill-color": True}]}, ["got the boolean True"]),
+        ({"dataframe_records": [NB | {"gill-color": "white"}]}, ["got the string 'white'"]),
+        ({"dataframe_records": [{"cap-diameter": 10}]}, ["row 0 completes neither feature set"]),
+        ({"dataframe_records": [NB], "params": {"model": "tree"}}, ["param 'model' is 'tree'"]),
+        ({"dataframe_records": [NB], "params": {"threshold": 2}}, ["param 'threshold' is 2.0"]),
+        ({"dataframe_records": [NB], "params": {"model": "logistic_regression"}}, ["needs ['stem-height'"]),
+        ({"instances": [1, 2, 3]}, ["expected rows with named feature columns"]),
+    ],
+)
+def test_bad_requests_get_400_with_a_json_message_and_no_traceback(server, body, fragments):
+    assert_clean_error(post(server, body), *fragments)
+
+
+def test_infinity_is_refused(server):
+    assert_clean_error(post(server, '{"dataframe_records": [{"cap-diameter": 1e999, "cap-shape": 1, '
+                                    '"gill-attachment": 1, "gill-color": 1}]}'), "infinite")
+
+
+def test_one_bad_row_refuses_the_whole_batch(server):
+    rows = [NB] * 5 + [NB | {"cap-diameter": -4}] + [LR] * 5
+    assert_clean_error(post(server, {"dataframe_records": rows}), "row 5, column 'cap-diameter': got -4")
+
+
+def test_server_survives_bad_requests(server):
+    post(server, "not json")
+    post(server, {"dataframe_records": [{"cap-shape": [1, 2]}]})
+    assert predictions(post(server, {"dataframe_records": [NB]}))["model"].tolist() == [F.NAIVE_BAYES]
