@@ -1,0 +1,175 @@
+"""``mushroom-router`` command line: train, serve, predict, promote, status.
+
+This is the only module that prints; everything it does is a call into the pipeline, serving and
+scoring modules, the same calls the Airflow DAG makes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from router_model import settings
+
+_logger = logging.getLogger(__name__)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="mushroom-router",
+        description="Train, register, serve and use the mushroom router model.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train, register, and gate the champion alias")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--data", metavar="PATH", help="training CSV (default: MUSHROOM_DATA, Kaggle, synthetic)")
+    source.add_argument("--synthetic", action="store_true", help="train on the built-in synthetic sample")
+    source.add_argument("--kaggle", action="store_true", help="download the Kaggle data set (needs credentials)")
+    train.add_argument(
+        "--param", action="append", type=_key_value, default=[], metavar="NAME=VALUE",
+        help="training hyperparameter override, e.g. --param lr_c=0.5 (repeatable)",
+    )
+    train.add_argument(
+        "--min-improvement", type=float, default=0.0,
+        help="ROC-AUC margin per route the new version needs over the champion (default 0)",
+    )
+
+    serve = sub.add_parser("serve", help="serve models:/mushroom-router@champion with mlflow models serve")
+    serve.add_argument("--host", default=settings.DEFAULT_SERVE_HOST)
+    serve.add_argument("--port", type=int, default=settings.DEFAULT_SERVE_PORT)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--model-uri", help="default: models:/mushroom-router@champion")
+
+    predict = sub.add_parser("predict", help="score a CSV or JSON file")
+    predict.add_argument("input", help="CSV or JSON (records or dataframe_split)")
+    predict.add_argument("output", nargs="?", help="CSV or .json output (default: CSV on stdout)")
+    predict.add_argument("--model-uri", help="default: models:/mushroom-router@champion")
+    predict.add_argument("--model", choices=["auto", "naive_bayes", "logistic_regression"], default="auto")
+    predict.add_argument("--threshold", type=float, default=0.5, help="poisonous when P(poisonous) >= this")
+
+    promote = sub.add_parser("promote", help="move the champion alias to a version by hand")
+    promote.add_argument("version", type=int)
+
+    sub.add_parser("status", help="show the registered versions and aliases")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from router_model import pipeline
+
+    source = "synthetic" if args.synthetic else "kaggle" if args.kaggle else None
+    outcome = pipeline.retrain(
+        path=args.data, source=source, train_params=dict(args.param), min_improvement=args.min_improvement
+    )
+    metrics = outcome["evaluation"]["candidate"]
+    print(f"Trained on {outcome['data']['source']} data: {outcome['data']['path']}")
+    if outcome["data"]["source"] == "synthetic":
+        print("WARNING: synthetic data; this model says nothing about real mushrooms.")
+    for route in ("naive_bayes", "logistic_regression"):
+        print(
+            f"  {route:<20} ROC-AUC {metrics[f'{route}_roc_auc']:.4f}  accuracy {metrics[f'{route}_accuracy']:.4f}"
+            f"  log-loss {metrics[f'{route}_log_loss']:.4f}  Brier {metrics[f'{route}_brier']:.4f}"
+        )
+    print(f"Registered {outcome['model_uri']} (run {outcome['run_id']})")
+    print(f"Alias: {outcome['alias']} - {outcome['decision']['reason']}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from router_model import serving
+
+    uri = args.model_uri or settings.model_uri()
+    print(f"Serving {uri} on http://{args.host}:{args.port} (Ctrl-C stops). When /ping answers, try:")
+    print(serving.curl_example(args.host, args.port), flush=True)
+    proc = serving.start_server(uri, args.host, args.port, args.workers)
+    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            return proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return 130
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from router_model import scoring
+
+    params = {"model": args.model, "threshold": args.threshold}
+    result = scoring.score_file(args.input, args.output, args.model_uri, params)
+    if args.output is None:
+        result.to_csv(sys.stdout, index=False)
+    else:
+        print(f"Wrote {result} rows to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from router_model import registry
+
+    registry.set_alias(settings.CHAMPION, args.version)
+    print(f"{settings.MODEL_NAME}@{settings.CHAMPION} -> version {args.version}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from router_model import registry
+
+    c = registry.client()
+    try:
+        model = c.get_registered_model(settings.MODEL_NAME)
+    except Exception:  # noqa: BLE001 - no model registered yet
+        print(f"No {settings.MODEL_NAME} registered in {settings.tracking_uri()}")
+        return 1
+    print(f"{settings.MODEL_NAME} in {settings.tracking_uri()}")
+    for alias, version in sorted(model.aliases.items()):
+        print(f"  @{alias} -> version {version}")
+    for v in sorted(c.search_model_versions(f"name='{settings.MODEL_NAME}'"), key=lambda v: int(v.version)):
+        reason = v.tags.get("gate_reason", "-")
+        print(f"  version {v.version}: data={v.tags.get('data_source')} gate={v.tags.get('gate', '-')} ({reason})")
+    return 0
+
+
+_COMMANDS = {"train": _train, "serve": _serve, "predict": _predict, "promote": _promote, "status": _status}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; known failures print one line to stderr and exit 2, never a traceback."""
+    from router_model.data import DataError
+    from router_model.pipeline import PipelineError
+    from router_model.scoring import ScoringError
+    from router_model.validation import InvalidInputError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("alembic", "mlflow.store.db.utils", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler: Any = _COMMANDS[args.command]
+    try:
+        return handler(args)
+    except (DataError, PipelineError, ScoringError, InvalidInputError, ValueError) as err:
+        print(f"mushroom-router {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

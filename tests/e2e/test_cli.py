@@ -1,0 +1,112 @@
+"""The `mushroom-router` command line, run as a user runs it (a subprocess)."""
+
+import json
+import os
+import subprocess
+
+import pandas as pd
+import pytest
+
+from router_model import data
+from router_model import features as F
+
+
+@pytest.fixture
+def cli_home(tmp_path):
+    """Environment for a CLI run with its own store."""
+    return {"MUSHROOM_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+
+
+def test_help_lists_the_commands(run_cli):
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for command in ("train", "serve", "predict", "promote", "status"):
+        assert command in out.stdout
+
+
+def test_train_then_weaker_train_says_why_it_is_challenger(run_cli, cli_home, tmp_path):
+    path = tmp_path / "train.csv"
+    data.make_synthetic(2000).to_csv(path, index=False)
+    first = run_cli("train", "--data", str(path), env=cli_home)
+    assert first.returncode == 0, first.stderr
+    assert "Alias: champion - first version: no champion yet" in first.stdout
+    assert "naive_bayes          ROC-AUC 0." in first.stdout
+    weak = run_cli("train", "--data", str(path), "--param", "nb_bins=2", "--param", "nb_orders=1",
+                   "--param", "lr_bins=2", "--param", "lr_orders=1", env=cli_home)
+    assert weak.returncode == 0, weak.stderr
+    assert "Alias: challenger - version 2 is worse than champion version 1: naive_bayes ROC-AUC" in weak.stdout
+    status = run_cli("status", env=cli_home)
+    assert "@champion -> version 1" in status.stdout and "@challenger -> version 2" in status.stdout
+
+
+def test_train_synthetic_warns(run_cli, cli_home):
+    out = run_cli("train", "--synthetic", env=cli_home)
+    assert out.returncode == 0, out.stderr
+    assert "WARNING: synthetic data" in out.stdout
+    assert "NO REAL DATA" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "/no/such.csv"], "mushroom-router train: error: data file not found: /no/such.csv"),
+        (["train", "--kaggle"], "mushroom-router train: error: no Kaggle credentials"),
+        (["train", "--synthetic", "--param", "depth=3"], "unknown training param(s) ['depth']"),
+        (["predict", "/no/such.csv"], "mushroom-router predict: error: cannot load models:/mushroom-router@champion"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(run_cli, cli_home, args, message):
+    out = run_cli(*args, env=cli_home)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_bad_training_file_names_the_column(run_cli, cli_home, tmp_path):
+    path = tmp_path / "bad.csv"
+    frame = data.make_synthetic(100).astype(object)
+    frame.loc[5, "stem-color"] = 77
+    frame.to_csv(path, index=False)
+    out = run_cli("train", "--data", str(path), env=cli_home)
+    assert out.returncode == 2
+    assert "row 5, column 'stem-color': got 77; expected an integer code 0-12" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_predict_writes_predictions_beside_the_input(run_cli, registered, tmp_path):
+    rows = pd.DataFrame(F.example_rows() * 3, columns=list(F.ALL_FEATURES)).assign(id=range(6))
+    src = tmp_path / "in.csv"
+    rows.to_csv(src, index=False)
+    out = run_cli("predict", str(src), str(tmp_path / "out.csv"), "--threshold", "0.3")
+    assert out.returncode == 0, out.stderr
+    scored = pd.read_csv(tmp_path / "out.csv")
+    assert scored.columns.tolist() == [*F.ALL_FEATURES, "id", *F.OUTPUT_COLUMNS]
+    assert scored["id"].tolist() == list(range(6))
+    assert scored["model"].tolist() == ["naive_bayes", "logistic_regression"] * 3
+    assert ((scored["poisonous_probability"] >= 0.3) == (scored["prediction"] == "poisonous")).all()
+
+
+def test_predict_json_records_to_stdout(run_cli, registered, tmp_path):
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps([{k.replace("-", "_"): v for k, v in r.items()} for r in F.example_rows()]))
+    out = run_cli("predict", str(src))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].endswith("prediction,probability,poisonous_probability,model")
+    assert len(out.stdout.splitlines()) == 3
+
+
+def test_predict_bad_row_fails_and_writes_nothing(run_cli, registered, tmp_path):
+    src = tmp_path / "in.csv"
+    pd.DataFrame([F.example_rows()[0] | {"cap-shape": 8}]).to_csv(src, index=False)
+    target = tmp_path / "out.csv"
+    out = run_cli("predict", str(src), str(target))
+    assert out.returncode == 2
+    assert "row 0, column 'cap-shape': got 8" in out.stderr
+    assert not target.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_module_and_console_script_are_the_same_cli(registered):
+    script = os.path.join(os.path.dirname(os.sys.executable), "mushroom-router")
+    out = subprocess.run([script, "status"], capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr
+    assert "@champion -> version" in out.stdout
