@@ -1,0 +1,51 @@
+# mushroom-router: `make run` trains and serves, `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+HOST ?= 127.0.0.1
+PORT ?= 5001
+# mlflow models serve and airflow start uvicorn/gunicorn by name: the venv's bin/ must be on PATH.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: help install run train serve test lint format lock bench airflow compose-check clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(VENV)/bin/uv pip install -q --python $(PY) -c constraints.txt -e '.[airflow,postgres,dev]'
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install the package with every extra (idempotent)
+
+run: install ## train on the resolved data, register, and serve the champion on 127.0.0.1:$(PORT)
+	$(PY) -m router_model train
+	$(PY) -m router_model serve --host $(HOST) --port $(PORT)
+
+train: install ## train and register only
+	$(PY) -m router_model train
+
+serve: install ## serve models:/mushroom-router@champion
+	$(PY) -m router_model serve --host $(HOST) --port $(PORT)
+
+test: install ## lint, then run every test
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: install ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check router_model dags tests bench conftest.py
+
+format: install ## ruff format
+	$(VENV)/bin/ruff format router_model dags tests bench conftest.py
+
+lock: ## re-resolve constraints.txt from pyproject.toml (needs uv)
+	$(VENV)/bin/uv pip compile pyproject.toml --all-extras --python-version 3.11 -o constraints.txt
+
+clean: ## remove the local store, artifacts, data cache and venv
+	rm -rf $(VENV) mlflow.db mlartifacts mlruns data .airflow .pytest_cache .ruff_cache
