@@ -8,6 +8,7 @@ sample stands in, so the suite passes on a machine with neither the data nor a n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -77,10 +78,8 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=timeout)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=timeout)
 
 

@@ -42,7 +42,9 @@ def evaluate_split(train, test, config):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=settings.data_path(), help="mushroom_cleaned.csv (default MUSHROOM_DATA)")
+    parser.add_argument(
+        "--data", default=settings.data_path(), help="mushroom_cleaned.csv (default MUSHROOM_DATA)"
+    )
     parser.add_argument("--cv", type=int, default=5, help="folds for cross-validation (0 skips it)")
     parser.add_argument("--check", action="store_true", help="exit 1 if a quality target is missed")
     args = parser.parse_args(argv)
@@ -54,18 +56,25 @@ def main(argv: list[str] | None = None) -> int:
     train, test = data.split(frame)
     started = time.perf_counter()
     rows = evaluate_split(train, test, config)
-    print(f"Held-out split: {len(train)} train / {len(test)} test rows (stratified 80/20, seed 42); "
-          f"{time.perf_counter() - started:.1f}s\n")
+    print(
+        f"Held-out split: {len(train)} train / {len(test)} test rows (stratified 80/20, seed 42); "
+        f"{time.perf_counter() - started:.1f}s\n"
+    )
     print("| route | model | ROC-AUC | accuracy | log-loss | Brier |")
     print("|---|---|---|---|---|---|")
     for route, model, m in rows:
-        print(f"| {route} | {model} | {m['roc_auc']:.4f} | {m['accuracy']:.4f} | {m['log_loss']:.4f} | {m['brier']:.4f} |")
+        print(
+            f"| {route} | {model} | {m['roc_auc']:.4f} | {m['accuracy']:.4f} | {m['log_loss']:.4f} | {m['brier']:.4f} |"
+        )
     ok = True
     for route, model, m in rows:
         if model == "router sub-model":
             met = m["roc_auc"] >= TARGETS[route]
             ok &= met
-            print(f"\ntarget {route} ROC-AUC >= {TARGETS[route]}: {m['roc_auc']:.4f} {'met' if met else 'MISSED'}", end="")
+            print(
+                f"\ntarget {route} ROC-AUC >= {TARGETS[route]}: {m['roc_auc']:.4f} {'met' if met else 'MISSED'}",
+                end="",
+            )
     print("\n")
     if args.cv:
         folds = StratifiedKFold(args.cv, shuffle=True, random_state=settings.SPLIT_SEED)

@@ -1,4 +1,4 @@
-"""``mushroom-router`` command line: train, serve, predict, promote, status.
+"""``mushroom-router`` command line: train, serve, supervise, predict, promote, status.
 
 This is the only module that prints; everything it does is a call into the pipeline, serving and
 scoring modules, the same calls the Airflow DAG makes.
@@ -36,15 +36,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train, register, and gate the champion alias")
     source = train.add_mutually_exclusive_group()
-    source.add_argument("--data", metavar="PATH", help="training CSV (default: MUSHROOM_DATA, Kaggle, synthetic)")
+    source.add_argument(
+        "--data", metavar="PATH", help="training CSV (default: MUSHROOM_DATA, Kaggle, synthetic)"
+    )
     source.add_argument("--synthetic", action="store_true", help="train on the built-in synthetic sample")
-    source.add_argument("--kaggle", action="store_true", help="download the Kaggle data set (needs credentials)")
+    source.add_argument(
+        "--kaggle", action="store_true", help="download the Kaggle data set (needs credentials)"
+    )
     train.add_argument(
-        "--param", action="append", type=_key_value, default=[], metavar="NAME=VALUE",
+        "--param",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="NAME=VALUE",
         help="training hyperparameter override, e.g. --param lr_c=0.5 (repeatable)",
     )
     train.add_argument(
-        "--min-improvement", type=float, default=0.0,
+        "--min-improvement",
+        type=float,
+        default=0.0,
         help="ROC-AUC margin per route the new version needs over the champion (default 0)",
     )
 
@@ -53,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=settings.DEFAULT_SERVE_PORT)
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--model-uri", help="default: models:/mushroom-router@champion")
+
+    supervise = sub.add_parser(
+        "supervise", help="serve whatever version holds @champion, following the alias as it moves"
+    )
+    supervise.add_argument("--host", default=settings.DEFAULT_SERVE_HOST)
+    supervise.add_argument("--port", type=int, default=settings.DEFAULT_SERVE_PORT)
+    supervise.add_argument("--workers", type=int, default=1)
+    supervise.add_argument("--poll-seconds", type=float, default=10.0, help="registry poll interval")
 
     predict = sub.add_parser("predict", help="score a CSV or JSON file")
     predict.add_argument("input", help="CSV or JSON (records or dataframe_split)")
@@ -108,6 +126,13 @@ def _serve(args: argparse.Namespace) -> int:
             return 130
 
 
+def _supervise(args: argparse.Namespace) -> int:
+    from router_model.supervisor import supervise
+
+    supervise(args.host, args.port, args.workers, args.poll_seconds)
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from router_model import scoring
 
@@ -134,7 +159,7 @@ def _status(args: argparse.Namespace) -> int:
     c = registry.client()
     try:
         model = c.get_registered_model(settings.MODEL_NAME)
-    except Exception:  # noqa: BLE001 - no model registered yet
+    except Exception:
         print(f"No {settings.MODEL_NAME} registered in {settings.tracking_uri()}")
         return 1
     print(f"{settings.MODEL_NAME} in {settings.tracking_uri()}")
@@ -142,11 +167,20 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  @{alias} -> version {version}")
     for v in sorted(c.search_model_versions(f"name='{settings.MODEL_NAME}'"), key=lambda v: int(v.version)):
         reason = v.tags.get("gate_reason", "-")
-        print(f"  version {v.version}: data={v.tags.get('data_source')} gate={v.tags.get('gate', '-')} ({reason})")
+        print(
+            f"  version {v.version}: data={v.tags.get('data_source')} gate={v.tags.get('gate', '-')} ({reason})"
+        )
     return 0
 
 
-_COMMANDS = {"train": _train, "serve": _serve, "predict": _predict, "promote": _promote, "status": _status}
+_COMMANDS = {
+    "train": _train,
+    "serve": _serve,
+    "supervise": _supervise,
+    "predict": _predict,
+    "promote": _promote,
+    "status": _status,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

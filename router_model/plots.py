@@ -9,12 +9,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
-from router_model import features as F  # noqa: E402
+from router_model import features as F
 
 _logger = logging.getLogger(__name__)
 
@@ -37,10 +37,15 @@ def confusion_figure(
     routes = list(poisonous_by_route)
     fig, axes = plt.subplots(1, len(routes), figsize=(5 * len(routes), 4.5))
     labels = [F.LABELS[F.LABEL_EDIBLE], F.LABELS[F.LABEL_POISONOUS]]
-    for ax, route in zip(np.atleast_1d(axes), routes):
+    for ax, route in zip(np.atleast_1d(axes), routes, strict=True):
         predicted = (poisonous_by_route[route] >= threshold).astype(int)
         ConfusionMatrixDisplay.from_predictions(
-            y, predicted, labels=[F.LABEL_EDIBLE, F.LABEL_POISONOUS], display_labels=labels, ax=ax, colorbar=False
+            y,
+            predicted,
+            labels=[F.LABEL_EDIBLE, F.LABEL_POISONOUS],
+            display_labels=labels,
+            ax=ax,
+            colorbar=False,
         )
         ax.set_title(f"{route} (threshold {threshold:g})")
     fig.tight_layout()

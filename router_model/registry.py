@@ -8,6 +8,7 @@ scikit-learn and skops are installed, with pickle deserialization switched off.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import subprocess
@@ -123,7 +124,9 @@ def git_commit() -> str | None:
 
 def pip_requirements() -> list[str]:
     """Pinned runtime requirements of the logged router."""
-    return [f"{name}=={package_version(name)}" for name in ("mlflow", "scikit-learn", "pandas", "numpy", "skops")]
+    return [
+        f"{name}=={package_version(name)}" for name in ("mlflow", "scikit-learn", "pandas", "numpy", "skops")
+    ]
 
 
 def find_version(key: str) -> ModelVersion | None:
@@ -152,10 +155,8 @@ def set_alias(alias: str, version: int | str) -> None:
 
 def delete_alias(alias: str) -> None:
     """Remove ``alias`` if it exists."""
-    try:
+    with contextlib.suppress(MlflowException):
         client().delete_registered_model_alias(settings.MODEL_NAME, alias)
-    except MlflowException:
-        pass
 
 
 def tag_version(version: int | str, tags: dict[str, Any]) -> None:
@@ -205,7 +206,9 @@ def log_router(
     test = result.test
     y = test[F.TARGET].to_numpy()
     scores = {
-        route: result.router.predict(test[list(F.ALL_FEATURES)], {"model": route})["poisonous_probability"].to_numpy()
+        route: result.router.predict(test[list(F.ALL_FEATURES)], {"model": route})[
+            "poisonous_probability"
+        ].to_numpy()
         for route in F.ROUTES
     }
     with mlflow.start_run(experiment_id=exp, tags=tags) as run:

@@ -32,7 +32,7 @@ def load_model(model_uri: str | None = None) -> Any:
     uri = model_uri or settings.model_uri()
     try:
         return mlflow.pyfunc.load_model(uri)
-    except Exception as err:  # noqa: BLE001 - MLflow raises several types for a missing model
+    except Exception as err:
         raise ScoringError(f"cannot load {uri}: {str(err).splitlines()[0]}") from None
 
 
@@ -95,7 +95,7 @@ def score_file(
         for chunk in read_chunks(input_path, chunk_rows):
             try:
                 predictions = model.predict(chunk, params=params)
-            except Exception as err:  # noqa: BLE001 - re-raised with the file's row number
+            except Exception as err:
                 message = str(err).replace("Invalid input: ", "")
                 raise ScoringError(f"{input_path} (chunk starting at data row {offset}): {message}") from None
             scored = pd.concat([chunk.reset_index(drop=True), predictions.reset_index(drop=True)], axis=1)
@@ -104,7 +104,9 @@ def score_file(
             if out is None or as_json:
                 scored_chunks.append(scored)
             else:
-                scored.to_csv(tmp, mode="a" if rows > len(scored) else "w", header=rows == len(scored), index=False)
+                scored.to_csv(
+                    tmp, mode="a" if rows > len(scored) else "w", header=rows == len(scored), index=False
+                )
         if out is None:
             return pd.concat(scored_chunks, ignore_index=True) if scored_chunks else pd.DataFrame()
         if as_json:

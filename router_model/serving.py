@@ -87,13 +87,10 @@ def start_server(
     """Start ``mlflow models serve`` as a subprocess (the caller stops it)."""
     cmd = serve_command(model_uri, host, port, workers)
     _logger.info("Starting: %s", " ".join(cmd))
-    return subprocess.Popen(cmd, env=serve_env(), **popen_kwargs)  # noqa: S603
+    return subprocess.Popen(cmd, env=serve_env(), **popen_kwargs)
 
 
 def curl_example(host: str = settings.DEFAULT_SERVE_HOST, port: int = settings.DEFAULT_SERVE_PORT) -> str:
     """A ready-to-paste curl command that scores one row of each feature set."""
     body = json.dumps({"dataframe_records": F.example_rows(), "params": {"threshold": 0.5}})
-    return (
-        f"curl -s http://{host}:{port}/invocations -H 'Content-Type: application/json' \\\n"
-        f"  -d '{body}'"
-    )
+    return f"curl -s http://{host}:{port}/invocations -H 'Content-Type: application/json' \\\n  -d '{body}'"

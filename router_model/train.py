@@ -131,9 +131,7 @@ def fit_naive_bayes(X: np.ndarray, y: np.ndarray, config: TrainConfig) -> Pipeli
 def fit_logistic_regression(X: np.ndarray, y: np.ndarray, config: TrainConfig) -> Pipeline:
     """Fit the LR route: one-hot of binned/crossed codes into ``LogisticRegression``."""
     codes = BinCross(F.LR_FEATURES, config.lr_bins, parse_orders(config.lr_orders)).fit(X)
-    onehot = OneHotEncoder(
-        categories=[np.arange(c) for c in codes.cardinalities_], handle_unknown="ignore"
-    )
+    onehot = OneHotEncoder(categories=[np.arange(c) for c in codes.cardinalities_], handle_unknown="ignore")
     encoded = onehot.fit_transform(codes.transform(X))
     lr = LogisticRegression(C=config.lr_c, solver="liblinear", max_iter=config.lr_max_iter)
     lr.fit(encoded, y)
@@ -152,7 +150,9 @@ def fit_submodels(frame: pd.DataFrame, config: TrainConfig) -> dict[str, Pipelin
     }
 
 
-def binary_metrics(y: np.ndarray, poisonous: np.ndarray, threshold: float = F.DEFAULT_THRESHOLD) -> dict[str, float]:
+def binary_metrics(
+    y: np.ndarray, poisonous: np.ndarray, threshold: float = F.DEFAULT_THRESHOLD
+) -> dict[str, float]:
     """ROC-AUC, accuracy (at ``threshold``), log-loss and Brier score of P(poisonous)."""
     return {
         "roc_auc": float(roc_auc_score(y, poisonous)),

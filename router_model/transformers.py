@@ -41,7 +41,9 @@ class BinCross(TransformerMixin, BaseEstimator):
         combinations_: The input column positions behind each output column.
     """
 
-    def __init__(self, columns: tuple[str, ...] = (), n_bins: int = 32, orders: tuple[int, ...] = (1, 2)) -> None:
+    def __init__(
+        self, columns: tuple[str, ...] = (), n_bins: int = 32, orders: tuple[int, ...] = (1, 2)
+    ) -> None:
         self.columns = columns
         self.n_bins = n_bins
         self.orders = orders
@@ -61,7 +63,9 @@ class BinCross(TransformerMixin, BaseEstimator):
             raise ValueError(f"n_bins must be >= 2, got {self.n_bins}")
         bad = [k for k in self.orders if not 1 <= k <= len(self.columns)]
         if bad or not self.orders:
-            raise ValueError(f"orders must be a non-empty subset of 1..{len(self.columns)}, got {self.orders}")
+            raise ValueError(
+                f"orders must be a non-empty subset of 1..{len(self.columns)}, got {self.orders}"
+            )
         quantiles = np.linspace(0.0, 1.0, self.n_bins + 1)[1:-1]
         edges: list[np.ndarray | None] = []
         base: list[int] = []

@@ -99,7 +99,9 @@ def _object_values(raw: np.ndarray, column: object, expected: str) -> np.ndarray
     missing = pd.isna(raw)
     values = np.full(len(raw), np.nan)
     real = np.fromiter(
-        (isinstance(v, _REAL_TYPES) and not isinstance(v, _BOOL_TYPES) for v in raw), dtype=bool, count=len(raw)
+        (isinstance(v, _REAL_TYPES) and not isinstance(v, _BOOL_TYPES) for v in raw),
+        dtype=bool,
+        count=len(raw),
     )
     text = np.fromiter((isinstance(v, str) for v in raw), dtype=bool, count=len(raw)) & ~missing
     bad = ~real & ~text & ~missing
@@ -110,9 +112,13 @@ def _object_values(raw: np.ndarray, column: object, expected: str) -> np.ndarray
         too_big = [i for i in np.flatnonzero(real) if isinstance(raw[i], int) and abs(raw[i]) > limit]
         _fail(np.asarray(too_big), column, raw, f"expected {expected}, not a number beyond float range")
     if text.any():
-        parsed = pd.to_numeric(pd.Series(raw[text], dtype=object).str.strip(), errors="coerce").to_numpy(float)
+        parsed = pd.to_numeric(pd.Series(raw[text], dtype=object).str.strip(), errors="coerce").to_numpy(
+            float
+        )
         values[text] = parsed
-        unparsed = np.isnan(parsed) & ~pd.Series(raw[text]).str.strip().str.lower().isin(["nan", ""]).to_numpy()
+        unparsed = (
+            np.isnan(parsed) & ~pd.Series(raw[text]).str.strip().str.lower().isin(["nan", ""]).to_numpy()
+        )
         bad[np.flatnonzero(text)[unparsed]] = True
     rows = np.flatnonzero(bad)
     if len(rows):
@@ -154,9 +160,7 @@ def feature_matrix(frame: pd.DataFrame) -> np.ndarray:
             column's domain.
     """
     if not isinstance(frame, pd.DataFrame):
-        raise InvalidInputError(
-            f"expected a table of rows with named columns, got {type(frame).__name__}"
-        )
+        raise InvalidInputError(f"expected a table of rows with named columns, got {type(frame).__name__}")
     if frame.columns.has_duplicates:
         dup = frame.columns[frame.columns.duplicated()][0]
         raise InvalidInputError(f"column {dup!r} is given twice", column=dup)
@@ -197,8 +201,4 @@ def missing_features(matrix: np.ndarray, row: int, route: str) -> list[str]:
     Returns:
         The missing canonical feature names, in route order.
     """
-    return [
-        name
-        for name in F.ROUTE_FEATURES[route]
-        if np.isnan(matrix[row, F.ALL_FEATURES.index(name)])
-    ]
+    return [name for name in F.ROUTE_FEATURES[route] if np.isnan(matrix[row, F.ALL_FEATURES.index(name)])]

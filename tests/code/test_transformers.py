@@ -46,7 +46,11 @@ def test_cross_code_is_mixed_radix_of_single_codes(lr_matrix):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"n_bins": 1}, "n_bins must be >= 2"), ({"orders": (5,)}, "orders must be"), ({"orders": ()}, "orders")],
+    [
+        ({"n_bins": 1}, "n_bins must be >= 2"),
+        ({"orders": (5,)}, "orders must be"),
+        ({"orders": ()}, "orders"),
+    ],
 )
 def test_bad_settings_are_refused(lr_matrix, kwargs, message):
     with pytest.raises(ValueError, match=message):

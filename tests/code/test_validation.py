@@ -35,7 +35,9 @@ def test_both_spellings_in_one_batch_are_merged():
 
 def test_both_spellings_with_different_values_are_refused():
     frame = pd.DataFrame([{"stem_height": 1.0, "stem-height": 2.0}])
-    with pytest.raises(InvalidInputError, match=r"row 0: 'stem-height' and 'stem_height'|row 0: 'stem_height'"):
+    with pytest.raises(
+        InvalidInputError, match=r"row 0: 'stem-height' and 'stem_height'|row 0: 'stem_height'"
+    ):
         feature_matrix(frame)
 
 
@@ -75,7 +77,9 @@ def test_all_bad_rows_are_counted():
 
 def test_numeric_strings_count_as_numbers_and_only_bad_cells_are_blamed():
     frame = pd.DataFrame({"cap-shape": ["1", " 2 ", "round", None], "season": ["0.027372133055605714"] * 4})
-    with pytest.raises(InvalidInputError, match=r"^row 2, column 'cap-shape': got the string 'round'") as info:
+    with pytest.raises(
+        InvalidInputError, match=r"^row 2, column 'cap-shape': got the string 'round'"
+    ) as info:
         feature_matrix(frame)
     assert info.value.row == 2
     matrix = feature_matrix(frame.iloc[[0, 1, 3]])

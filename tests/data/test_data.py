@@ -52,7 +52,7 @@ def test_resolve_falls_back_to_synthetic_loudly(fresh_store, caplog):
 
 
 def test_resolve_missing_path_fails():
-    with pytest.raises(data.DataError, match="data file not found: /nope.csv"):
+    with pytest.raises(data.DataError, match=r"data file not found: /nope\.csv"):
         data.resolve_data(path="/nope.csv")
 
 
@@ -71,7 +71,7 @@ class FakeKaggle:
     def authenticate(self):
         self.calls.append("authenticate")
         if self.mode == "exit":
-            print("Kaggle's long help text")
+            print("Kaggle's long help text")  # noqa: T201 - what the real client does
             raise SystemExit(1)
 
     def dataset_download_file(self, dataset, file_name, path=None, unzip=False):
@@ -121,7 +121,11 @@ def test_kaggle_without_credentials_fails_before_importing_the_client(fresh_stor
 
 @pytest.mark.parametrize(
     ("env", "present"),
-    [({"KAGGLE_API_TOKEN": "t"}, True), ({"KAGGLE_USERNAME": "u"}, False), ({"KAGGLE_USERNAME": "u", "KAGGLE_KEY": "k"}, True)],
+    [
+        ({"KAGGLE_API_TOKEN": "t"}, True),
+        ({"KAGGLE_USERNAME": "u"}, False),
+        ({"KAGGLE_USERNAME": "u", "KAGGLE_KEY": "k"}, True),
+    ],
 )
 def test_credentials_detection(tmp_path, env, present):
     assert data.kaggle_credentials_present({**env, "KAGGLE_CONFIG_DIR": str(tmp_path)}) is present
@@ -143,11 +147,23 @@ def _corrupt(frame, column, row, value):
     [
         (lambda f: f.drop(columns=["gill-color"]), r"missing required column\(s\) \['gill-color'\]"),
         (lambda f: f.drop(columns=["class"]), r"missing required column\(s\) \['class'\]"),
-        (lambda f: _corrupt(f, "cap-shape", 3, "round"), r"row 3, column 'cap-shape': got the string 'round'.*example row 3"),
-        (lambda f: _corrupt(f, "stem-color", 5, 42), r"column 'stem-color': got 42; expected an integer code 0-12"),
+        (
+            lambda f: _corrupt(f, "cap-shape", 3, "round"),
+            r"row 3, column 'cap-shape': got the string 'round'.*example row 3",
+        ),
+        (
+            lambda f: _corrupt(f, "stem-color", 5, 42),
+            r"column 'stem-color': got 42; expected an integer code 0-12",
+        ),
         (lambda f: _corrupt(f, "stem-width", 7, np.inf), r"column 'stem-width'.*infinite"),
-        (lambda f: _corrupt(f, "season", 2, np.nan), r"column 'season' has 1 missing value\(s\).*example row 2"),
-        (lambda f: _corrupt(f, "class", 4, 2), r"column 'class' must be 0 \(edible\) or 1 \(poisonous\), got 2"),
+        (
+            lambda f: _corrupt(f, "season", 2, np.nan),
+            r"column 'season' has 1 missing value\(s\).*example row 2",
+        ),
+        (
+            lambda f: _corrupt(f, "class", 4, 2),
+            r"column 'class' must be 0 \(edible\) or 1 \(poisonous\), got 2",
+        ),
         (lambda f: f.assign(**{"class": 1}), r"only one class"),
         (lambda f: f.iloc[:0], r"no rows"),
     ],
@@ -176,7 +192,7 @@ def test_unreadable_file_is_a_data_error(tmp_path):
 
 def test_split_is_stratified_and_fixed(synthetic_frame):
     train_a, test_a = data.split(synthetic_frame)
-    train_b, test_b = data.split(synthetic_frame)
+    _, test_b = data.split(synthetic_frame)
     assert len(test_a) == round(0.2 * len(synthetic_frame))
     assert test_a.index.equals(test_b.index)
     assert abs(test_a["class"].mean() - train_a["class"].mean()) < 0.01

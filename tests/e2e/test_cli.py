@@ -31,10 +31,24 @@ def test_train_then_weaker_train_says_why_it_is_challenger(run_cli, cli_home, tm
     assert first.returncode == 0, first.stderr
     assert "Alias: champion - first version: no champion yet" in first.stdout
     assert "naive_bayes          ROC-AUC 0." in first.stdout
-    weak = run_cli("train", "--data", str(path), "--param", "nb_bins=2", "--param", "nb_orders=1",
-                   "--param", "lr_bins=2", "--param", "lr_orders=1", env=cli_home)
+    weak = run_cli(
+        "train",
+        "--data",
+        str(path),
+        "--param",
+        "nb_bins=2",
+        "--param",
+        "nb_orders=1",
+        "--param",
+        "lr_bins=2",
+        "--param",
+        "lr_orders=1",
+        env=cli_home,
+    )
     assert weak.returncode == 0, weak.stderr
-    assert "Alias: challenger - version 2 is worse than champion version 1: naive_bayes ROC-AUC" in weak.stdout
+    assert (
+        "Alias: challenger - version 2 is worse than champion version 1: naive_bayes ROC-AUC" in weak.stdout
+    )
     status = run_cli("status", env=cli_home)
     assert "@champion -> version 1" in status.stdout and "@challenger -> version 2" in status.stdout
 
@@ -49,10 +63,16 @@ def test_train_synthetic_warns(run_cli, cli_home):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "--data", "/no/such.csv"], "mushroom-router train: error: data file not found: /no/such.csv"),
+        (
+            ["train", "--data", "/no/such.csv"],
+            "mushroom-router train: error: data file not found: /no/such.csv",
+        ),
         (["train", "--kaggle"], "mushroom-router train: error: no Kaggle credentials"),
         (["train", "--synthetic", "--param", "depth=3"], "unknown training param(s) ['depth']"),
-        (["predict", "/no/such.csv"], "mushroom-router predict: error: cannot load models:/mushroom-router@champion"),
+        (
+            ["predict", "/no/such.csv"],
+            "mushroom-router predict: error: cannot load models:/mushroom-router@champion",
+        ),
     ],
 )
 def test_errors_are_one_line_without_traceback(run_cli, cli_home, args, message):
@@ -107,6 +127,8 @@ def test_predict_bad_row_fails_and_writes_nothing(run_cli, registered, tmp_path)
 
 def test_module_and_console_script_are_the_same_cli(registered):
     script = os.path.join(os.path.dirname(os.sys.executable), "mushroom-router")
-    out = subprocess.run([script, "status"], capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    out = subprocess.run(
+        [script, "status"], capture_output=True, text=True, timeout=120, env=os.environ.copy()
+    )
     assert out.returncode == 0, out.stderr
     assert "@champion -> version" in out.stdout

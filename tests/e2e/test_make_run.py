@@ -22,8 +22,13 @@ def test_make_run_serves_and_the_printed_curl_returns_a_prediction(tmp_path):
     log_path = tmp_path / "make-run.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            ["make", "run", f"PORT={port}"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, text=True,
+            ["make", "run", f"PORT={port}"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            text=True,
         )
         try:
             wait_for_http(f"http://127.0.0.1:{port}/ping", proc, timeout=300)

@@ -41,7 +41,9 @@ def test_round_trip_matches_the_submodels_own_predictions(loaded, csv_rows):
     for route in F.ROUTES:
         rows = (out["model"] == route).to_numpy()
         if rows.any():
-            own = router.submodels[route].predict_proba(csv_rows.loc[rows, list(F.ROUTE_FEATURES[route])].to_numpy(float))
+            own = router.submodels[route].predict_proba(
+                csv_rows.loc[rows, list(F.ROUTE_FEATURES[route])].to_numpy(float)
+            )
             np.testing.assert_allclose(out.loc[rows, "poisonous_probability"], own[:, 1])
     assert len(out) == len(csv_rows)
 
@@ -76,7 +78,9 @@ def test_params_pass_through_pyfunc(loaded, csv_rows, route):
 def test_bad_input_raises_mlflow_invalid_parameter_value(loaded, csv_rows):
     bad = csv_rows.iloc[:3].copy()
     bad.loc[bad.index[1], "gill-color"] = 12
-    with pytest.raises(mlflow.exceptions.MlflowException, match=r"row 1, column 'gill-color': got 12") as info:
+    with pytest.raises(
+        mlflow.exceptions.MlflowException, match=r"row 1, column 'gill-color': got 12"
+    ) as info:
         loaded.predict(bad)
     assert info.value.error_code == "INVALID_PARAMETER_VALUE"
 
@@ -87,8 +91,14 @@ def test_signature_declares_params_only_and_example_shows_both_sets(registered):
     params = {p.name: p.default for p in info.signature.params}
     assert params == {"model": "auto", "threshold": 0.5}
     example = pd.DataFrame(registry.input_example())
-    assert example.iloc[0][list(F.NB_FEATURES)].notna().all() and example.iloc[0][list(F.LR_FEATURES)].isna().all()
-    assert example.iloc[1][list(F.LR_FEATURES)].notna().all() and example.iloc[1][list(F.NB_FEATURES)].isna().all()
+    assert (
+        example.iloc[0][list(F.NB_FEATURES)].notna().all()
+        and example.iloc[0][list(F.LR_FEATURES)].isna().all()
+    )
+    assert (
+        example.iloc[1][list(F.LR_FEATURES)].notna().all()
+        and example.iloc[1][list(F.NB_FEATURES)].isna().all()
+    )
     local = Path(mlflow.artifacts.download_artifacts(registered["model_uri"]))
     assert (local / "serving_input_example.json").is_file()
 

@@ -22,7 +22,9 @@ def champion():
 
 
 def versions():
-    return sorted(int(v.version) for v in registry.client().search_model_versions(f"name='{settings.MODEL_NAME}'"))
+    return sorted(
+        int(v.version) for v in registry.client().search_model_versions(f"name='{settings.MODEL_NAME}'")
+    )
 
 
 def test_gate_promotes_first_keeps_champion_against_weaker_and_promotes_equal(small_csv):
@@ -71,9 +73,17 @@ def test_run_records_params_metrics_data_and_plots(small_csv):
     assert run.data.tags["data_source"] == "path"
     assert run.data.tags["data_sha256"] == data.file_sha256(small_csv)
     assert len(run.data.tags.get("git_commit", "")) == 40
-    for key in ("naive_bayes_roc_auc", "logistic_regression_log_loss", "auto_brier", "naive_bayes_validation_roc_auc"):
+    for key in (
+        "naive_bayes_roc_auc",
+        "logistic_regression_log_loss",
+        "auto_brier",
+        "naive_bayes_validation_roc_auc",
+    ):
         assert key in run.data.metrics
-    assert run.data.params["nb_orders"] == "3" and run.data.params["preferred_route"] in ("naive_bayes", "logistic_regression")
+    assert run.data.params["nb_orders"] == "3" and run.data.params["preferred_route"] in (
+        "naive_bayes",
+        "logistic_regression",
+    )
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(out["run_id"], "plots")}
     assert artifacts == {"plots/roc.png", "plots/confusion_matrix.png"}
 

@@ -24,7 +24,7 @@ def test_output_contract(router, rows):
     assert len(out) == len(rows)
     assert set(out["prediction"]) <= {"edible", "poisonous"}
     p = out["poisonous_probability"].to_numpy()
-    assert ((0 <= p) & (p <= 1)).all()
+    assert ((p >= 0) & (p <= 1)).all()
     chosen = np.where(out["prediction"] == "poisonous", p, 1 - p)
     np.testing.assert_allclose(out["probability"], chosen)
 
@@ -114,8 +114,14 @@ def test_row_completing_neither_set_names_the_missing_columns(router, rows):
 
 
 def test_forced_route_needs_its_features(router, rows):
-    with pytest.raises(InvalidInputError, match=r"row 0: param model='naive_bayes' needs .*, missing \['cap-diameter', 'gill-attachment', 'gill-color'\] \(1 more"):
-        router.predict(rows[list(F.LR_FEATURES)].iloc[:2].assign(**{"cap-shape": 1}), {"model": "naive_bayes"})
+    with pytest.raises(
+        InvalidInputError,
+        match=r"row 0: param model='naive_bayes' needs .*, "
+        r"missing \['cap-diameter', 'gill-attachment', 'gill-color'\] \(1 more",
+    ):
+        router.predict(
+            rows[list(F.LR_FEATURES)].iloc[:2].assign(**{"cap-shape": 1}), {"model": "naive_bayes"}
+        )
 
 
 def test_one_bad_row_fails_the_whole_batch(router, rows):

@@ -28,7 +28,10 @@ def test_held_out_rows_are_not_trained_on(trained, synthetic_frame):
 
 
 def test_weak_setting_is_worse_on_both_routes(trained, synthetic_frame):
-    weak = train(synthetic_frame, TrainConfig.from_mapping({"nb_bins": 2, "nb_orders": "1", "lr_bins": 2, "lr_orders": "1"}))
+    weak = train(
+        synthetic_frame,
+        TrainConfig.from_mapping({"nb_bins": 2, "nb_orders": "1", "lr_bins": 2, "lr_orders": "1"}),
+    )
     for route in F.ROUTES:
         assert weak.metrics[f"{route}_roc_auc"] < trained.metrics[f"{route}_roc_auc"]
 

@@ -44,7 +44,12 @@ def test_ping(server):
     "body",
     [
         {"dataframe_records": [NB, LR]},
-        {"dataframe_split": {"columns": list(F.ALL_FEATURES), "data": [[*NB.values(), *[None] * 4], [*[None] * 4, *LR.values()]]}},
+        {
+            "dataframe_split": {
+                "columns": list(F.ALL_FEATURES),
+                "data": [[*NB.values(), *[None] * 4], [*[None] * 4, *LR.values()]],
+            }
+        },
         {"instances": [NB | dict.fromkeys(F.LR_FEATURES), dict.fromkeys(F.NB_FEATURES) | LR]},
         {"inputs": [NB | dict.fromkeys(F.LR_FEATURES), dict.fromkeys(F.NB_FEATURES) | LR]},
         {"inputs": {c: [NB.get(c), LR.get(c)] for c in F.ALL_FEATURES}},
@@ -52,8 +57,16 @@ def test_ping(server):
         {"dataframe_records": [NB, LR_U]},
         {"dataframe_records": [NB, {k: str(v) for k, v in LR.items()}]},
     ],
-    ids=["dataframe_records", "dataframe_split", "instances", "inputs_records", "inputs_columns",
-         "underscores", "mixed_spellings", "numeric_strings"],
+    ids=[
+        "dataframe_records",
+        "dataframe_split",
+        "instances",
+        "inputs_records",
+        "inputs_columns",
+        "underscores",
+        "mixed_spellings",
+        "numeric_strings",
+    ],
 )
 def test_every_request_form_routes_a_mixed_batch(server, body):
     out = predictions(post(server, body))
@@ -115,8 +128,14 @@ def test_bad_requests_get_400_with_a_json_message_and_no_traceback(server, body,
 
 
 def test_infinity_is_refused(server):
-    assert_clean_error(post(server, '{"dataframe_records": [{"cap-diameter": 1e999, "cap-shape": 1, '
-                                    '"gill-attachment": 1, "gill-color": 1}]}'), "infinite")
+    assert_clean_error(
+        post(
+            server,
+            '{"dataframe_records": [{"cap-diameter": 1e999, "cap-shape": 1, '
+            '"gill-attachment": 1, "gill-color": 1}]}',
+        ),
+        "infinite",
+    )
 
 
 def test_one_bad_row_refuses_the_whole_batch(server):
