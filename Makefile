@@ -44,6 +44,14 @@ lint: install ## ruff
 format: install ## ruff format
 	$(VENV)/bin/ruff format router_model dags tests bench conftest.py
 
+airflow: install ## run Airflow 3 (airflow standalone) with the retrain DAG on http://127.0.0.1:8080
+	AIRFLOW_HOME=$(CURDIR)/.airflow \
+	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__CORE__PARALLELISM=4 \
+	MUSHROOM_HOME=$(CURDIR) \
+	airflow standalone
+
 lock: ## re-resolve constraints.txt from pyproject.toml (needs uv)
 	$(VENV)/bin/uv pip compile pyproject.toml --all-extras --python-version 3.11 -o constraints.txt
 

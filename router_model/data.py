@@ -38,7 +38,19 @@ SYNTHETIC_SEED = 20240607
 
 
 class DataError(RuntimeError):
-    """The training data cannot be had or is not fit to train on; the message says why."""
+    """The training data cannot be had or is not fit to train on; the message says why.
+
+    Attributes:
+        transient: Whether trying again later may help (a retrying scheduler reads it).
+    """
+
+    transient = False
+
+
+class DataUnavailableError(DataError):
+    """The data source could not be reached (network, Kaggle outage); a retry may help."""
+
+    transient = True
 
 
 @dataclass(frozen=True)
@@ -144,14 +156,15 @@ def validate_training_frame(frame: pd.DataFrame) -> pd.DataFrame:
     groups = F.canonical_columns(frame.columns)
     missing = [c for c in F.ALL_FEATURES + (F.TARGET,) if c not in groups]
     if missing:
-        raise DataError(
-            f"missing required column(s) {missing}; the file has {list(frame.columns)}"
-        )
+        raise DataError(f"missing required column(s) {missing}; the file has {list(frame.columns)}")
     if len(frame) == 0:
         raise DataError("the file has a header but no rows")
 
     def example(row: int) -> str:
-        values = {k: v.item() if isinstance(v, np.generic) else v for k, v in frame.iloc[[row]].to_dict("records")[0].items()}
+        values = {
+            k: v.item() if isinstance(v, np.generic) else v
+            for k, v in frame.iloc[[row]].to_dict("records")[0].items()
+        }
         return f"example row {row} (0-based, header not counted): {values}"
 
     try:
@@ -286,9 +299,9 @@ def download_kaggle(
             f"Kaggle authentication failed (client exited with {err.code!r}); check "
             "KAGGLE_API_TOKEN or KAGGLE_USERNAME/KAGGLE_KEY"
         ) from None
-    except Exception as err:  # noqa: BLE001 - any client or network failure is one reason
+    except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"Kaggle download of {settings.KAGGLE_DATASET} failed: {first}") from None
+        raise DataUnavailableError(f"Kaggle download of {settings.KAGGLE_DATASET} failed: {first}") from None
     if not target.is_file():
         raise DataError(f"Kaggle download finished but {target} is missing")
     _logger.info("Downloaded %s to %s", settings.KAGGLE_DATASET, target)
@@ -355,7 +368,7 @@ def describe(frame: pd.DataFrame) -> dict[str, Any]:
     """Small JSON-friendly summary of a validated frame (row count, class balance)."""
     counts = frame[F.TARGET].value_counts().to_dict()
     return {
-        "rows": int(len(frame)),
+        "rows": len(frame),
         "poisonous": int(counts.get(F.LABEL_POISONOUS, 0)),
         "edible": int(counts.get(F.LABEL_EDIBLE, 0)),
         "duplicates": int(frame.duplicated().sum()),
@@ -365,6 +378,7 @@ def describe(frame: pd.DataFrame) -> dict[str, Any]:
 __all__ = [
     "DataError",
     "DataSource",
+    "DataUnavailableError",
     "describe",
     "download_kaggle",
     "file_sha256",

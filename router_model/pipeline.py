@@ -14,6 +14,7 @@ it. Nothing before the final alias move touches ``champion``, so a failed retrai
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -96,7 +97,9 @@ def train_and_register(
     if retrain_key:
         existing = registry.find_version(retrain_key)
         if existing is not None:
-            _logger.info("Version %s is already registered for %s; not training again", existing.version, retrain_key)
+            _logger.info(
+                "Version %s is already registered for %s; not training again", existing.version, retrain_key
+            )
             return registry.RegisteredRouter(
                 existing.run_id, registry.version_uri(existing.version), int(existing.version)
             ).as_dict()
@@ -129,7 +132,10 @@ def evaluate_against_champion(version: int, path: str) -> dict[str, Any]:
             f"{path} changed since version {version} was trained on it (sha256 {actual[:12]} != {expected[:12]})"
         )
     _, test = data_mod.split(data_mod.load_training_frame(path))
-    scores = {"version": int(version), "candidate": evaluate(registry.load_router(registry.version_uri(version)), test)}
+    scores = {
+        "version": int(version),
+        "candidate": evaluate(registry.load_router(registry.version_uri(version)), test),
+    }
     champion = registry.alias_version(settings.CHAMPION)
     scores["champion_version"] = int(champion.version) if champion else None
     scores["champion"] = None
@@ -167,13 +173,21 @@ def decide(evaluation: dict[str, Any], min_improvement: float = 0.0) -> GateDeci
     return GateDecision(ok, reason, version, int(champion_version))
 
 
-def apply_decision(decision: GateDecision) -> str:
+def apply_decision(decision: GateDecision | Mapping[str, Any]) -> str:
     """Move the aliases as decided and record the reason on the version.
+
+    Args:
+        decision: A :class:`GateDecision` or its ``as_dict()`` form (what a DAG task passes on).
 
     Returns:
         The alias the version now holds (``champion`` or ``challenger``).
     """
-    registry.tag_version(decision.version, {"gate": "promoted" if decision.promote else "rejected", "gate_reason": decision.reason})
+    if not isinstance(decision, GateDecision):
+        decision = GateDecision(**decision)
+    registry.tag_version(
+        decision.version,
+        {"gate": "promoted" if decision.promote else "rejected", "gate_reason": decision.reason},
+    )
     if decision.promote:
         registry.set_alias(settings.CHAMPION, decision.version)
         challenger = registry.alias_version(settings.CHALLENGER)

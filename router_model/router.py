@@ -21,9 +21,11 @@ works) and a tampered artifact cannot widen what gets instantiated.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import mlflow.pyfunc
@@ -54,11 +56,23 @@ def submodel_filename(route: str) -> str:
     return f"{route}.skops"
 
 
+@contextlib.contextmanager
+def _quiet_warnings() -> Iterator[None]:
+    # skops probes attributes of every loaded module (on import and while it (de)serialises);
+    # inside an Airflow worker that raises hundreds of Airflow deprecated-import warnings, none of
+    # them about this model.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def untrusted_types(path: str) -> list[str]:
     """Types in a skops file that :data:`TRUSTED_TYPES` and skops' defaults do not cover."""
-    import skops.io
+    with _quiet_warnings():
+        import skops.io
 
-    return [t for t in skops.io.get_untrusted_types(file=path) if t not in TRUSTED_TYPES]
+        found = skops.io.get_untrusted_types(file=path)
+    return [t for t in found if t not in TRUSTED_TYPES]
 
 
 def save_submodel(estimator: Any, path: str) -> None:
@@ -67,9 +81,10 @@ def save_submodel(estimator: Any, path: str) -> None:
     Raises:
         ValueError: If the file would need a type outside the trusted list.
     """
-    import skops.io
+    with _quiet_warnings():
+        import skops.io
 
-    skops.io.dump(estimator, path)
+        skops.io.dump(estimator, path)
     extra = untrusted_types(path)
     if extra:
         raise ValueError(f"sub-model at {path} needs untrusted types {extra}; add them to TRUSTED_TYPES")
@@ -77,9 +92,10 @@ def save_submodel(estimator: Any, path: str) -> None:
 
 def load_submodel(path: str) -> Any:
     """Load a sub-model written by :func:`save_submodel` (no pickle)."""
-    import skops.io
+    with _quiet_warnings():
+        import skops.io
 
-    return skops.io.load(path, trusted=list(TRUSTED_TYPES))
+        return skops.io.load(path, trusted=list(TRUSTED_TYPES))
 
 
 def parse_params(params: Mapping[str, Any] | None) -> tuple[str, float]:
@@ -183,9 +199,7 @@ def as_frame(model_input: Any) -> pd.DataFrame:
         except ValueError as err:
             raise InvalidInputError(f"columns of different lengths: {err}") from None
     if isinstance(model_input, list) and all(isinstance(r, Mapping) for r in model_input):
-        return pd.DataFrame(
-            [{k: _scalar(v) for k, v in r.items()} for r in model_input]
-        )
+        return pd.DataFrame([{k: _scalar(v) for k, v in r.items()} for r in model_input])
     raise InvalidInputError(
         f"expected rows with named feature columns, got {type(model_input).__name__}; send "
         "dataframe_split, dataframe_records, or instances/inputs as records or columns"
@@ -260,7 +274,7 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
         submodels = {route: load_submodel(context.artifacts[route]) for route in F.ROUTES}
         self.router = Router(submodels, preferred=config.get(CONFIG_PREFERRED, F.LOGISTIC_REGRESSION))
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input, params=None):
         """Route and score ``model_input``; bad input raises ``MlflowException`` (HTTP 400)."""
         try:
             return self.router.predict(model_input, params)

@@ -1,0 +1,211 @@
+"""Airflow 3 DAG: retrain the mushroom router and promote it only when it passes the quality gate.
+
+Every task is one call into :mod:`router_model.pipeline`, imported inside the task, so parsing this
+file imports neither MLflow, scikit-learn, pandas nor ``router_model`` and touches no database.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk.exceptions import AirflowFailException
+
+DAG_ID = "mushroom_router_retrain"
+
+#: Updated when a new version takes ``champion``; other DAGs can schedule on it.
+CHAMPION_ASSET = Asset(uri="mlflow://models/mushroom-router", name="mushroom-router-champion")
+
+#: Hyperparameters that make a deliberately weak model (for trying the gate).
+WEAK_TRAIN_PARAMS = {"nb_bins": 2, "nb_orders": "1", "lr_bins": 2, "lr_orders": "1"}
+
+DOC_MD = f"""
+# Retrain the mushroom router behind a quality gate
+
+`fetch_data` → `validate_data` → `train_and_register` → `evaluate_against_champion` → `gate`
+→ `promote` **or** `keep_challenger`.
+
+* **fetch_data** resolves the training CSV. `data_source=auto` uses `data_path` or `MUSHROOM_DATA`,
+  else Kaggle (`prishasawhney/mushroom-dataset`) when Kaggle credentials are set, else a
+  *synthetic* sample (logged with a loud warning; not for real decisions).
+* **validate_data** checks every column; a bad file fails here, before anything is registered.
+* **train_and_register** trains and registers a new version of `mushroom-router` with no alias.
+  It is keyed by `<dag_id>/<run_id>`: clearing and re-running the same DAG run reuses that version.
+* **evaluate_against_champion** scores the new version and the current `champion` on the same
+  held-out rows.
+* **gate** promotes only when the ROC-AUC of *each* route is at least the champion's plus
+  `min_improvement` (the first version always becomes champion).
+* **promote** moves `champion` and updates the asset `{CHAMPION_ASSET.uri}`;
+  **keep_challenger** gives the version the `challenger` alias. Both record the reason as the
+  `gate_reason` tag on the version. Nothing before them touches `champion`.
+
+Bad data, missing Kaggle credentials and invalid `train_params` fail at once with a one-line reason;
+other errors (for example an unreachable tracking server) are retried.
+
+Tasks pass file paths to each other: run them where they share `MUSHROOM_HOME` (LocalExecutor, or
+shared storage) and point every worker at the same `MLFLOW_TRACKING_URI`.
+
+Try the gate with a weak model: trigger with `{{"train_params": {WEAK_TRAIN_PARAMS}}}`
+(JSON: double quotes).
+"""
+
+default_args = {
+    "owner": "mushroom-router",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=2),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=20),
+    "execution_timeout": timedelta(minutes=30),
+}
+
+params = {
+    "data_source": Param(
+        "auto",
+        type="string",
+        enum=["auto", "kaggle", "path", "synthetic"],
+        description=(
+            "auto: data_path or MUSHROOM_DATA, else Kaggle when credentials are set, else synthetic. "
+            "kaggle/path/synthetic force one source."
+        ),
+    ),
+    "data_path": Param(
+        None,
+        type=["null", "string"],
+        description="Training file on the worker (CSV, Parquet or JSON); used by 'auto' and 'path'.",
+    ),
+    "min_improvement": Param(
+        0.0,
+        type="number",
+        minimum=0,
+        description="How much higher each route's ROC-AUC must be than the champion's to promote.",
+    ),
+    "train_params": Param(
+        {},
+        type="object",
+        additionalProperties={"type": ["string", "number", "integer", "boolean"]},
+        description=(
+            "Overrides of router_model.train.TrainConfig, e.g. "
+            '{"nb_bins": 32, "nb_orders": "3", "lr_c": 1.0}; unknown keys fail the run.'
+        ),
+    ),
+}
+
+
+def fail_fast(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn errors that a retry cannot fix into ``AirflowFailException`` (no retries).
+
+    Bad or missing data (``DataError``), a pipeline precondition (``PipelineError``) and invalid
+    parameters (``ValueError``) fail the task at once with their one-line message. An error marked
+    ``transient = True`` and every other error (network, tracking server) keep the normal retries.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (RuntimeError, ValueError) as err:
+            from router_model.data import DataError
+            from router_model.pipeline import PipelineError
+
+            permanent = isinstance(err, (DataError, PipelineError)) or type(err) is ValueError
+            if permanent and not getattr(err, "transient", False):
+                raise AirflowFailException(f"{type(err).__name__}: {err}") from err
+            raise
+
+    return wrapper
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule="@daily",
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=2),
+    default_args=default_args,
+    params=params,
+    tags=["mushroom-router", "mlflow", "retrain"],
+    doc_md=DOC_MD,
+)
+def mushroom_router_retrain() -> None:
+    @task(execution_timeout=timedelta(minutes=15))
+    @fail_fast
+    def fetch_data(params: dict[str, Any] | None = None) -> dict[str, str]:
+        """Resolve the training file; returns ``{"path", "source", "sha256"}``."""
+        from router_model import pipeline
+
+        source = params["data_source"]
+        return pipeline.fetch_data(
+            source=None if source == "auto" else source, path=params["data_path"] or None
+        )
+
+    @task(execution_timeout=timedelta(minutes=10))
+    @fail_fast
+    def validate_data(fetched: dict[str, str]) -> dict[str, Any]:
+        """Check the file; returns row count and class balance."""
+        from router_model import pipeline
+
+        return pipeline.validate_data(fetched["path"])
+
+    @task(execution_timeout=timedelta(minutes=60))
+    @fail_fast
+    def train_and_register(
+        fetched: dict[str, str], params: dict[str, Any] | None = None, ti: Any = None
+    ) -> dict[str, Any]:
+        """Train and register a version keyed by this DAG run; returns run id, model URI and version."""
+        from router_model import pipeline
+
+        return pipeline.train_and_register(
+            fetched["path"], fetched["source"], params["train_params"], retrain_key=f"{ti.dag_id}/{ti.run_id}"
+        )
+
+    @task(execution_timeout=timedelta(minutes=20))
+    @fail_fast
+    def evaluate_against_champion(registered: dict[str, Any], fetched: dict[str, str]) -> dict[str, Any]:
+        """Score the new version and the champion on the same held-out rows."""
+        from router_model import pipeline
+
+        return pipeline.evaluate_against_champion(registered["version"], fetched["path"])
+
+    @task.branch(execution_timeout=timedelta(minutes=5))
+    @fail_fast
+    def gate(evaluation: dict[str, Any], params: dict[str, Any] | None = None, ti: Any = None) -> str:
+        """Decide; pushes the decision as XCom ``decision`` and follows ``promote`` or ``keep_challenger``."""
+        from router_model import pipeline
+
+        decision = pipeline.decide(evaluation, float(params["min_improvement"]))
+        ti.xcom_push(key="decision", value=decision.as_dict())
+        return "promote" if decision.promote else "keep_challenger"
+
+    @task(execution_timeout=timedelta(minutes=10), outlets=[CHAMPION_ASSET])
+    @fail_fast
+    def promote(decision: dict[str, Any], outlet_events: Any = None) -> str:
+        """Move ``champion`` to the new version and record the reason."""
+        from router_model import pipeline
+
+        alias = pipeline.apply_decision(decision)
+        outlet_events[CHAMPION_ASSET].extra = {"version": decision["version"], "reason": decision["reason"]}
+        return alias
+
+    @task(execution_timeout=timedelta(minutes=10))
+    @fail_fast
+    def keep_challenger(decision: dict[str, Any]) -> str:
+        """Give the new version ``challenger`` (champion stays) and record the reason."""
+        from router_model import pipeline
+
+        return pipeline.apply_decision(decision)
+
+    fetched = fetch_data()
+    validated = validate_data(fetched)
+    registered = train_and_register(fetched)
+    validated >> registered
+    evaluation = evaluate_against_champion(registered, fetched)
+    decided = gate(evaluation)
+    decided >> [promote(decided["decision"]), keep_challenger(decided["decision"])]
+
+
+mushroom_router_retrain()

@@ -1,0 +1,160 @@
+"""Fixtures for the Airflow DAG tests: an isolated Airflow home and metadata DB, a fresh MLflow registry.
+
+Airflow reads its configuration when it is first imported, so nothing here imports it at module
+level: :func:`airflow_db` sets the environment first, migrates the metadata DB in a subprocess and
+only then lets the tests import Airflow.
+
+The metadata DB is SQLite in a temporary ``AIRFLOW_HOME``. With ``MUSHROOM_REQUIRE_SERVICES=1`` it
+is a fresh database on the local PostgreSQL (``127.0.0.1:5432``, user ``postgres``, no password),
+dropped at the end of the session; an unreachable server is then an error, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DAGS_FOLDER = REPO_ROOT / "dags"
+
+PG_HOST = os.environ.get("MUSHROOM_TEST_PGHOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("MUSHROOM_TEST_PGPORT", "5432"))
+PG_USER = os.environ.get("MUSHROOM_TEST_PGUSER", "postgres")
+
+#: Environment that would leak the developer's data, credentials or registry into the tests.
+MLFLOW_ENV_TO_CLEAR = (
+    "MUSHROOM_DATA",
+    "MUSHROOM_DATA_DIR",
+    "MUSHROOM_EXPERIMENT",
+    "MUSHROOM_MODEL_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_RUN_ID",
+    "KAGGLE_API_TOKEN",
+    "KAGGLE_USERNAME",
+    "KAGGLE_KEY",
+)
+
+
+def require_services() -> bool:
+    """Whether the run must use the real services (``MUSHROOM_REQUIRE_SERVICES=1``)."""
+    return os.environ.get("MUSHROOM_REQUIRE_SERVICES", "") == "1"
+
+
+def _pg_admin_connect():
+    import psycopg2
+
+    conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=5)
+    conn.autocommit = True
+    return conn
+
+
+def _pg_admin_execute(statement: str) -> None:
+    # Not ``with conn:``: psycopg2 opens a transaction there even in autocommit mode, and
+    # CREATE/DROP DATABASE cannot run inside one.
+    conn = _pg_admin_connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
+def _create_pg_database() -> str:
+    name = f"airflow_test_{uuid.uuid4().hex[:12]}"
+    _pg_admin_execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def _drop_pg_database(name: str) -> None:
+    _pg_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Configure Airflow for the session (home, DAGs folder, metadata DB) and migrate the DB.
+
+    Yields:
+        The ``sql_alchemy_conn`` in use.
+    """
+    if "airflow" in sys.modules:
+        pytest.fail(
+            "airflow was imported before the airflow_db fixture configured it; "
+            "import airflow inside tests and fixtures only"
+        )
+    home = tmp_path_factory.mktemp("airflow_home")
+    pg_database = None
+    if require_services():
+        try:
+            pg_database = _create_pg_database()
+        except Exception as err:
+            pytest.fail(
+                f"MUSHROOM_REQUIRE_SERVICES=1 but PostgreSQL at {PG_HOST}:{PG_PORT} is unusable: {err}"
+            )
+        conn = f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/{pg_database}"
+    else:
+        conn = f"sqlite:///{home / 'airflow.db'}"
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIRFLOW_HOME", str(home))
+        mp.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(DAGS_FOLDER))
+        mp.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+        mp.setenv("AIRFLOW__CORE__PLUGINS_FOLDER", str(home / "plugins"))
+        mp.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", conn)
+        mp.delenv("AIRFLOW_CONFIG", raising=False)
+        mp.delenv("AIRFLOW__CORE__UNIT_TEST_MODE", raising=False)
+        migrate = subprocess.run(
+            [sys.executable, "-m", "airflow", "db", "migrate"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={
+                **os.environ,
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            },
+        )
+        try:
+            if migrate.returncode != 0:
+                pytest.fail(f"airflow db migrate failed:\n{migrate.stdout[-3000:]}\n{migrate.stderr[-3000:]}")
+            yield conn
+        finally:
+            if "airflow.settings" in sys.modules:
+                sys.modules["airflow.settings"].dispose_orm()
+            if pg_database:
+                _drop_pg_database(pg_database)
+
+
+@pytest.fixture(scope="module")
+def mlflow_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh MLflow tracking store and registry, no data path and no Kaggle credentials.
+
+    Yields:
+        The temporary ``MUSHROOM_HOME``.
+    """
+    home = tmp_path_factory.mktemp("mushroom_home")
+    kaggle_dir = tmp_path_factory.mktemp("kaggle_config_empty")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in MLFLOW_ENV_TO_CLEAR:
+            mp.delenv(name, raising=False)
+        mp.setenv("MUSHROOM_HOME", str(home))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+        mp.setenv("MUSHROOM_ARTIFACT_ROOT", (home / "mlartifacts").as_uri())
+        mp.setenv("KAGGLE_CONFIG_DIR", str(kaggle_dir))
+        yield home
+
+
+@pytest.fixture(scope="module")
+def retrain_dag(airflow_db: str, mlflow_env: Path):
+    """The ``mushroom_router_retrain`` DAG parsed from the DAGs folder, ready for ``dag.test()``."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags["mushroom_router_retrain"]
