@@ -8,19 +8,15 @@ sample stands in, so the suite passes on a machine with neither the data nor a n
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
+from support import REPO, free_port, stop_process, wait_for_http
 
-REPO = Path(__file__).resolve().parent
 #: Captured before the isolation fixture clears it from the environment.
 REAL_DATA = os.environ.get("MUSHROOM_DATA", "")
 
@@ -34,53 +30,6 @@ _CLEARED = (
     "KAGGLE_USERNAME",
     "KAGGLE_KEY",
 )
-
-
-def services_required() -> bool:
-    """Whether missing services must fail tests instead of skipping them (CI sets it)."""
-    return os.environ.get("MUSHROOM_REQUIRE_SERVICES", "") == "1"
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip on a user's machine; fail where services are required."""
-    if services_required():
-        pytest.fail(f"{reason} (MUSHROOM_REQUIRE_SERVICES=1)")
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 90.0) -> None:
-    """Poll ``url`` until it answers 200; fail early if ``proc`` exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    """Terminate a process group started with ``start_new_session=True``; kill if it lingers."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=timeout)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 9)
-        proc.wait(timeout=timeout)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,18 +14,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import PG_HOST, PG_PORT, create_database, drop_database, pg_url, services_required
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = REPO_ROOT / "dags"
-
-PG_HOST = os.environ.get("MUSHROOM_TEST_PGHOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("MUSHROOM_TEST_PGPORT", "5432"))
-PG_USER = os.environ.get("MUSHROOM_TEST_PGUSER", "postgres")
 
 #: Environment that would leak the developer's data, credentials or registry into the tests.
 MLFLOW_ENV_TO_CLEAR = (
@@ -43,40 +39,6 @@ MLFLOW_ENV_TO_CLEAR = (
 )
 
 
-def require_services() -> bool:
-    """Whether the run must use the real services (``MUSHROOM_REQUIRE_SERVICES=1``)."""
-    return os.environ.get("MUSHROOM_REQUIRE_SERVICES", "") == "1"
-
-
-def _pg_admin_connect():
-    import psycopg2
-
-    conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=5)
-    conn.autocommit = True
-    return conn
-
-
-def _pg_admin_execute(statement: str) -> None:
-    # Not ``with conn:``: psycopg2 opens a transaction there even in autocommit mode, and
-    # CREATE/DROP DATABASE cannot run inside one.
-    conn = _pg_admin_connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
-
-
-def _create_pg_database() -> str:
-    name = f"airflow_test_{uuid.uuid4().hex[:12]}"
-    _pg_admin_execute(f'CREATE DATABASE "{name}"')
-    return name
-
-
-def _drop_pg_database(name: str) -> None:
-    _pg_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="session")
 def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Configure Airflow for the session (home, DAGs folder, metadata DB) and migrate the DB.
@@ -91,14 +53,14 @@ def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     home = tmp_path_factory.mktemp("airflow_home")
     pg_database = None
-    if require_services():
+    if services_required():
         try:
-            pg_database = _create_pg_database()
+            pg_database = create_database("airflow_test")
         except Exception as err:
             pytest.fail(
                 f"MUSHROOM_REQUIRE_SERVICES=1 but PostgreSQL at {PG_HOST}:{PG_PORT} is unusable: {err}"
             )
-        conn = f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/{pg_database}"
+        conn = pg_url(pg_database)
     else:
         conn = f"sqlite:///{home / 'airflow.db'}"
 
@@ -128,7 +90,7 @@ def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if "airflow.settings" in sys.modules:
                 sys.modules["airflow.settings"].dispose_orm()
             if pg_database:
-                _drop_pg_database(pg_database)
+                drop_database(pg_database)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,7 @@ import subprocess
 import time
 
 import pytest
-
-from conftest import REPO, free_port, stop_process, wait_for_http
+from support import REPO, free_port, stop_process, wait_for_http
 
 
 @pytest.mark.serving

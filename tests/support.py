@@ -1,0 +1,107 @@
+"""Helpers shared by tests (importable as ``support``: pytest's ``pythonpath`` includes tests/)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+
+PG_HOST = os.environ.get("MUSHROOM_TEST_PGHOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("MUSHROOM_TEST_PGPORT", "5432"))
+PG_USER = os.environ.get("MUSHROOM_TEST_PGUSER", "postgres")
+
+
+def services_required() -> bool:
+    """Whether missing services must fail tests instead of skipping them (CI sets it)."""
+    return os.environ.get("MUSHROOM_REQUIRE_SERVICES", "") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip on a user's machine; fail where services are required."""
+    if services_required():
+        pytest.fail(f"{reason} (MUSHROOM_REQUIRE_SERVICES=1)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 90.0) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Terminate a process group started with ``start_new_session=True``; kill if it lingers."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+        proc.wait(timeout=timeout)
+
+
+def pg_url(database: str, driver: str = "psycopg2") -> str:
+    """SQLAlchemy URL of a database on the test PostgreSQL (trust auth, no password)."""
+    return f"postgresql+{driver}://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
+
+
+def pg_admin_execute(statement: str) -> None:
+    """Run one statement on the ``postgres`` database in autocommit mode."""
+    import psycopg2
+
+    # Not ``with conn:``: psycopg2 opens a transaction there even in autocommit mode, and
+    # CREATE/DROP DATABASE cannot run inside one.
+    conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=5)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
+def create_database(prefix: str) -> str:
+    """Create a uniquely named database and return its name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    pg_admin_execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_database(name: str) -> None:
+    """Drop a database, disconnecting its sessions."""
+    pg_admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_or_skip() -> None:
+    """Skip (or fail under ``MUSHROOM_REQUIRE_SERVICES=1``) when the test PostgreSQL is unreachable."""
+    try:
+        pg_admin_execute("SELECT 1")
+    except Exception as err:
+        skip_or_fail(f"PostgreSQL at {PG_HOST}:{PG_PORT} is not reachable: {err}")
