@@ -1,0 +1,156 @@
+"""The supervisor behind the compose model server: waits for a champion, follows it, survives crashes."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pandas as pd
+import pytest
+import requests
+from support import REPO, free_port
+
+from router_model import features as F
+from router_model import pipeline, registry, settings
+from router_model.supervisor import ChampionSupervisor
+
+pytestmark = pytest.mark.serving
+
+WEAK = {"nb_bins": 2, "nb_orders": "1", "lr_bins": 2, "lr_orders": "1"}
+
+
+def wait_until(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def score(port):
+    response = requests.post(
+        f"http://127.0.0.1:{port}/invocations", json={"dataframe_records": F.example_rows()}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    return pd.DataFrame(response.json()["predictions"])
+
+
+def expected_for(version):
+    router = registry.load_router(registry.version_uri(version))
+    return router.predict(pd.DataFrame(F.example_rows()))["poisonous_probability"].to_numpy()
+
+
+@pytest.fixture
+def supervisor(fresh_store):
+    sup = ChampionSupervisor(port=free_port(), poll_seconds=0.5, cache_dir=fresh_store / "cache")
+    thread = threading.Thread(target=sup.run, daemon=True)
+    thread.start()
+    yield sup
+    sup.stop()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert sup.served is None
+
+
+def test_waits_for_a_champion_then_serves_it_and_follows_the_alias(supervisor, fresh_store, caplog):
+    caplog.set_level(logging.INFO, logger="router_model.supervisor")
+    wait_until(
+        lambda: "Waiting: mushroom-router@champion does not exist yet" in caplog.text, 10, "the wait message"
+    )
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{supervisor.port}/ping", timeout=2)
+
+    path = fresh_store / "train.csv"
+    from router_model.data import make_synthetic
+
+    make_synthetic(2000).to_csv(path, index=False)
+    first = pipeline.retrain(path=str(path))
+    assert first["alias"] == settings.CHAMPION
+    wait_until(lambda: supervisor.served is not None and supervisor._ping(), 60, "version 1 to be served")
+    pd.testing.assert_series_equal(
+        score(supervisor.port)["poisonous_probability"],
+        pd.Series(expected_for(1), name="poisonous_probability"),
+    )
+
+    weak = pipeline.train_and_register(str(path), train_params=WEAK)
+    moved = time.monotonic()
+    registry.set_alias(settings.CHAMPION, weak["version"])
+    wait_until(
+        lambda: supervisor.served is not None and supervisor.served.version == 2 and supervisor._ping(),
+        60,
+        "the server to follow champion to version 2",
+    )
+    assert time.monotonic() - moved < 60
+    pd.testing.assert_series_equal(
+        score(supervisor.port)["poisonous_probability"],
+        pd.Series(expected_for(2), name="poisonous_probability"),
+    )
+    assert "switch took" in caplog.text
+
+
+def test_restarts_a_crashed_server(supervisor, fresh_store, caplog):
+    caplog.set_level(logging.INFO, logger="router_model.supervisor")
+    pipeline.retrain(source="synthetic")
+    wait_until(lambda: supervisor.served is not None and supervisor._ping(), 60, "version 1 to be served")
+    first_pid = supervisor.served.process.pid
+    os.kill(first_pid, signal.SIGKILL)
+    wait_until(
+        lambda: (
+            supervisor.served is not None
+            and supervisor.served.process.pid != first_pid
+            and supervisor._ping()
+        ),
+        60,
+        "a restarted server",
+    )
+    assert "exited with -9; restarting" in caplog.text
+    assert score(supervisor.port)["model"].tolist() == [F.NAIVE_BAYES, F.LOGISTIC_REGRESSION]
+
+
+def test_keeps_serving_when_the_registry_is_unreachable(supervisor, fresh_store, monkeypatch, caplog):
+    pipeline.retrain(source="synthetic")
+    wait_until(lambda: supervisor.served is not None and supervisor._ping(), 60, "version 1 to be served")
+
+    def unreachable(alias):
+        raise ConnectionError("tracking server down")
+
+    monkeypatch.setattr(registry, "alias_version", unreachable)
+    caplog.set_level(logging.WARNING, logger="router_model.supervisor")
+    wait_until(lambda: "keeping the current server" in caplog.text, 10, "the warning")
+    assert supervisor._ping()
+    assert score(supervisor.port)["model"].tolist() == [F.NAIVE_BAYES, F.LOGISTIC_REGRESSION]
+
+
+def test_cli_supervise_waits_and_stops_on_sigterm(fresh_store):
+    env = {**os.environ, "MUSHROOM_HOME": str(fresh_store)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "router_model",
+            "supervise",
+            "--port",
+            str(free_port()),
+            "--poll-seconds",
+            "1",
+        ],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = ""
+        deadline = time.monotonic() + 60
+        while "Waiting" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+        assert "Waiting: mushroom-router@champion does not exist yet" in line
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
