@@ -1,0 +1,222 @@
+"""The compose topology, run natively: PostgreSQL, `mlflow server`, the Airflow DAG, the model server.
+
+Fresh databases on the local PostgreSQL hold both the MLflow store and the Airflow metadata; the
+tracking server runs with a proxied artifact store; each retrain is a real DAG run
+(`airflow dags test`, against that tracking server); the model server is `mushroom-router
+supervise`, exactly as the compose file runs it. Every process started here is stopped, also on
+failure, and the databases are dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from support import (
+    REPO,
+    create_database,
+    drop_database,
+    free_port,
+    pg_url,
+    postgres_or_skip,
+    stop_process,
+    wait_for_http,
+)
+
+from router_model import features as F
+
+pytestmark = [pytest.mark.services, pytest.mark.serving, pytest.mark.airflow]
+
+_logger = logging.getLogger(__name__)
+BIN = Path(sys.executable).parent
+WEAK = {"nb_bins": 2, "nb_orders": "1", "lr_bins": 2, "lr_orders": "1"}
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    tracking_uri: str
+    model_port: int
+    logs: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        proc.log_file = log
+        self.procs.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def retrain(self, conf: dict) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "airflow"), "dags", "test", "mushroom_router_retrain", "--conf", json.dumps(conf)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=REPO,
+        )
+
+
+@pytest.fixture
+def stack(tmp_path: Path):
+    postgres_or_skip()
+    databases = [create_database("mr_e2e_mlflow"), create_database("mr_e2e_airflow")]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSHROOM_", "KAGGLE_", "AIRFLOW"))}
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        MUSHROOM_HOME=str(tmp_path / "home"),
+        MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}",
+        MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false",
+        KAGGLE_CONFIG_DIR=str(tmp_path / "kaggle"),
+        AIRFLOW_HOME=str(tmp_path / "airflow"),
+        AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__PARALLELISM="4",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=pg_url(databases[1]),
+    )
+    stack = Stack(env, f"http://127.0.0.1:{port}", free_port(), tmp_path)
+    try:
+        mlflow = stack.start(
+            "mlflow",
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                pg_url(databases[0]),
+                "--artifacts-destination",
+                str(tmp_path / "artifacts"),
+                "--serve-artifacts",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+        )
+        wait_for_http(f"{stack.tracking_uri}/health", mlflow, timeout=180)
+        migrate = subprocess.run(
+            [str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert migrate.returncode == 0, migrate.stderr[-3000:]
+        yield stack
+    finally:
+        for proc in reversed(stack.procs):
+            stop_process(proc)
+            proc.log_file.close()
+        for name in databases:
+            drop_database(name)
+
+
+def expected_probabilities(stack: Stack, version: int, monkeypatch: pytest.MonkeyPatch) -> np.ndarray:
+    from router_model import registry
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.tracking_uri)
+    router = registry.load_router(registry.version_uri(version))
+    return router.predict(pd.DataFrame(F.example_rows()))["poisonous_probability"].to_numpy()
+
+
+def served_probabilities(stack: Stack) -> np.ndarray | None:
+    try:
+        response = requests.post(
+            f"http://127.0.0.1:{stack.model_port}/invocations",
+            json={"dataframe_records": F.example_rows()},
+            timeout=10,
+        )
+    except requests.RequestException:
+        return None
+    if response.status_code != 200:
+        return None
+    return pd.DataFrame(response.json()["predictions"])["poisonous_probability"].to_numpy()
+
+
+def champion(stack: Stack) -> int | None:
+    from mlflow import MlflowClient
+
+    try:
+        return int(
+            MlflowClient(stack.tracking_uri).get_model_version_by_alias("mushroom-router", "champion").version
+        )
+    except Exception:
+        return None
+
+
+def test_retrain_registers_serves_and_the_server_follows_a_better_champion(
+    stack, monkeypatch, record_property
+):
+    started = time.monotonic()
+    server = stack.start(
+        "model-server",
+        [
+            str(BIN / "mushroom-router"),
+            "supervise",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(stack.model_port),
+            "--poll-seconds",
+            "2",
+        ],
+    )
+    deadline = time.monotonic() + 60
+    while "Waiting: mushroom-router@champion does not exist yet" not in stack.log("model-server"):
+        assert server.poll() is None, stack.log("model-server")
+        assert time.monotonic() < deadline, stack.log("model-server")
+        time.sleep(0.5)
+
+    first = stack.retrain({"data_source": "synthetic", "train_params": WEAK})
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert champion(stack) == 1
+    wait_for_http(f"http://127.0.0.1:{stack.model_port}/ping", server, timeout=120)
+    v1 = expected_probabilities(stack, 1, monkeypatch)
+    np.testing.assert_allclose(served_probabilities(stack), v1)
+
+    second = stack.retrain({"data_source": "synthetic"})
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    promoted = time.monotonic()
+    assert champion(stack) == 2, "the default model must beat the weak one at the gate"
+    v2 = expected_probabilities(stack, 2, monkeypatch)
+    assert not np.allclose(v1, v2)
+
+    failures, first_failure, last_failure = 0, None, None
+    while True:
+        answer = served_probabilities(stack)
+        now = time.monotonic()
+        if answer is None:
+            failures += 1
+            first_failure = first_failure or now
+            last_failure = now
+        elif np.allclose(answer, v2):
+            break
+        assert now - promoted < 60, "the model server did not switch to version 2 within 60 s"
+        time.sleep(0.1)
+    switch_seconds = time.monotonic() - promoted
+    gap_seconds = (last_failure - first_failure) if failures else 0.0
+    record_property("switch_seconds", round(switch_seconds, 2))
+    record_property("request_gap_seconds", round(gap_seconds, 2))
+    record_property("e2e_seconds", round(time.monotonic() - started, 1))
+    _logger.warning(
+        "stack e2e: switch to v2 %.1fs after promote, requests failed for %.1fs (%d failed polls); total %.0fs",
+        switch_seconds,
+        gap_seconds,
+        failures,
+        time.monotonic() - started,
+    )
+    assert "switch took" in stack.log("model-server")
