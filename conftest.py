@@ -47,6 +47,18 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
 
 
+@pytest.fixture(autouse=True)
+def mlflow_follows_the_environment() -> Iterator[None]:
+    """Undo any test's ``mlflow.set_tracking_uri``: MLflow keeps it in a process global."""
+    yield
+    import mlflow
+
+    from router_model import settings
+
+    mlflow.set_tracking_uri(settings.tracking_uri())
+    mlflow.set_registry_uri(settings.tracking_uri())
+
+
 @pytest.fixture
 def fresh_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty project home and MLflow registry for one test."""

@@ -16,6 +16,7 @@ from router_model import registry
 @pytest.fixture(scope="module")
 def loaded(registered):
     assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+    registry.client()
     return mlflow.pyfunc.load_model("models:/mushroom-router@champion")
 
 
