@@ -23,12 +23,11 @@ from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, roc_auc_
 from sklearn.model_selection import train_test_split
 from sklearn.naive_bayes import CategoricalNB
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder
 
 from router_model import features as F
 from router_model import settings
 from router_model.router import Router
-from router_model.transformers import BinCross
+from router_model.transformers import BinCross, OneHotCodes
 
 _logger = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ def fit_naive_bayes(X: np.ndarray, y: np.ndarray, config: TrainConfig) -> Pipeli
 def fit_logistic_regression(X: np.ndarray, y: np.ndarray, config: TrainConfig) -> Pipeline:
     """Fit the LR route: one-hot of binned/crossed codes into ``LogisticRegression``."""
     codes = BinCross(F.LR_FEATURES, config.lr_bins, parse_orders(config.lr_orders)).fit(X)
-    onehot = OneHotEncoder(categories=[np.arange(c) for c in codes.cardinalities_], handle_unknown="ignore")
+    onehot = OneHotCodes(tuple(codes.cardinalities_))
     encoded = onehot.fit_transform(codes.transform(X))
     lr = LogisticRegression(C=config.lr_c, solver="liblinear", max_iter=config.lr_max_iter)
     lr.fit(encoded, y)

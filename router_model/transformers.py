@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Iterator
 
 import numpy as np
+from scipy import sparse
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from router_model import features as F
 
 _logger = logging.getLogger(__name__)
+
+_SEASON_VALUES = np.asarray(F.SEASON_VALUES)
+_SEASON_MIDPOINTS = (_SEASON_VALUES[1:] + _SEASON_VALUES[:-1]) / 2
 
 
 class BinCross(TransformerMixin, BaseEstimator):
@@ -90,14 +95,14 @@ class BinCross(TransformerMixin, BaseEstimator):
         self.n_features_in_ = len(self.columns)
         return self
 
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        """Code and cross the columns.
+    def base_codes(self, X: np.ndarray) -> np.ndarray:
+        """Code each column on its own (bin index, category code, season index).
 
         Args:
             X: Array of shape ``(n_rows, len(columns))`` of validated values.
 
         Returns:
-            An int64 array of shape ``(n_rows, len(combinations_))``.
+            An int64 array of the same shape.
         """
         check_is_fitted(self, "cardinalities_")
         X = self._as_array(X)
@@ -107,15 +112,33 @@ class BinCross(TransformerMixin, BaseEstimator):
             if cut is not None:
                 codes[:, j] = np.searchsorted(cut, X[:, j], side="right")
             elif name == F.SEASON:
-                codes[:, j] = np.maximum(F.season_codes(X[:, j]), 0)
+                # Nearest known season (input is validated upstream to be one of them).
+                codes[:, j] = np.searchsorted(_SEASON_MIDPOINTS, X[:, j])
             else:
                 codes[:, j] = X[:, j]
-        out = np.empty((X.shape[0], len(self.combinations_)), dtype=np.int64)
-        for k, combo in enumerate(self.combinations_):
-            code = codes[:, combo[0]].copy()
+        return codes
+
+    def iter_codes(self, X: np.ndarray) -> Iterator[np.ndarray]:
+        """Yield the code vector of each output column in turn (no ``(n, k)`` matrix is built)."""
+        codes = self.base_codes(X)
+        for combo in self.combinations_:
+            code = codes[:, combo[0]]
             for j in combo[1:]:
-                code *= self.base_cardinalities_[j]
-                code += codes[:, j]
+                code = code * self.base_cardinalities_[j] + codes[:, j]
+            yield code
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Code and cross the columns.
+
+        Args:
+            X: Array of shape ``(n_rows, len(columns))`` of validated values.
+
+        Returns:
+            An int64 array of shape ``(n_rows, len(combinations_))``.
+        """
+        X = self._as_array(X)
+        out = np.empty((X.shape[0], len(self.combinations_)), dtype=np.int64)
+        for k, code in enumerate(self.iter_codes(X)):
             out[:, k] = code
         return out
 
@@ -126,3 +149,54 @@ class BinCross(TransformerMixin, BaseEstimator):
                 f"expected {len(self.columns)} columns {list(self.columns)}, got shape {X.shape}"
             )
         return X
+
+
+class OneHotCodes(TransformerMixin, BaseEstimator):
+    """One-hot encode integer codes whose ranges are known up front (``BinCross`` output).
+
+    ``OneHotEncoder`` does the same but spends about 2 ms per call validating and searching its
+    category lists, which dominated one-row latency; with ranges ``0..n-1`` the column of a code
+    is just ``offset + code``, so this builds the sparse matrix directly.
+
+    Args:
+        cardinalities: Number of codes of each input column.
+
+    Attributes:
+        offsets_: First output column of each input column.
+        n_features_out_: Total number of output columns.
+    """
+
+    def __init__(self, cardinalities: tuple[int, ...] = ()) -> None:
+        self.cardinalities = cardinalities
+
+    def fit(self, X: np.ndarray, y: object = None) -> OneHotCodes:
+        """Compute the column offsets (the data is not needed).
+
+        Returns:
+            self
+        """
+        sizes = np.asarray(self.cardinalities, dtype=np.int64)
+        if sizes.ndim != 1 or len(sizes) == 0 or (sizes < 1).any():
+            raise ValueError(f"cardinalities must be positive integers, got {self.cardinalities!r}")
+        self.offsets_ = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        self.n_features_out_ = int(sizes.sum())
+        self.n_features_in_ = len(sizes)
+        return self
+
+    def transform(self, X: np.ndarray) -> sparse.csr_matrix:
+        """Encode codes as a CSR matrix with exactly one 1.0 per input column.
+
+        Raises:
+            ValueError: On a code outside its column's range.
+        """
+        check_is_fitted(self, "offsets_")
+        codes = np.asarray(X, dtype=np.int64)
+        if codes.ndim != 2 or codes.shape[1] != len(self.offsets_):
+            raise ValueError(f"expected {len(self.offsets_)} code columns, got shape {codes.shape}")
+        if ((codes < 0) | (codes >= np.asarray(self.cardinalities))).any():
+            raise ValueError("a code is outside its column's range")
+        n_rows, n_cols = codes.shape
+        return sparse.csr_matrix(
+            (np.ones(codes.size), (codes + self.offsets_).ravel(), np.arange(0, codes.size + 1, n_cols)),
+            shape=(n_rows, self.n_features_out_),
+        )

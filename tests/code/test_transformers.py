@@ -61,3 +61,40 @@ def test_wrong_column_count_is_refused(lr_matrix):
     bc = BinCross(F.LR_FEATURES).fit(lr_matrix)
     with pytest.raises(ValueError, match="expected 4 columns"):
         bc.transform(lr_matrix[:, :3])
+
+
+def test_onehot_codes_equals_sklearn_onehotencoder(lr_matrix):
+    from sklearn.preprocessing import OneHotEncoder
+
+    from router_model.transformers import OneHotCodes
+
+    bc = BinCross(F.LR_FEATURES, n_bins=8, orders=(1, 2)).fit(lr_matrix)
+    codes = bc.transform(lr_matrix)
+    ours = OneHotCodes(tuple(bc.cardinalities_)).fit(codes).transform(codes)
+    reference = (
+        OneHotEncoder(categories=[np.arange(c) for c in bc.cardinalities_]).fit(codes).transform(codes)
+    )
+    assert ours.shape == reference.shape
+    assert (ours != reference).nnz == 0
+
+
+@pytest.mark.parametrize(
+    ("cardinalities", "codes", "message"),
+    [
+        ((3, 2), [[3, 0]], "outside its column's range"),
+        ((3, 2), [[0, -1]], "outside its column's range"),
+        ((3, 2), [[0, 1, 1]], "expected 2 code columns"),
+    ],
+)
+def test_onehot_codes_refuses_bad_codes(cardinalities, codes, message):
+    from router_model.transformers import OneHotCodes
+
+    with pytest.raises(ValueError, match=message):
+        OneHotCodes(cardinalities).fit(None).transform(np.asarray(codes))
+
+
+def test_onehot_codes_needs_positive_cardinalities():
+    from router_model.transformers import OneHotCodes
+
+    with pytest.raises(ValueError, match="cardinalities must be positive integers"):
+        OneHotCodes((3, 0)).fit(None)
