@@ -35,12 +35,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from router_model import features as F
+from router_model.scorers import compile_scorer
 from router_model.validation import InvalidInputError, feature_matrix, missing_features
 
 _logger = logging.getLogger(__name__)
 
 #: Types beyond skops' defaults that the sub-model files may contain.
-TRUSTED_TYPES: tuple[str, ...] = ("router_model.transformers.BinCross",)
+TRUSTED_TYPES: tuple[str, ...] = (
+    "router_model.transformers.BinCross",
+    "router_model.transformers.OneHotCodes",
+)
 
 #: ``model_config`` keys written at training time.
 CONFIG_PREFERRED = "preferred_route"
@@ -49,6 +53,8 @@ CONFIG_VALIDATION_AUC = "validation_roc_auc"
 _ROUTE_INDEX = {route: i for i, route in enumerate(F.ROUTES)}
 _COLUMN_INDEX = {route: [F.ALL_FEATURES.index(c) for c in F.ROUTE_FEATURES[route]] for route in F.ROUTES}
 _NO_ROUTE = -1
+_ROUTE_DTYPE = pd.CategoricalDtype(list(F.ROUTES))
+_LABEL_DTYPE = pd.CategoricalDtype([F.LABELS[F.LABEL_EDIBLE], F.LABELS[F.LABEL_POISONOUS]])
 
 
 def submodel_filename(route: str) -> str:
@@ -222,10 +228,7 @@ class Router:
             raise ValueError(f"preferred route {preferred!r} is not one of {list(F.ROUTES)}")
         self.submodels = dict(submodels)
         self.preferred = preferred
-        self._positive = {
-            r: int(np.flatnonzero(np.asarray(m.classes_) == F.LABEL_POISONOUS)[0])
-            for r, m in self.submodels.items()
-        }
+        self._scorers = {route: compile_scorer(model) for route, model in self.submodels.items()}
 
     def predict(self, frame: Any, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         """Score rows.
@@ -248,15 +251,19 @@ class Router:
             rows = routes == index
             if rows.any():
                 columns = matrix[np.ix_(rows, _COLUMN_INDEX[route])]
-                poisonous[rows] = self.submodels[route].predict_proba(columns)[:, self._positive[route]]
+                poisonous[rows] = self._scorers[route](columns)
         is_poisonous = poisonous >= threshold
+        # Categorical label columns: a fixed vocabulary, and 10x cheaper than pandas 3's string
+        # dtype for large batches. They compare, print and serialise as the plain strings.
         return pd.DataFrame(
             {
-                "prediction": np.where(is_poisonous, F.LABELS[F.LABEL_POISONOUS], F.LABELS[F.LABEL_EDIBLE]),
+                "prediction": pd.Categorical.from_codes(is_poisonous.astype(np.int8), dtype=_LABEL_DTYPE),
                 "probability": np.where(is_poisonous, poisonous, 1.0 - poisonous),
                 "poisonous_probability": poisonous,
-                "model": np.asarray(F.ROUTES, dtype=object)[routes],
-            }
+                "model": pd.Categorical.from_codes(routes, dtype=_ROUTE_DTYPE),
+            },
+            index=pd.RangeIndex(len(poisonous)),
+            copy=False,
         )
 
 

@@ -76,11 +76,11 @@ def column_values(series: pd.Series, column: object, expected: str) -> np.ndarra
     Raises:
         InvalidInputError: On a boolean, string or other non-numeric value, or on +/-inf.
     """
-    dtype = series.dtype
-    if pd.api.types.is_bool_dtype(dtype):
+    kind = getattr(series.dtype, "kind", "O")  # NumPy and pandas extension dtypes alike
+    if kind == "b":
         given = series.notna().to_numpy()
         _fail(np.flatnonzero(given), column, series.to_numpy(dtype=object), f"expected {expected}")
-    if pd.api.types.is_numeric_dtype(dtype):
+    if kind in "iuf":
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         values = _object_values(series.to_numpy(dtype=object), column, expected)

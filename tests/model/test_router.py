@@ -159,3 +159,27 @@ def test_as_frame_refuses_unnamed_arrays():
 def test_router_needs_both_submodels(router):
     with pytest.raises(ValueError, match="need sub-models"):
         Router({F.NAIVE_BAYES: router.submodels[F.NAIVE_BAYES]}, F.NAIVE_BAYES)
+
+
+@pytest.mark.parametrize("route", F.ROUTES)
+def test_fast_scorer_equals_predict_proba(router, synthetic_frame, route):
+    from router_model.scorers import compile_scorer, probe_rows
+
+    model = router.submodels[route]
+    scorer = compile_scorer(model)
+    rows = np.vstack(
+        [synthetic_frame[list(F.ROUTE_FEATURES[route])].to_numpy(float), probe_rows(F.ROUTE_FEATURES[route])]
+    )
+    np.testing.assert_allclose(scorer(rows), model.predict_proba(rows)[:, 1], rtol=0, atol=1e-12)
+    assert scorer.__name__ == "score", "the fast path must be taken for the trained pipelines"
+
+
+def test_unknown_estimator_falls_back_to_predict_proba(synthetic_frame):
+    from sklearn.linear_model import LogisticRegression
+
+    from router_model.scorers import compile_scorer
+
+    X = synthetic_frame[list(F.LR_FEATURES)].to_numpy(float)
+    y = synthetic_frame["class"].to_numpy()
+    plain = LogisticRegression(max_iter=500).fit(X, y)
+    np.testing.assert_allclose(compile_scorer(plain)(X), plain.predict_proba(X)[:, 1])
