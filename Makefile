@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 HOST ?= 127.0.0.1
 PORT ?= 5001
+# The real data set for `make bench` (users: download it from Kaggle, or train with --data).
+MUSHROOM_DATA ?= $(wildcard $(CURDIR)/../shared/data/mushroom_cleaned.csv)
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # mlflow models serve and airflow start uvicorn/gunicorn by name: the venv's bin/ must be on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
@@ -43,6 +46,11 @@ lint: install ## ruff
 
 format: install ## ruff format
 	$(VENV)/bin/ruff format router_model dags tests bench conftest.py
+
+bench: install ## run every benchmark on MUSHROOM_DATA and write docs/benchmarks.md (installs wrk)
+	@test -n "$(MUSHROOM_DATA)" || { echo "make bench needs MUSHROOM_DATA=/path/to/mushroom_cleaned.csv"; exit 2; }
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+	$(PY) bench/run.py --data "$(MUSHROOM_DATA)"
 
 airflow: install ## run Airflow 3 (airflow standalone) with the retrain DAG on http://127.0.0.1:8080
 	AIRFLOW_HOME=$(CURDIR)/.airflow \
