@@ -49,14 +49,19 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(autouse=True)
 def mlflow_follows_the_environment() -> Iterator[None]:
-    """Undo any test's ``mlflow.set_tracking_uri``: MLflow keeps it in a process global."""
+    """Undo a test's MLflow URI changes: MLflow keeps them process-wide and copies them to the env."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {name: os.environ.get(name) for name in names}
     yield
     import mlflow
 
-    from router_model import settings
-
-    mlflow.set_tracking_uri(settings.tracking_uri())
-    mlflow.set_registry_uri(settings.tracking_uri())
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+    mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"] or saved["MLFLOW_TRACKING_URI"] or "")
 
 
 @pytest.fixture

@@ -125,12 +125,25 @@ def stack(tmp_path: Path):
             drop_database(name)
 
 
-def expected_probabilities(stack: Stack, version: int, monkeypatch: pytest.MonkeyPatch) -> np.ndarray:
-    from router_model import registry
+def expected_probabilities(stack: Stack, version: int) -> np.ndarray:
+    """Version ``version``'s own answer for the example rows, computed in a separate process.
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.tracking_uri)
-    router = registry.load_router(registry.version_uri(version))
-    return router.predict(pd.DataFrame(F.example_rows()))["poisonous_probability"].to_numpy()
+    A subprocess, because loading through the stack's tracking server in this process would
+    point MLflow's process-wide tracking URI (and ``MLFLOW_TRACKING_URI``) at a server that the
+    fixture stops at the end of the test.
+    """
+    code = (
+        "import json, pandas as pd\n"
+        "from router_model import features as F, registry\n"
+        f"router = registry.load_router(registry.version_uri({version}))\n"
+        "out = router.predict(pd.DataFrame(F.example_rows()))\n"
+        "print(json.dumps(out['poisonous_probability'].tolist()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=stack.env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return np.asarray(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def served_probabilities(stack: Stack) -> np.ndarray | None:
@@ -185,14 +198,14 @@ def test_retrain_registers_serves_and_the_server_follows_a_better_champion(
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert champion(stack) == 1
     wait_for_http(f"http://127.0.0.1:{stack.model_port}/ping", server, timeout=120)
-    v1 = expected_probabilities(stack, 1, monkeypatch)
+    v1 = expected_probabilities(stack, 1)
     np.testing.assert_allclose(served_probabilities(stack), v1)
 
     second = stack.retrain({"data_source": "synthetic"})
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     promoted = time.monotonic()
     assert champion(stack) == 2, "the default model must beat the weak one at the gate"
-    v2 = expected_probabilities(stack, 2, monkeypatch)
+    v2 = expected_probabilities(stack, 2)
     assert not np.allclose(v1, v2)
 
     failures, first_failure, last_failure = 0, None, None
