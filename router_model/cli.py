@@ -72,9 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     supervise.add_argument("--workers", type=int, default=1)
     supervise.add_argument("--poll-seconds", type=float, default=10.0, help="registry poll interval")
 
-    predict = sub.add_parser("predict", help="score a CSV or JSON file")
-    predict.add_argument("input", help="CSV or JSON (records or dataframe_split)")
-    predict.add_argument("output", nargs="?", help="CSV or .json output (default: CSV on stdout)")
+    predict = sub.add_parser("predict", help="score a CSV, Parquet or JSON file of any size, in chunks")
+    predict.add_argument("input", help="CSV, Parquet or JSON (records or dataframe_split)")
+    predict.add_argument("output", nargs="?", help=".csv, .parquet or .json output (default: CSV on stdout)")
+    predict.add_argument(
+        "--on-error",
+        choices=["fail", "mark"],
+        default="fail",
+        help="fail (default): stop at the first bad row, write nothing; mark: score the rest and "
+        "explain each bad row in an 'error' column",
+    )
+    predict.add_argument("--chunk-rows", type=int, default=100_000, help="rows in memory at a time")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar (it shows only on a terminal)")
     predict.add_argument("--model-uri", help="default: models:/mushroom-router@champion")
     predict.add_argument("--model", choices=["auto", "naive_bayes", "logistic_regression"], default="auto")
     predict.add_argument("--threshold", type=float, default=0.5, help="poisonous when P(poisonous) >= this")
@@ -137,7 +146,15 @@ def _predict(args: argparse.Namespace) -> int:
     from router_model import scoring
 
     params = {"model": args.model, "threshold": args.threshold}
-    result = scoring.score_file(args.input, args.output, args.model_uri, params)
+    result = scoring.score_file(
+        args.input,
+        args.output,
+        args.model_uri,
+        params,
+        args.chunk_rows,
+        args.on_error,
+        True if args.quiet else None,
+    )
     if args.output is None:
         result.to_csv(sys.stdout, index=False)
     else:

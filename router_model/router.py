@@ -36,7 +36,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from router_model import features as F
 from router_model.scorers import compile_scorer
-from router_model.validation import InvalidInputError, feature_matrix, missing_features
+from router_model.validation import InvalidInputError, RowProblems, feature_matrix, missing_features
 
 _logger = logging.getLogger(__name__)
 
@@ -139,16 +139,19 @@ def parse_params(params: Mapping[str, Any] | None) -> tuple[str, float]:
     return model, float(threshold)
 
 
-def assign_routes(matrix: np.ndarray, model: str, preferred: str) -> np.ndarray:
+def assign_routes(
+    matrix: np.ndarray, model: str, preferred: str, problems: RowProblems | None = None
+) -> np.ndarray:
     """Pick a route for every row.
 
     Args:
         matrix: Output of :func:`router_model.validation.feature_matrix`.
         model: ``"auto"`` or a route name that every row must then complete.
         preferred: Route for rows that complete both feature sets (``model="auto"``).
+        problems: Record rows without a route there (route -1) instead of raising.
 
     Returns:
-        An int array of indices into ``features.ROUTES``.
+        An int array of indices into ``features.ROUTES`` (-1 for rows recorded in ``problems``).
 
     Raises:
         InvalidInputError: Naming the first row that lacks the features of its route.
@@ -156,6 +159,15 @@ def assign_routes(matrix: np.ndarray, model: str, preferred: str) -> np.ndarray:
     complete = {r: ~np.isnan(matrix[:, _COLUMN_INDEX[r]]).any(axis=1) for r in F.ROUTES}
     if model != F.AUTO:
         lacking = np.flatnonzero(~complete[model])
+        if len(lacking) and problems is not None:
+            problems.add(
+                lacking,
+                lambda r: (
+                    f"param model={model!r} needs {list(F.ROUTE_FEATURES[model])}, "
+                    f"missing {missing_features(matrix, r, model)}"
+                ),
+            )
+            return np.where(complete[model], _ROUTE_INDEX[model], _NO_ROUTE)
         if len(lacking):
             row = int(lacking[0])
             more = f" ({len(lacking) - 1} more row(s) too)" if len(lacking) > 1 else ""
@@ -172,14 +184,19 @@ def assign_routes(matrix: np.ndarray, model: str, preferred: str) -> np.ndarray:
         np.where(complete[other], _ROUTE_INDEX[other], _NO_ROUTE),
     )
     lost = np.flatnonzero(routes == _NO_ROUTE)
-    if len(lost):
-        row = int(lost[0])
-        needs = "; ".join(
+
+    def needs(row: int) -> str:
+        return "; ".join(
             f"{r} needs {list(F.ROUTE_FEATURES[r])} (missing {missing_features(matrix, row, r)})"
             for r in F.ROUTES
         )
+
+    if len(lost) and problems is not None:
+        problems.add(lost, lambda r: f"completes neither feature set: {needs(r)}")
+    elif len(lost):
+        row = int(lost[0])
         more = f" ({len(lost) - 1} more row(s) too)" if len(lost) > 1 else ""
-        raise InvalidInputError(f"row {row} completes neither feature set: {needs}{more}", row=row)
+        raise InvalidInputError(f"row {row} completes neither feature set: {needs(row)}{more}", row=row)
     return routes
 
 
@@ -230,34 +247,50 @@ class Router:
         self.preferred = preferred
         self._scorers = {route: compile_scorer(model) for route, model in self.submodels.items()}
 
-    def predict(self, frame: Any, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, frame: Any, params: Mapping[str, Any] | None = None, on_error: str = "raise"
+    ) -> pd.DataFrame:
         """Score rows.
 
         Args:
             frame: Input rows (DataFrame, records or columns).
             params: Optional ``model`` and ``threshold``.
+            on_error: ``"raise"`` (the server's contract: one bad row fails the batch) or
+                ``"mark"`` (batch scoring: bad rows get empty predictions and a message in an
+                ``error`` column, the other rows are scored).
 
         Returns:
-            A frame with ``features.OUTPUT_COLUMNS``, one row per input row.
+            A frame with ``features.OUTPUT_COLUMNS`` (plus ``error`` when marking), one row per
+            input row.
 
         Raises:
-            InvalidInputError: On any bad row or param; nothing is scored then.
+            InvalidInputError: On a bad param, or (``"raise"``) on any bad row; nothing is
+                scored then.
         """
+        if on_error not in ("raise", "mark"):
+            raise ValueError(f"on_error must be 'raise' or 'mark', got {on_error!r}")
         model, threshold = parse_params(params)
-        matrix = feature_matrix(as_frame(frame))
-        routes = assign_routes(matrix, model, self.preferred)
-        poisonous = np.empty(len(matrix))
+        frame = as_frame(frame)
+        problems = RowProblems(len(frame)) if on_error == "mark" else None
+        matrix = feature_matrix(frame, problems)
+        if problems is not None:
+            matrix[problems.mask] = np.nan
+        routes = assign_routes(matrix, model, self.preferred, problems)
+        poisonous = np.full(len(matrix), np.nan)
         for route, index in _ROUTE_INDEX.items():
             rows = routes == index
             if rows.any():
                 columns = matrix[np.ix_(rows, _COLUMN_INDEX[route])]
                 poisonous[rows] = self._scorers[route](columns)
         is_poisonous = poisonous >= threshold
+        label_codes = is_poisonous.astype(np.int8)
+        if problems is not None:
+            label_codes[routes == _NO_ROUTE] = -1
         # Categorical label columns: a fixed vocabulary, and 10x cheaper than pandas 3's string
         # dtype for large batches. They compare, print and serialise as the plain strings.
-        return pd.DataFrame(
+        out = pd.DataFrame(
             {
-                "prediction": pd.Categorical.from_codes(is_poisonous.astype(np.int8), dtype=_LABEL_DTYPE),
+                "prediction": pd.Categorical.from_codes(label_codes, dtype=_LABEL_DTYPE),
                 "probability": np.where(is_poisonous, poisonous, 1.0 - poisonous),
                 "poisonous_probability": poisonous,
                 "model": pd.Categorical.from_codes(routes, dtype=_ROUTE_DTYPE),
@@ -265,6 +298,9 @@ class Router:
             index=pd.RangeIndex(len(poisonous)),
             copy=False,
         )
+        if problems is not None:
+            out["error"] = problems.messages
+        return out
 
 
 class MushroomRouterModel(mlflow.pyfunc.PythonModel):

@@ -1,10 +1,22 @@
-"""Batch scoring of files with the registered router: predictions beside the input columns."""
+"""Batch scoring of files with the registered router, in constant memory.
+
+``mushroom-router predict INPUT [OUTPUT]`` reads CSV or Parquet in chunks (JSON whole), routes
+every chunk (rows of both kinds may be mixed), and writes the input columns with the predictions
+beside them: CSV, Parquet or JSON by the output's extension. Memory stays flat as the file grows;
+only one chunk is in memory at a time.
+
+Bad rows: by default (``on_error="fail"``) the first bad row stops the job with a message naming
+its row number in the file, and no output file is left behind. With ``on_error="mark"`` bad rows
+are written with empty predictions and the reason in an ``error`` column, and every other row is
+scored.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,10 +24,13 @@ from typing import Any
 import pandas as pd
 
 from router_model import settings
+from router_model.validation import InvalidInputError
 
 _logger = logging.getLogger(__name__)
 
 CHUNK_ROWS = 100_000
+ON_ERROR = ("fail", "mark")
+FORMATS = (".csv", ".parquet", ".json")
 
 
 class ScoringError(RuntimeError):
@@ -36,12 +51,28 @@ def load_model(model_uri: str | None = None) -> Any:
         raise ScoringError(f"cannot load {uri}: {str(err).splitlines()[0]}") from None
 
 
+def _format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    return suffix if suffix in FORMATS else ".csv"
+
+
+def count_rows(path: str | os.PathLike[str]) -> int | None:
+    """Rows in a Parquet file from its metadata (``None`` for other formats)."""
+    path = Path(path)
+    if _format(path) != ".parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
 def read_chunks(path: str | os.PathLike[str], chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """Yield the input in chunks: CSV streamed, JSON (records or ``dataframe_split``) whole."""
+    """Yield the input in chunks: CSV and Parquet streamed, JSON (records or ``dataframe_split``) whole."""
     path = Path(path)
     if not path.is_file():
         raise ScoringError(f"input file not found: {path}")
-    if path.suffix.lower() == ".json":
+    kind = _format(path)
+    if kind == ".json":
         try:
             payload = json.loads(path.read_text())
         except (ValueError, UnicodeDecodeError) as err:
@@ -56,10 +87,80 @@ def read_chunks(path: str | os.PathLike[str], chunk_rows: int = CHUNK_ROWS) -> I
         else:
             raise ScoringError(f"{path}: expected a list of records or a dataframe_split object")
         return
+    if kind == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+                yield batch.to_pandas()
+        except OSError as err:
+            raise ScoringError(f"cannot read {path} as Parquet: {err}") from None
+        return
     try:
         yield from pd.read_csv(path, chunksize=chunk_rows)
     except (ValueError, UnicodeDecodeError) as err:
         raise ScoringError(f"cannot read {path} as CSV: {err}") from None
+
+
+class _Writer:
+    """Appends scored chunks to a temporary file, renamed into place only when all went well."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.kind = _format(path)
+        self.tmp = path.with_name(path.name + ".partial")
+        self.rows = 0
+        self._parquet: Any = None
+        self._json: list[pd.DataFrame] = []
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.kind == ".csv":
+            frame.to_csv(self.tmp, mode="a" if self.rows else "w", header=not self.rows, index=False)
+        elif self.kind == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(_plain(frame), preserve_index=False)
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self.tmp, table.schema)
+            self._parquet.write_table(table.cast(self._parquet.schema))
+        else:
+            self._json.append(frame)
+        self.rows += len(frame)
+
+    def commit(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        if self.kind == ".json":
+            frame = pd.concat(self._json, ignore_index=True) if self._json else pd.DataFrame()
+            frame.to_json(self.tmp, orient="records", indent=1, double_precision=15)
+        elif not self.tmp.exists():
+            pd.DataFrame().to_csv(self.tmp, index=False)
+        self.tmp.replace(self.path)
+
+    def discard(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """Categorical and string columns as plain strings, so every chunk has the same Parquet schema."""
+    converted = {
+        c: frame[c].astype(object).where(frame[c].notna(), None)
+        for c in frame.columns
+        if isinstance(frame[c].dtype, pd.CategoricalDtype) or frame[c].dtype == object or c == "error"
+    }
+    return frame.assign(**converted) if converted else frame
+
+
+def _progress(total: int | None, quiet: bool | None) -> Any:
+    from tqdm import tqdm
+
+    disable = (not sys.stderr.isatty()) if quiet is None else quiet
+    return tqdm(
+        total=total, unit="rows", unit_scale=True, dynamic_ncols=True, disable=disable, file=sys.stderr
+    )
 
 
 def score_file(
@@ -68,55 +169,65 @@ def score_file(
     model_uri: str | None = None,
     params: dict[str, Any] | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    on_error: str = "fail",
+    quiet: bool | None = None,
 ) -> pd.DataFrame | int:
-    """Score a CSV or JSON file; write CSV (or JSON records for a ``.json`` output).
+    """Score a CSV, Parquet or JSON file chunk by chunk.
 
     Args:
         input_path: Rows to score.
-        output_path: Where to write; ``None`` returns the scored frame instead.
-        model_uri: Router to use.
+        output_path: Where to write (format by extension: ``.csv``, ``.parquet``, ``.json``);
+            ``None`` returns the scored frame instead (for small inputs).
+        model_uri: Router to use (default ``models:/mushroom-router@champion``).
         params: ``model`` / ``threshold``.
-        chunk_rows: Rows per chunk for CSV input.
+        chunk_rows: Rows per chunk.
+        on_error: ``"fail"`` stops at the first bad row; ``"mark"`` writes it with an ``error``.
+        quiet: Hide the progress bar; by default it shows only when stderr is a terminal.
 
     Returns:
         The scored frame when ``output_path`` is ``None``, else the number of rows written.
 
     Raises:
-        ScoringError: On unreadable input; the router's own error (naming the row) on bad rows.
+        ScoringError: On unreadable input, or (``"fail"``) a bad row, named by its 0-based data
+            row number in the file; no output file is left behind.
     """
+    if on_error not in ON_ERROR:
+        raise ScoringError(f"on_error must be one of {list(ON_ERROR)}, got {on_error!r}")
     model = load_model(model_uri)
-    scored_chunks = []
-    rows = 0
+    router = getattr(model.unwrap_python_model(), "router", None)
+    writer = _Writer(Path(output_path)) if output_path else None
+    collected: list[pd.DataFrame] = []
     offset = 0
-    out = Path(output_path) if output_path else None
-    as_json = out is not None and out.suffix.lower() == ".json"
-    tmp = out.with_name(out.name + ".partial") if out else None
+    progress = _progress(count_rows(input_path), quiet)
     try:
         for chunk in read_chunks(input_path, chunk_rows):
+            chunk = chunk.reset_index(drop=True)
             try:
-                predictions = model.predict(chunk, params=params)
-            except Exception as err:
-                message = str(err).replace("Invalid input: ", "")
-                raise ScoringError(f"{input_path} (chunk starting at data row {offset}): {message}") from None
-            scored = pd.concat([chunk.reset_index(drop=True), predictions.reset_index(drop=True)], axis=1)
+                if router is not None:
+                    predictions = router.predict(
+                        chunk, params, on_error="mark" if on_error == "mark" else "raise"
+                    )
+                else:
+                    predictions = model.predict(chunk, params=params)
+            except InvalidInputError as err:
+                row = f"data row {offset + err.row}" if err.row is not None else f"chunk at data row {offset}"
+                message = str(err).replace(f"row {err.row}", row, 1) if err.row is not None else str(err)
+                raise ScoringError(f"{input_path}: {message}") from None
+            scored = pd.concat([chunk, predictions], axis=1)
             offset += len(chunk)
-            rows += len(scored)
-            if out is None or as_json:
-                scored_chunks.append(scored)
+            progress.update(len(chunk))
+            if writer is None:
+                collected.append(scored)
             else:
-                scored.to_csv(
-                    tmp, mode="a" if rows > len(scored) else "w", header=rows == len(scored), index=False
-                )
-        if out is None:
-            return pd.concat(scored_chunks, ignore_index=True) if scored_chunks else pd.DataFrame()
-        if as_json:
-            frame = pd.concat(scored_chunks, ignore_index=True) if scored_chunks else pd.DataFrame()
-            frame.to_json(tmp, orient="records", indent=1)
-        elif not tmp.exists():
-            pd.DataFrame().to_csv(tmp, index=False)
-        tmp.replace(out)
+                writer.write(scored)
+        if writer is None:
+            return pd.concat(collected, ignore_index=True) if collected else pd.DataFrame()
+        writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
     finally:
-        if tmp is not None and tmp.exists():
-            tmp.unlink()
-    _logger.info("Scored %d rows from %s into %s", rows, input_path, out)
-    return rows
+        progress.close()
+    _logger.info("Scored %d rows from %s into %s", offset, input_path, output_path)
+    return offset

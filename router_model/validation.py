@@ -9,7 +9,7 @@ with an :class:`InvalidInputError` naming the row, the column, the value and wha
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,7 +52,34 @@ def _describe(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _fail(rows: np.ndarray, column: object, values: Sequence[object], why: str) -> None:
+class RowProblems:
+    """Collects one message per bad row instead of raising (batch scoring's ``--on-error mark``).
+
+    Args:
+        n_rows: Rows in the batch.
+    """
+
+    def __init__(self, n_rows: int) -> None:
+        self.messages = np.full(n_rows, None, dtype=object)
+
+    def add(self, rows: np.ndarray, message: Callable[[int], str]) -> None:
+        """Record ``message(row)`` for each of ``rows`` that has no message yet."""
+        for row in rows:
+            if self.messages[row] is None:
+                self.messages[row] = message(int(row))
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Boolean mask of the rows with a problem."""
+        return self.messages != None  # noqa: E711 - elementwise on an object array
+
+
+def _fail(
+    rows: np.ndarray, column: object, values: Sequence[object], why: str, problems: RowProblems | None = None
+) -> None:
+    if problems is not None:
+        problems.add(rows, lambda r: f"column {column!r}: got {_describe(values[r])}; {why}")
+        return
     first = int(rows[0])
     more = f" ({len(rows) - 1} more row(s) have the same problem)" if len(rows) > 1 else ""
     raise InvalidInputError(
@@ -62,13 +89,16 @@ def _fail(rows: np.ndarray, column: object, values: Sequence[object], why: str) 
     )
 
 
-def column_values(series: pd.Series, column: object, expected: str) -> np.ndarray:
+def column_values(
+    series: pd.Series, column: object, expected: str, problems: RowProblems | None = None
+) -> np.ndarray:
     """Convert one input column to float64 with NaN for "not given".
 
     Args:
         series: The column as the user gave it.
         column: Its label, for error messages.
         expected: What the column accepts, for error messages.
+        problems: Collect bad values per row (and leave them NaN) instead of raising.
 
     Returns:
         A float64 array.
@@ -79,18 +109,24 @@ def column_values(series: pd.Series, column: object, expected: str) -> np.ndarra
     kind = getattr(series.dtype, "kind", "O")  # NumPy and pandas extension dtypes alike
     if kind == "b":
         given = series.notna().to_numpy()
-        _fail(np.flatnonzero(given), column, series.to_numpy(dtype=object), f"expected {expected}")
+        _fail(np.flatnonzero(given), column, series.to_numpy(dtype=object), f"expected {expected}", problems)
+        return np.full(len(series), np.nan)
     if kind in "iuf":
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        if problems is not None and not values.flags.writeable:  # a copy-on-write view
+            values = values.copy()
     else:
-        values = _object_values(series.to_numpy(dtype=object), column, expected)
+        values = _object_values(series.to_numpy(dtype=object), column, expected, problems)
     inf = np.flatnonzero(np.isinf(values))
     if len(inf):
-        _fail(inf, column, values, f"expected {expected}, not an infinite value")
+        _fail(inf, column, values, f"expected {expected}, not an infinite value", problems)
+        values[inf] = np.nan
     return values
 
 
-def _object_values(raw: np.ndarray, column: object, expected: str) -> np.ndarray:
+def _object_values(
+    raw: np.ndarray, column: object, expected: str, problems: RowProblems | None = None
+) -> np.ndarray:
     """Numbers from a column of mixed Python objects (JSON input, or CSV text columns).
 
     Numeric strings are numbers (a CSV column with one bad cell arrives as text, and its good
@@ -109,8 +145,12 @@ def _object_values(raw: np.ndarray, column: object, expected: str) -> np.ndarray
         values[real] = np.asarray([float(v) for v in raw[real]], dtype=np.float64)
     except OverflowError:  # an integer beyond float range
         limit = int(np.finfo(np.float64).max)
-        too_big = [i for i in np.flatnonzero(real) if isinstance(raw[i], int) and abs(raw[i]) > limit]
-        _fail(np.asarray(too_big), column, raw, f"expected {expected}, not a number beyond float range")
+        too_big = np.asarray(
+            [i for i in np.flatnonzero(real) if isinstance(raw[i], int) and abs(raw[i]) > limit]
+        )
+        _fail(too_big, column, raw, f"expected {expected}, not a number beyond float range", problems)
+        real[too_big] = False
+        values[real] = np.asarray([float(v) for v in raw[real]], dtype=np.float64)
     if text.any():
         parsed = pd.to_numeric(pd.Series(raw[text], dtype=object).str.strip(), errors="coerce").to_numpy(
             float
@@ -122,11 +162,14 @@ def _object_values(raw: np.ndarray, column: object, expected: str) -> np.ndarray
         bad[np.flatnonzero(text)[unparsed]] = True
     rows = np.flatnonzero(bad)
     if len(rows):
-        _fail(rows, column, raw, f"expected {expected}")
+        _fail(rows, column, raw, f"expected {expected}", problems)
+        values[rows] = np.nan
     return values
 
 
-def _check_domain(values: np.ndarray, column: str, label: object) -> None:
+def _check_domain(
+    values: np.ndarray, column: str, label: object, problems: RowProblems | None = None
+) -> None:
     given = ~np.isnan(values)
     expected = F.expected_values(column)
     if column in F.CATEGORY_CARDINALITY:
@@ -138,10 +181,11 @@ def _check_domain(values: np.ndarray, column: str, label: object) -> None:
         bad = given & (values < 0)
     rows = np.flatnonzero(bad)
     if len(rows):
-        _fail(rows, label, values, f"expected {expected}")
+        _fail(rows, label, values, f"expected {expected}", problems)
+        values[rows] = np.nan
 
 
-def feature_matrix(frame: pd.DataFrame) -> np.ndarray:
+def feature_matrix(frame: pd.DataFrame, problems: RowProblems | None = None) -> np.ndarray:
     """Validate input and return its features as a float64 matrix in ``ALL_FEATURES`` order.
 
     Columns are matched by canonical name (``stem_height`` is ``stem-height``); unknown columns
@@ -151,6 +195,7 @@ def feature_matrix(frame: pd.DataFrame) -> np.ndarray:
 
     Args:
         frame: Input rows.
+        problems: Collect per-row problems (bad values become NaN) instead of raising.
 
     Returns:
         An ``(n_rows, len(ALL_FEATURES))`` float64 array, NaN where a value is not given.
@@ -170,13 +215,17 @@ def feature_matrix(frame: pd.DataFrame) -> np.ndarray:
         expected = F.expected_values(name)
         merged: np.ndarray | None = None
         for label in groups.get(name, ()):
-            values = column_values(frame[label], label, expected)
-            _check_domain(values, name, label)
+            values = column_values(frame[label], label, expected, problems)
+            _check_domain(values, name, label, problems)
             if merged is None:
                 merged = values
                 continue
             clash = np.flatnonzero(~np.isnan(merged) & ~np.isnan(values) & (merged != values))
-            if len(clash):
+            if len(clash) and problems is not None:
+                problems.add(clash, lambda r, name=name: f"two spellings of {name!r} give different values")
+                values[clash] = np.nan
+                merged[clash] = np.nan
+            elif len(clash):
                 spellings = " and ".join(repr(s) for s in groups[name])
                 raise InvalidInputError(
                     f"row {int(clash[0])}: {spellings} spell the same feature but give "
