@@ -15,21 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import REPO, free_port, stop_process, wait_for_http
+from support import REPO, free_port, stop_process, use_fresh_store, wait_for_http
 
 #: Captured before the isolation fixture clears it from the environment.
 REAL_DATA = os.environ.get("MUSHROOM_DATA", "")
-
-_CLEARED = (
-    "MUSHROOM_DATA",
-    "MUSHROOM_MODEL_URI",
-    "MUSHROOM_ARTIFACT_ROOT",
-    "MUSHROOM_DATA_DIR",
-    "MUSHROOM_EXPERIMENT",
-    "KAGGLE_API_TOKEN",
-    "KAGGLE_USERNAME",
-    "KAGGLE_KEY",
-)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,11 +26,7 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A private project home and MLflow store for the whole session; no credentials."""
     home = tmp_path_factory.mktemp("home")
     with pytest.MonkeyPatch.context() as mp:
-        for name in _CLEARED:
-            mp.delenv(name, raising=False)
-        mp.setenv("MUSHROOM_HOME", str(home))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-        mp.setenv("KAGGLE_CONFIG_DIR", str(tmp_path_factory.mktemp("kaggle-config")))
+        use_fresh_store(mp, home, tmp_path_factory.mktemp("kaggle-config"))
         mp.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
         mp.setenv("GIT_PYTHON_REFRESH", "quiet")
         yield home

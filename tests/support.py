@@ -105,3 +105,29 @@ def postgres_or_skip() -> None:
         pg_admin_execute("SELECT 1")
     except Exception as err:
         skip_or_fail(f"PostgreSQL at {PG_HOST}:{PG_PORT} is not reachable: {err}")
+
+
+#: Environment that would leak a developer's data, credentials or registry into the tests.
+ENV_TO_CLEAR = (
+    "MUSHROOM_DATA",
+    "MUSHROOM_MODEL_URI",
+    "MUSHROOM_ARTIFACT_ROOT",
+    "MUSHROOM_DATA_DIR",
+    "MUSHROOM_EXPERIMENT",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_RUN_ID",
+    "KAGGLE_API_TOKEN",
+    "KAGGLE_USERNAME",
+    "KAGGLE_KEY",
+)
+
+
+def use_fresh_store(mp: pytest.MonkeyPatch, home: Path, kaggle_dir: Path) -> None:
+    """Point the package at an empty project home and MLflow store, with no data path or credentials."""
+    for name in ENV_TO_CLEAR:
+        mp.delenv(name, raising=False)
+    mp.setenv("MUSHROOM_HOME", str(home))
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    mp.setenv("KAGGLE_CONFIG_DIR", str(kaggle_dir))

@@ -18,25 +18,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import PG_HOST, PG_PORT, create_database, drop_database, pg_url, services_required
+from support import (
+    PG_HOST,
+    PG_PORT,
+    create_database,
+    drop_database,
+    pg_url,
+    services_required,
+    use_fresh_store,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = REPO_ROOT / "dags"
-
-#: Environment that would leak the developer's data, credentials or registry into the tests.
-MLFLOW_ENV_TO_CLEAR = (
-    "MUSHROOM_DATA",
-    "MUSHROOM_DATA_DIR",
-    "MUSHROOM_EXPERIMENT",
-    "MUSHROOM_MODEL_URI",
-    "MLFLOW_REGISTRY_URI",
-    "MLFLOW_EXPERIMENT_NAME",
-    "MLFLOW_EXPERIMENT_ID",
-    "MLFLOW_RUN_ID",
-    "KAGGLE_API_TOKEN",
-    "KAGGLE_USERNAME",
-    "KAGGLE_KEY",
-)
 
 
 @pytest.fixture(scope="session")
@@ -103,12 +96,7 @@ def mlflow_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("mushroom_home")
     kaggle_dir = tmp_path_factory.mktemp("kaggle_config_empty")
     with pytest.MonkeyPatch.context() as mp:
-        for name in MLFLOW_ENV_TO_CLEAR:
-            mp.delenv(name, raising=False)
-        mp.setenv("MUSHROOM_HOME", str(home))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-        mp.setenv("MUSHROOM_ARTIFACT_ROOT", (home / "mlartifacts").as_uri())
-        mp.setenv("KAGGLE_CONFIG_DIR", str(kaggle_dir))
+        use_fresh_store(mp, home, kaggle_dir)
         yield home
 
 
