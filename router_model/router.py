@@ -205,6 +205,26 @@ def _scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
 
 
+def _hashable(label: object) -> bool:
+    try:
+        hash(label)
+    except TypeError:
+        return False
+    return True
+
+
+def hashable_labels(model_input: Any) -> None:
+    """Replace column labels pandas cannot hash by their ``repr``, in place.
+
+    A JSON object among ``dataframe_split`` columns becomes a dict label; pandas (and MLflow's
+    own error message, which prints the input) fail on it with a ``TypeError``.
+    """
+    if isinstance(model_input, pd.DataFrame) and not all(_hashable(c) for c in model_input.columns):
+        model_input.columns = pd.Index(
+            [c if _hashable(c) else repr(c) for c in model_input.columns], dtype=object
+        )
+
+
 def as_frame(model_input: Any) -> pd.DataFrame:
     """Accept the shapes MLflow hands to ``predict`` and return a DataFrame.
 
@@ -213,16 +233,21 @@ def as_frame(model_input: Any) -> pd.DataFrame:
     """
     if isinstance(model_input, pd.DataFrame):
         return model_input
+    # ValueError covers columns of different lengths and the UnicodeEncodeError of a lone
+    # surrogate (invalid UTF-8 that MLflow's JSON parser lets through) in a key or value.
     if isinstance(model_input, Mapping):
         values = dict(model_input)
-        if all(np.ndim(v) == 0 for v in values.values()):
-            return pd.DataFrame([values])
         try:
+            if all(np.ndim(v) == 0 for v in values.values()):  # one record
+                return pd.DataFrame([{k: _scalar(v) for k, v in values.items()}])
             return pd.DataFrame({k: [_scalar(x) for x in np.ravel(v)] for k, v in values.items()})
-        except ValueError as err:
-            raise InvalidInputError(f"columns of different lengths: {err}") from None
+        except (ValueError, TypeError) as err:
+            raise InvalidInputError(f"columns that do not form a table: {err}") from None
     if isinstance(model_input, list) and all(isinstance(r, Mapping) for r in model_input):
-        return pd.DataFrame([{k: _scalar(v) for k, v in r.items()} for r in model_input])
+        try:
+            return pd.DataFrame([{k: _scalar(v) for k, v in r.items()} for r in model_input])
+        except (ValueError, TypeError) as err:
+            raise InvalidInputError(f"records that do not form a table: {err}") from None
     raise InvalidInputError(
         f"expected rows with named feature columns, got {type(model_input).__name__}; send "
         "dataframe_split, dataframe_records, or instances/inputs as records or columns"
@@ -319,6 +344,7 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         """Route and score ``model_input``; bad input raises ``MlflowException`` (HTTP 400)."""
+        hashable_labels(model_input)
         try:
             return self.router.predict(model_input, params)
         except InvalidInputError as err:

@@ -1,0 +1,656 @@
+"""Property-based fuzzing of a real `mlflow models serve` of the router (hypothesis, derandomized).
+
+Every answer to a generated body must be 2xx for valid input and 4xx otherwise, never 5xx; a 4xx
+carries a JSON ``message``; no answer carries a traceback or a server path. One known MLflow 3.17
+limitation is counted, not failed: its own CSV/Parquet parser attaches a ``stack_trace`` field to
+the 400 for a body it cannot parse, before the model is reached. The 415 MLflow gives for an
+unsupported content type is plain text (also MLflow's own), checked and counted separately.
+
+Inputs that still get a 5xx (or are wrongly accepted) are pinned as strict xfails in
+``test_known_failures`` with a one-line reproducer each; the main fuzzers leave exactly those
+shapes out, so they stay green while the reproducers say what is still broken.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from collections import Counter
+
+import pandas as pd
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import REPO
+
+from router_model import features as F
+
+pytestmark = pytest.mark.serving
+
+_log = logging.getLogger(__name__)
+
+#: Figures across the whole module, reported by the last test.
+FIGURES: Counter = Counter()
+#: Fuzz tests that ran to the end (the 5,000-body total is checked only when all of them did).
+FINISHED: set[str] = set()
+MIN_BODIES = 5000
+
+FUZZ = settings(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    print_blob=True,
+)
+
+JSON = "application/json"
+CSV = "text/csv"
+PARQUET = "application/vnd.apache.parquet"
+MLFLOW_PARSED_TYPES = (CSV, PARQUET)  # where MLflow's own parser may attach a stack_trace
+SUPPORTED_TYPES = (JSON, CSV, PARQUET)
+OTHER_TYPES = (
+    "text/plain",
+    "application/xml",
+    "",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data",
+    "APPLICATION/JSON",
+    "application/json; charset=latin-1",
+    "application/json; boundary=x",
+)
+
+#: Text that must never reach a client: traceback lines and server paths.
+LEAKS = ("Traceback", 'File "', '.py", line', "site-packages", "/work/", str(REPO), sys.prefix)
+
+#: UTF-8 bytes of a lone surrogate (U+D800): invalid UTF-8 that Python's json.loads still decodes.
+SURROGATE = b"\xed\xa0\x80"
+
+ENVELOPES = ("dataframe_records", "dataframe_split", "instances", "inputs_records", "inputs_columns", "csv")
+
+# --------------------------------------------------------------------------------------------
+# Sending and checking one body
+# --------------------------------------------------------------------------------------------
+
+_SESSION = requests.Session()
+
+
+def _has_leak(text: str) -> list[str]:
+    markers = (*LEAKS, os.environ.get("MUSHROOM_HOME") or "/nonexistent/")
+    return [m for m in markers if m and m in text]
+
+
+def send(
+    server: str, body: bytes | str, content_type: str | None, *, timeout: float = 60
+) -> requests.Response:
+    """POST one body and check what every answer must satisfy; returns the response."""
+    data = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    response = _SESSION.post(f"{server}/invocations", data=data, headers=headers, timeout=timeout)
+    status = response.status_code
+    FIGURES["bodies"] += 1
+    FIGURES[f"status_{status // 100}xx"] += 1
+    FIGURES[f"status_{status}"] += 1
+    shown = f"content type {content_type!r}, body {data[:300]!r}{'...' if len(data) > 300 else ''}"
+    assert status < 500, f"{status} for {shown}: {response.text[:500]}"
+    assert 200 <= status < 300 or 400 <= status < 500, f"{status} for {shown}"
+    mime = (content_type or "").split(";")[0].strip()
+    if status == 415:
+        # MLflow's own answer for a content type it does not parse: plain text, no JSON.
+        FIGURES["plain_text_415"] += 1
+        assert response.text.strip(), shown
+        assert not _has_leak(response.text), f"leak {_has_leak(response.text)} in 415 for {shown}"
+        return response
+    try:
+        answer = response.json()
+    except ValueError:
+        pytest.fail(f"{status} answer is not JSON for {shown}: {response.text[:300]!r}")
+    assert isinstance(answer, dict), shown
+    if status >= 400:
+        assert isinstance(answer.get("message"), str) and answer["message"], f"no message for {shown}"
+        checked = answer
+        if "stack_trace" in answer:
+            # Known MLflow 3.17 limitation: its CSV/Parquet parser adds a stack_trace to the 400.
+            assert mime in MLFLOW_PARSED_TYPES, f"stack_trace outside the CSV/Parquet parser for {shown}"
+            assert answer["message"].startswith("Failed to parse input as a Pandas DataFrame"), shown
+            FIGURES["csv_parquet_stack_trace"] += 1
+            checked = {k: v for k, v in answer.items() if k != "stack_trace"}
+        leaks = _has_leak(json.dumps(checked))
+        assert not leaks, f"leak {leaks} in {status} for {shown}: {response.text[:500]}"
+    else:
+        assert not _has_leak(response.text), shown
+        assert isinstance(answer.get("predictions"), list), shown
+    return response
+
+
+def error_message(response: requests.Response) -> str:
+    """The router's part of an MLflow 400 message (after MLflow's echo of the input)."""
+    message = response.json()["message"]
+    return message.split("\nError: ", 1)[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# Body text: raw JSON tokens (NaN, Infinity, 1e999, 400-digit integers) written as they are
+# --------------------------------------------------------------------------------------------
+
+
+class Raw(str):
+    """A JSON token written into the body text as is."""
+
+
+def dumps(value: object) -> str:
+    """JSON text with :class:`Raw` tokens; floats NaN/inf become the raw tokens NaN/Infinity."""
+    if isinstance(value, Raw):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {dumps(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(dumps(v) for v in value) + "]"
+    return json.dumps(value)  # allow_nan: NaN, Infinity, -Infinity tokens
+
+
+def _plain(value: object) -> object:
+    """A value as pandas should see it in a CSV cell."""
+    if isinstance(value, Raw):
+        return "" if value == "NaN" else str(value)
+    return value
+
+
+def encode(rows: list[dict], envelope: str, params: dict | None = None) -> tuple[str, str]:
+    """Rows (dicts, keys as spelled) in one request envelope; returns (body, content type)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    if envelope == "csv":
+        frame = pd.DataFrame([{k: _plain(v) for k, v in row.items()} for row in rows], columns=columns)
+        return frame.to_csv(index=False), CSV
+    if envelope == "dataframe_records":
+        payload: dict = {"dataframe_records": rows}
+    elif envelope == "dataframe_split":
+        payload = {
+            "dataframe_split": {"columns": columns, "data": [[r.get(c) for c in columns] for r in rows]}
+        }
+    elif envelope in ("instances", "inputs_records"):
+        # MLflow turns these records into columns: every record must carry every key.
+        full = [{c: row.get(c) for c in columns} for row in rows]
+        payload = {envelope.split("_")[0]: full}
+    elif envelope == "inputs_columns":
+        payload = {"inputs": {c: [r.get(c) for r in rows] for c in columns}}
+    else:
+        raise ValueError(envelope)
+    if params is not None:
+        payload["params"] = params
+    return dumps(payload), JSON
+
+
+# --------------------------------------------------------------------------------------------
+# Strategies
+# --------------------------------------------------------------------------------------------
+
+SPELLINGS = st.sampled_from(["hyphen", "underscore", "upper"])
+
+
+def spell(column: str, how: str) -> str:
+    if how == "underscore":
+        return column.replace("-", "_")
+    if how == "upper":
+        return column.upper()
+    return column
+
+
+def _clean_text(s: str) -> bool:
+    return not any(m and m.lower() in s.lower() for m in LEAKS)
+
+
+#: Text without control characters or surrogates, never spelling a leak marker.
+TEXT = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cc", "Cs"]), min_size=0, max_size=20
+).filter(_clean_text)
+#: Column names that canonicalise to no feature.
+UNKNOWN_COLUMNS = TEXT.map(lambda s: f"x-{s}")
+
+
+def good_value(column: str) -> st.SearchStrategy:
+    """An in-domain value of a feature, as JSON may carry it (numbers or numeric strings)."""
+    if column in F.CATEGORY_CARDINALITY:
+        codes = st.integers(0, F.CATEGORY_CARDINALITY[column] - 1)
+        return st.one_of(codes, codes.map(float), codes.map(str))
+    if column == F.SEASON:
+        return st.sampled_from(F.SEASON_VALUES).flatmap(
+            lambda v: st.sampled_from([v, repr(v), v + 4e-7, v - 4e-7])
+        )
+    return st.one_of(
+        st.integers(0, 10**15),
+        st.floats(0, 1e300, allow_nan=False, allow_infinity=False),
+        st.integers(0, 10**6).map(str),
+        st.floats(0, 1e6, allow_nan=False).map(repr),
+    )
+
+
+def bad_value(column: str, envelope: str) -> st.SearchStrategy:
+    """A value the router must refuse in ``column`` (never one it would read as "missing")."""
+    options = [
+        st.sampled_from([Raw("Infinity"), Raw("-Infinity"), Raw("1e999"), Raw("-1e999")]),
+        TEXT.map(lambda s: f"x{s}"),  # non-numeric string
+        st.integers(400, 4000).map(lambda d: Raw("9" * d)),  # beyond float range (JSON allows it)
+    ]
+    if column in F.CATEGORY_CARDINALITY:
+        n = F.CATEGORY_CARDINALITY[column]
+        options += [
+            st.integers(n, 10**30),
+            st.integers(-(10**30), -1),
+            st.integers(0, n - 2).map(lambda c: c + 0.5),
+        ]
+    elif column == F.SEASON:
+        options.append(
+            st.floats(-1e6, 1e6, allow_nan=False).filter(
+                lambda v: min(abs(v - s) for s in F.SEASON_VALUES) > 1e-5
+            )
+        )
+    else:
+        options += [
+            st.floats(-1e300, -1e-300, allow_nan=False),
+            st.integers(-(10**30), -1),
+        ]
+    if envelope not in ("instances", "inputs_columns"):
+        # MLflow's instances/inputs-columns parser folds a boolean among numbers into 1/0
+        # before the router sees it (see test_known_failures); everywhere else it is refused.
+        options.append(st.booleans())
+    if envelope in ("dataframe_records", "dataframe_split", "inputs_records"):
+        options.append(st.dictionaries(TEXT, st.integers(), min_size=1, max_size=2))
+    if envelope in ("dataframe_records", "dataframe_split"):
+        options.append(st.lists(st.integers(0, 5), max_size=3))
+    return st.one_of(options)
+
+
+@st.composite
+def good_row(draw, envelope: str | None = None) -> dict:
+    """A row completing one or both feature sets, with in-domain values, mixed spellings and extras."""
+    routes = draw(st.sampled_from([(F.NAIVE_BAYES,), (F.LOGISTIC_REGRESSION,), F.ROUTES]))
+    row: dict = {}
+    for route in routes:
+        for column in F.ROUTE_FEATURES[route]:
+            row[spell(column, draw(SPELLINGS))] = draw(good_value(column))
+    if envelope != "csv":
+        for name in draw(st.lists(UNKNOWN_COLUMNS, max_size=2, unique=True)):
+            row[name] = draw(st.one_of(st.none(), st.integers(), TEXT, st.booleans()))
+    return row
+
+
+PARAMS = st.one_of(
+    st.none(),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "threshold": st.floats(0, 1),
+            "model": st.just(F.AUTO),
+        },
+    ),
+)
+
+# JSON values of every type, nested a little (deep nesting is a known failure, see below).
+JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**20), 10**20),
+    st.floats(allow_nan=True, allow_infinity=True),
+    TEXT,
+    st.sampled_from([Raw("NaN"), Raw("Infinity"), Raw("-Infinity"), Raw("1e999"), Raw("9" * 600)]),
+)
+JSON_ANY = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(TEXT, st.sampled_from(F.ALL_FEATURES)), inner, max_size=4),
+    ),
+    max_leaves=12,
+)
+ENVELOPE_KEYS = st.sampled_from(
+    ["dataframe_records", "dataframe_split", "instances", "inputs", "params", "columns", "data", "x"]
+)
+
+
+@st.composite
+def broken_request(draw) -> tuple[str | bytes, str]:
+    """Anything from a near-valid request to junk; the answer must be 2xx or 4xx."""
+    kind = draw(
+        st.sampled_from(
+            [
+                "json_any",
+                "envelope_any",
+                "split_any",
+                "mixed_rows",
+                "raw_bytes",
+                "bad_utf8",
+                "csv_any",
+                "type",
+            ]
+        )
+    )
+    if kind == "json_any":
+        return dumps(draw(JSON_ANY)), JSON
+    if kind == "envelope_any":
+        keys = draw(st.lists(ENVELOPE_KEYS, min_size=0, max_size=3, unique=True))
+        return dumps({k: draw(JSON_ANY) for k in keys}), JSON
+    if kind == "split_any":
+        split = {}
+        # Column labels: strings, numbers, null, booleans - never a JSON object or array, which
+        # pandas cannot hash (known failure below).
+        if draw(st.booleans()):
+            split["columns"] = draw(
+                st.lists(
+                    st.one_of(TEXT, st.sampled_from(F.ALL_FEATURES), st.integers(), st.none()), max_size=5
+                )
+            )
+        if draw(st.booleans()):
+            split["data"] = draw(
+                st.one_of(JSON_ANY, st.lists(st.lists(JSON_SCALARS, max_size=5), max_size=4))
+            )
+        if draw(st.booleans()):
+            split["index"] = draw(st.lists(st.one_of(st.integers(), TEXT), max_size=4))
+        if draw(st.booleans()):
+            split[draw(TEXT)] = draw(JSON_SCALARS)
+        return dumps({"dataframe_split": split}), JSON
+    if kind == "mixed_rows":
+        envelope = draw(st.sampled_from(ENVELOPES))
+        rows = draw(
+            st.lists(st.one_of(good_row(), st.dictionaries(UNKNOWN_COLUMNS, JSON_SCALARS)), max_size=5)
+        )
+        rows = [
+            {k: draw(st.one_of(st.just(v), JSON_SCALARS)) if draw(st.booleans()) else v for k, v in r.items()}
+            for r in rows
+        ]
+        params = draw(st.one_of(PARAMS, JSON_ANY, st.dictionaries(TEXT, JSON_SCALARS, max_size=2)))
+        if envelope == "csv":
+            return encode(rows, envelope)
+        body, content_type = encode(rows, envelope, None)
+        payload_params = dumps(params)
+        return body[:-1] + f', "params": {payload_params}}}', content_type
+    if kind == "raw_bytes":
+        return draw(st.binary(max_size=300)), draw(st.sampled_from(SUPPORTED_TYPES))
+    if kind == "bad_utf8":
+        body, content_type = encode([draw(good_row())], draw(st.sampled_from(ENVELOPES)))
+        raw = body.encode()
+        at = draw(st.integers(0, len(raw)))
+        junk = draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xf8\x88\x80\x80\x80", b"\x80", SURROGATE]))
+        if junk == SURROGATE and raw.startswith(b'{"inputs": ['):
+            junk = b"\xff"  # a lone surrogate in inputs records is a known failure (see below)
+        return raw[:at] + junk + raw[at:], content_type
+    if kind == "csv_any":
+        lines = draw(st.lists(st.lists(st.one_of(TEXT, JSON_SCALARS.map(str)), max_size=5), max_size=5))
+        return "\n".join(",".join(str(c) for c in line) for line in lines), CSV
+    body, _ = encode([draw(good_row())], draw(st.sampled_from(ENVELOPES[:-1])))
+    return body, draw(st.sampled_from(OTHER_TYPES))
+
+
+# --------------------------------------------------------------------------------------------
+# The fuzzers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_predictions(response: requests.Response, rows: list[dict], params: dict | None, what: str) -> None:
+    assert response.status_code == 200, f"{what}: {response.text[:600]}"
+    out = pd.DataFrame(response.json()["predictions"])
+    assert len(out) == len(rows), what
+    assert out.columns.tolist() == list(F.OUTPUT_COLUMNS), what
+    assert set(out["prediction"]) <= set(F.LABELS.values()), what
+    assert out["poisonous_probability"].between(0, 1).all(), what
+    threshold = (params or {}).get("threshold", F.DEFAULT_THRESHOLD)
+    poisonous = out["poisonous_probability"]
+    assert ((out["prediction"] == "poisonous") == (poisonous >= threshold)).all(), what
+    expected = poisonous.where(out["prediction"] == "poisonous", 1 - poisonous)
+    assert (out["probability"] - expected).abs().max() < 1e-12, what
+    for i, row in enumerate(rows):
+        given_features = {F.canonical_name(k) for k in row}
+        complete = [r for r in F.ROUTES if set(F.ROUTE_FEATURES[r]) <= given_features]
+        assert out["model"][i] in complete, (what, i, row)
+
+
+@settings(FUZZ, max_examples=300)
+@given(data=st.data())
+def test_fuzz_valid_inputs_are_answered_row_for_row(server, data):
+    """In-domain rows of both feature sets, every envelope, mixed spellings -> 200, row for row."""
+    rows = data.draw(st.lists(good_row(), min_size=1, max_size=12), label="rows")
+    params = data.draw(PARAMS, label="params")
+    csv_rows = [{k: v for k, v in row.items() if not k.startswith("x-")} for row in rows]
+    for envelope in ENVELOPES:
+        body, content_type = (
+            encode(csv_rows, envelope) if envelope == "csv" else encode(rows, envelope, params)
+        )
+        response = send(server, body, content_type)
+        FIGURES["valid_bodies"] += 1
+        _check_predictions(response, rows, None if envelope == "csv" else params, f"{envelope}: {body[:600]}")
+    FINISHED.add("valid")
+
+
+def envelopes_for(value: object) -> tuple[str, ...]:
+    """The envelopes that carry ``value`` into the router unchanged (see :func:`bad_value`)."""
+    if isinstance(value, bool):
+        return tuple(e for e in ENVELOPES if e not in ("instances", "inputs_columns"))
+    if isinstance(value, dict):
+        return ("dataframe_records", "dataframe_split", "inputs_records")
+    if isinstance(value, list):
+        return ("dataframe_records", "dataframe_split")
+    return ENVELOPES
+
+
+@settings(FUZZ, max_examples=300)
+@given(data=st.data())
+def test_fuzz_one_bad_row_refuses_the_whole_batch(server, data):
+    """Valid rows plus one invalid row at index i -> 400 naming row i, in every envelope."""
+    route = data.draw(st.sampled_from(F.ROUTES), label="route")
+    good = data.draw(st.lists(good_row("csv"), min_size=0, max_size=15), label="good")
+    index = data.draw(st.integers(0, len(good)), label="index")
+    bad = {c: data.draw(good_value(c)) for c in F.ROUTE_FEATURES[route]}
+    column = data.draw(st.sampled_from(F.ROUTE_FEATURES[route]), label="column")
+    how = data.draw(st.sampled_from(["value", "value", "null", "nan", "absent"]), label="how")
+    if how == "value":
+        bad[column] = data.draw(bad_value(column, "dataframe_records"), label="bad value")
+    elif how == "null":
+        bad[column] = None
+    elif how == "nan":
+        bad[column] = Raw("NaN")
+    else:
+        del bad[column]
+    rows = [*good[:index], bad, *good[index:]]
+    for envelope in envelopes_for(bad.get(column)):
+        body, content_type = encode(rows, envelope)
+        response = send(server, body, content_type)
+        FIGURES["one_bad_row_bodies"] += 1
+        what = f"{envelope} {how} {column}: {response.text[:400]}\nbody: {body[:600]}"
+        assert response.status_code == 400, what
+        message = error_message(response)
+        assert re.match(rf"Invalid input: row {index}\b", message), f"expected row {index}: {message[:400]}"
+        assert "predictions" not in response.json()
+    FINISHED.add("one_bad_row")
+
+
+@settings(FUZZ, max_examples=2600)
+@given(request=broken_request())
+def test_fuzz_anything_gets_2xx_or_4xx_never_5xx(server, request):
+    """Wrong types, junk, broken envelopes, invalid UTF-8, wrong content types: never a 5xx."""
+    body, content_type = request
+    send(server, body, content_type)
+    FIGURES["broken_bodies"] += 1
+    FINISHED.add("broken")
+
+
+def _big_rows(n: int) -> list[list[float]]:
+    nb, lr = F.example_rows()
+    return [
+        [*nb.values(), *lr.values()] if i % 3 else [*nb.values(), None, None, None, None] for i in range(n)
+    ]
+
+
+def test_large_bodies(server, record_property):
+    """A few bodies of several MB: valid ones are answered in full, bad ones refused cleanly."""
+    columns = list(F.ALL_FEATURES)
+    n = 40_000
+    rows = _big_rows(n)
+    split = json.dumps({"dataframe_split": {"columns": columns, "data": rows}})
+    assert len(split) > 2_000_000
+    response = send(server, split, JSON)
+    assert response.status_code == 200
+    assert len(response.json()["predictions"]) == n
+
+    csv = pd.DataFrame(rows, columns=columns).to_csv(index=False)
+    response = send(server, csv, CSV)
+    assert response.status_code == 200
+    assert len(response.json()["predictions"]) == n
+
+    records = [dict(zip(columns, r, strict=True)) for r in rows]
+    records[-1]["cap-shape"] = 99
+    response = send(server, json.dumps({"dataframe_records": records}), JSON)
+    assert response.status_code == 400
+    assert error_message(response).startswith(f"Invalid input: row {n - 1}, column 'cap-shape': got 99")
+
+    huge_cell = dumps(
+        {"dataframe_records": [dict(zip(columns, rows[0], strict=True)) | {"stem-color": "x" * 3_000_000}]}
+    )
+    response = send(server, huge_cell, JSON)
+    assert response.status_code == 400
+    assert "row 0, column 'stem-color'" in error_message(response)
+    assert len(response.text) < 10_000, "the message must not echo a 3 MB value"
+
+    junk = "{" + "x" * 3_000_000
+    response = send(server, junk, JSON)
+    assert response.status_code == 400
+    # MLflow echoes the whole undecodable body in its message (reported, not a leak).
+    record_property("invalid_json_3mb_answer_bytes", len(response.content))
+    FIGURES["large_bodies"] += 5
+    FINISHED.add("large")
+
+
+def test_unsupported_content_types_get_415(server):
+    body, _ = encode([F.example_rows()[0]], "dataframe_records")
+    for content_type in OTHER_TYPES:
+        assert send(server, body, content_type).status_code == 415, content_type
+
+
+# --------------------------------------------------------------------------------------------
+# Known failures: each a one-line reproducer, strict so a fix turns it into a failure to remove.
+# --------------------------------------------------------------------------------------------
+
+NB_ROW = F.example_rows()[0]
+KNOWN_FAILURES = {
+    # MLflow 3.17 scoring_server.invocations: content_type.split(";") on None -> AttributeError -> 500.
+    "no_content_type": (json.dumps({"dataframe_records": [NB_ROW]}), None, "5xx"),
+    # json.loads raises ValueError (int max str digits, 4300) which _decode_json_input does not catch.
+    "integer_over_4300_digits": (
+        '{"dataframe_records": [{"cap-diameter": ' + "1" * 4301 + "}]}",
+        JSON,
+        "5xx",
+    ),
+    # json.loads raises RecursionError on deep nesting; uncaught -> 500.
+    "nesting_10000_deep": ('{"inputs": ' + "[" * 10_000 + "]" * 10_000 + "}", JSON, "5xx"),
+    # MLflow folds a boolean among integers of one instances column into 1 before the router sees
+    # it: README says booleans are refused, this one is scored.
+    "boolean_folded_to_int_by_instances": (
+        json.dumps({"instances": [NB_ROW, NB_ROW | {"gill-color": True}]}),
+        JSON,
+        "accepted",
+    ),
+}
+
+
+KNOWN_FAILURE_REASONS = {
+    "5xx": "KNOWN FAILURE: MLflow 3.17's scoring server answers 500 before the model is reached",
+    "accepted": "KNOWN FAILURE: MLflow folds the boolean into an integer before the router can refuse it",
+}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_FAILURE_REASONS[kind]))
+        for name, (_, _, kind) in KNOWN_FAILURES.items()
+    ],
+)
+def test_known_failures(server, case):
+    body, content_type, _ = KNOWN_FAILURES[case]
+    before = FIGURES.copy()  # kept out of the fuzz figures
+    try:
+        _known_failure(server, case, body, content_type)
+    finally:
+        FIGURES.clear()
+        FIGURES.update(before)
+        FIGURES["known_failure_bodies"] += 1
+
+
+def _known_failure(server, case, body, content_type):
+    if case == "boolean_folded_to_int_by_instances":
+        response = send(server, body, content_type)
+        assert response.status_code == 400, "a boolean was scored as 1"
+    else:
+        send(server, body, content_type)  # asserts no 5xx and no traceback
+
+
+#: Inputs the fuzzer once found mishandled by the router, fixed in router_model.router; each must
+#: now get the answer named here, with no traceback.
+REGRESSIONS = {
+    # A JSON object as a dataframe_split column label: pandas cannot hash it; MLflow's
+    # f"Failed to predict data '{data}'" then raises TypeError -> 500.
+    "object_column_label": ('{"dataframe_split": {"columns": [{"a": 1}], "data": [[1]]}}', JSON, "5xx"),
+    # Same with a second column: the router's own has_duplicates raises TypeError -> MLflow's
+    # "unexpected error" 400 with a stack_trace of the router's code.
+    "object_column_labels_traceback": (
+        '{"dataframe_split": {"columns": [{"a": 1}, "cap-diameter"], "data": [[1, 2]]}}',
+        JSON,
+        "traceback",
+    ),
+    # A lone surrogate (invalid UTF-8 that json.loads decodes with surrogatepass) in an inputs
+    # record: as_frame's pd.DataFrame(list of dicts) raises UnicodeEncodeError, which the router
+    # does not catch -> MLflow's "unexpected error" 400 with a stack_trace of the router's code.
+    "lone_surrogate_in_inputs_record_key": (
+        b'{"inputs": [{"'
+        + SURROGATE
+        + b'cap-diameter": 1, "cap-shape": 0, "gill-attachment": 0, "gill-color": 0}]}',
+        JSON,
+        "traceback",
+    ),
+    "lone_surrogate_in_inputs_record_value": (
+        b'{"inputs": [{"cap-diameter": "1'
+        + SURROGATE
+        + b'", "cap-shape": 0, "gill-attachment": 0, "gill-color": 0}]}',
+        JSON,
+        "traceback",
+    ),
+    # as_frame's single-record branch keeps MLflow's 0-d arrays: a valid record is refused.
+    "inputs_single_record_of_scalars": (json.dumps({"inputs": NB_ROW}), JSON, "refused"),
+}
+
+
+@pytest.mark.parametrize("case", list(REGRESSIONS))
+def test_fixed_regressions(server, case):
+    body, content_type, _ = REGRESSIONS[case]
+    response = send(server, body, content_type)
+    expected = 200 if case == "inputs_single_record_of_scalars" else 400
+    assert response.status_code == expected, response.text[:300]
+
+
+# --------------------------------------------------------------------------------------------
+# After the fuzzing
+# --------------------------------------------------------------------------------------------
+
+
+def test_server_still_healthy_and_figures(server, record_property):
+    """Runs last: the server still answers /ping and a valid request; report the figures."""
+    assert requests.get(f"{server}/ping", timeout=10).status_code == 200
+    response = send(server, json.dumps({"dataframe_records": F.example_rows()}), JSON)
+    assert response.status_code == 200
+    assert [p["model"] for p in response.json()["predictions"]] == list(F.ROUTES)
+    for key, value in sorted(FIGURES.items()):
+        record_property(key, value)
+    _log.warning(
+        "fuzz figures: %d bodies; 2xx %d, 4xx %d (415 plain text %d), 5xx %d; "
+        "MLflow CSV/Parquet stack_trace 400s %d",
+        FIGURES["bodies"],
+        FIGURES["status_2xx"],
+        FIGURES["status_4xx"],
+        FIGURES["plain_text_415"],
+        FIGURES["status_5xx"],
+        FIGURES["csv_parquet_stack_trace"],
+    )
+    if {"valid", "one_bad_row", "broken", "large"} <= FINISHED:
+        assert FIGURES["bodies"] >= MIN_BODIES
