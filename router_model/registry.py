@@ -196,6 +196,8 @@ def log_router(
     Returns:
         The run id, model URI and registry version. No alias is set here.
     """
+    import matplotlib.pyplot as plt
+
     from router_model.plots import confusion_figure, roc_figure
 
     exp = experiment_id()
@@ -217,8 +219,12 @@ def log_router(
         mlflow.log_metrics(result.metrics)
         mlflow.log_metrics({f"{r}_validation_roc_auc": v for r, v in result.validation_auc.items()})
         mlflow.log_metric("train_seconds", result.seconds)
-        mlflow.log_figure(roc_figure(y, scores), "plots/roc.png")
-        mlflow.log_figure(confusion_figure(y, scores), "plots/confusion_matrix.png")
+        for figure, name in (
+            (roc_figure(y, scores), "roc"),
+            (confusion_figure(y, scores), "confusion_matrix"),
+        ):
+            mlflow.log_figure(figure, f"plots/{name}.png")
+            plt.close(figure)
         with tempfile.TemporaryDirectory() as tmp:
             artifacts = {}
             for route, model in result.router.submodels.items():
