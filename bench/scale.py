@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "scored_rows": scored_rows,
         "self_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    results["router_rows_per_s"] = router_rps
     results["ratio"] = router_rps / sub_rps
     print(
         f"mushroom-router predict: {args.rows:,} rows in {seconds:.1f}s = {results['rows_per_s']:,.0f} rows/s "
