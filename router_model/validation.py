@@ -89,6 +89,20 @@ def _fail(
     )
 
 
+def _reject(
+    rows: np.ndarray,
+    column: object,
+    shown: Sequence[object],
+    why: str,
+    problems: RowProblems | None,
+    values: np.ndarray,
+) -> None:
+    """Refuse ``rows`` (raise, or record them and blank their ``values`` when collecting)."""
+    if len(rows):
+        _fail(rows, column, shown, why, problems)
+        values[rows] = np.nan
+
+
 def column_values(
     series: pd.Series, column: object, expected: str, problems: RowProblems | None = None
 ) -> np.ndarray:
@@ -118,9 +132,7 @@ def column_values(
     else:
         values = _object_values(series.to_numpy(dtype=object), column, expected, problems)
     inf = np.flatnonzero(np.isinf(values))
-    if len(inf):
-        _fail(inf, column, values, f"expected {expected}, not an infinite value", problems)
-        values[inf] = np.nan
+    _reject(inf, column, values, f"expected {expected}, not an infinite value", problems, values)
     return values
 
 
@@ -160,10 +172,7 @@ def _object_values(
             np.isnan(parsed) & ~pd.Series(raw[text]).str.strip().str.lower().isin(["nan", ""]).to_numpy()
         )
         bad[np.flatnonzero(text)[unparsed]] = True
-    rows = np.flatnonzero(bad)
-    if len(rows):
-        _fail(rows, column, raw, f"expected {expected}", problems)
-        values[rows] = np.nan
+    _reject(np.flatnonzero(bad), column, raw, f"expected {expected}", problems, values)
     return values
 
 
@@ -179,10 +188,7 @@ def _check_domain(
         bad = given & (F.season_codes(values) < 0)
     else:
         bad = given & (values < 0)
-    rows = np.flatnonzero(bad)
-    if len(rows):
-        _fail(rows, label, values, f"expected {expected}", problems)
-        values[rows] = np.nan
+    _reject(np.flatnonzero(bad), label, values, f"expected {expected}", problems, values)
 
 
 def feature_matrix(frame: pd.DataFrame, problems: RowProblems | None = None) -> np.ndarray:
