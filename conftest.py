@@ -35,18 +35,19 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(autouse=True)
 def mlflow_follows_the_environment() -> Iterator[None]:
     """Undo a test's MLflow URI changes: MLflow keeps them process-wide and copies them to the env."""
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved = {name: os.environ.get(name) for name in names}
+    saved = {"MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI")}
     yield
     import mlflow
 
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    if saved["MLFLOW_TRACKING_URI"] is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved["MLFLOW_TRACKING_URI"]
     mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
-    mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"] or saved["MLFLOW_TRACKING_URI"] or "")
+    mlflow.set_registry_uri(saved["MLFLOW_TRACKING_URI"] or "")
+    # The registry follows the tracking store everywhere here (registry.client sets both); an
+    # inherited MLFLOW_REGISTRY_URI would point clients and subprocesses at another test's store.
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
 @pytest.fixture

@@ -36,6 +36,9 @@ def serve_env(base: dict[str, str] | None = None) -> dict[str, str]:
     if bin_dir not in path.split(os.pathsep):
         env["PATH"] = os.pathsep.join([bin_dir, path]) if path else bin_dir
     env["MLFLOW_TRACKING_URI"] = settings.tracking_uri()
+    # The registry is the tracking store (as in registry.client); a stale inherited value would
+    # resolve models:/ URIs against another store.
+    env["MLFLOW_REGISTRY_URI"] = env["MLFLOW_TRACKING_URI"]
     env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     return env
 
