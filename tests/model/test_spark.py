@@ -9,6 +9,7 @@ features. Needs pyspark and Java; skips without them unless ``MUSHROOM_REQUIRE_S
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import sys
@@ -64,6 +65,8 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
             yield session
         finally:
             session.stop()
+            # py4j logs from __del__ at interpreter exit, after pytest has closed its streams.
+            logging.getLogger("py4j").setLevel(logging.CRITICAL)
 
 
 @pytest.fixture(scope="module")
