@@ -136,11 +136,7 @@ class BinCross(TransformerMixin, BaseEstimator):
         Returns:
             An int64 array of shape ``(n_rows, len(combinations_))``.
         """
-        X = self._as_array(X)
-        out = np.empty((X.shape[0], len(self.combinations_)), dtype=np.int64)
-        for k, code in enumerate(self.iter_codes(X)):
-            out[:, k] = code
-        return out
+        return np.column_stack(list(self.iter_codes(X)))
 
     def _as_array(self, X: object) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
