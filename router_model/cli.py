@@ -200,13 +200,19 @@ _COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; known failures print one line to stderr and exit 2, never a traceback."""
+def _known_errors() -> tuple[type[Exception], ...]:
+    # Imported on the error path only: the pipeline imports MLflow (seconds), which `serve` does
+    # not need before it hands over to `mlflow models serve`.
     from router_model.data import DataError
     from router_model.pipeline import PipelineError
     from router_model.scoring import ScoringError
     from router_model.validation import InvalidInputError
 
+    return DataError, PipelineError, ScoringError, InvalidInputError, ValueError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; known failures print one line to stderr and exit 2, never a traceback."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -217,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     handler: Any = _COMMANDS[args.command]
     try:
         return handler(args)
-    except (DataError, PipelineError, ScoringError, InvalidInputError, ValueError) as err:
+    except Exception as err:
+        if not isinstance(err, _known_errors()):
+            raise
         print(f"mushroom-router {args.command}: error: {err}", file=sys.stderr)
         return 2
 
