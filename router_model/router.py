@@ -337,7 +337,14 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        """Load both sub-models from the model's artifacts with the trusted skops types."""
+        """Load both sub-models from the model's artifacts with the trusted skops types.
+
+        Inside ``mlflow models serve`` this also installs :mod:`router_model.server_guard`.
+        """
+        from router_model import server_guard
+
+        if server_guard.in_scoring_server():
+            server_guard.install()
         config = context.model_config or {}
         submodels = {route: load_submodel(context.artifacts[route]) for route in F.ROUTES}
         self.router = Router(submodels, preferred=config.get(CONFIG_PREFERRED, F.LOGISTIC_REGRESSION))

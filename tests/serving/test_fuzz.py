@@ -1,14 +1,15 @@
 """Property-based fuzzing of a real `mlflow models serve` of the router (hypothesis, derandomized).
 
 Every answer to a generated body must be 2xx for valid input and 4xx otherwise, never 5xx; a 4xx
-carries a JSON ``message``; no answer carries a traceback or a server path. One known MLflow 3.17
-limitation is counted, not failed: its own CSV/Parquet parser attaches a ``stack_trace`` field to
-the 400 for a body it cannot parse, before the model is reached. The 415 MLflow gives for an
-unsupported content type is plain text (also MLflow's own), checked and counted separately.
+is JSON with a ``message``; no answer carries a ``stack_trace``, a traceback or a server path.
+MLflow 3.17's own scoring server fails several of these rules (500s before the model is reached,
+``stack_trace`` on CSV/Parquet parse errors, plain-text 415s); the router's
+:mod:`router_model.server_guard` fixes them inside the server, and ``test_fixed_regressions``
+keeps one reproducer of each.
 
-Inputs that still get a 5xx (or are wrongly accepted) are pinned as strict xfails in
-``test_known_failures`` with a one-line reproducer each; the main fuzzers leave exactly those
-shapes out, so they stay green while the reproducers say what is still broken.
+Inputs that are still wrongly answered are pinned as strict xfails in ``test_known_failures``
+with a one-line reproducer each; the main fuzzers leave exactly those shapes out, so they stay
+green while the reproducers say what is still broken.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 from support import REPO
 
 from router_model import features as F
+from router_model import settings as settings_module
 
 pytestmark = pytest.mark.serving
 
@@ -50,7 +52,6 @@ FUZZ = settings(
 JSON = "application/json"
 CSV = "text/csv"
 PARQUET = "application/vnd.apache.parquet"
-MLFLOW_PARSED_TYPES = (CSV, PARQUET)  # where MLflow's own parser may attach a stack_trace
 SUPPORTED_TYPES = (JSON, CSV, PARQUET)
 OTHER_TYPES = (
     "text/plain",
@@ -97,13 +98,6 @@ def send(
     shown = f"content type {content_type!r}, body {data[:300]!r}{'...' if len(data) > 300 else ''}"
     assert status < 500, f"{status} for {shown}: {response.text[:500]}"
     assert 200 <= status < 300 or 400 <= status < 500, f"{status} for {shown}"
-    mime = (content_type or "").split(";")[0].strip()
-    if status == 415:
-        # MLflow's own answer for a content type it does not parse: plain text, no JSON.
-        FIGURES["plain_text_415"] += 1
-        assert response.text.strip(), shown
-        assert not _has_leak(response.text), f"leak {_has_leak(response.text)} in 415 for {shown}"
-        return response
     try:
         answer = response.json()
     except ValueError:
@@ -111,14 +105,8 @@ def send(
     assert isinstance(answer, dict), shown
     if status >= 400:
         assert isinstance(answer.get("message"), str) and answer["message"], f"no message for {shown}"
-        checked = answer
-        if "stack_trace" in answer:
-            # Known MLflow 3.17 limitation: its CSV/Parquet parser adds a stack_trace to the 400.
-            assert mime in MLFLOW_PARSED_TYPES, f"stack_trace outside the CSV/Parquet parser for {shown}"
-            assert answer["message"].startswith("Failed to parse input as a Pandas DataFrame"), shown
-            FIGURES["csv_parquet_stack_trace"] += 1
-            checked = {k: v for k, v in answer.items() if k != "stack_trace"}
-        leaks = _has_leak(json.dumps(checked))
+        assert "stack_trace" not in answer, f"stack_trace in {status} for {shown}"
+        leaks = _has_leak(json.dumps(answer))
         assert not leaks, f"leak {leaks} in {status} for {shown}: {response.text[:500]}"
     else:
         assert not _has_leak(response.text), shown
@@ -127,7 +115,7 @@ def send(
 
 
 def error_message(response: requests.Response) -> str:
-    """The router's part of an MLflow 400 message (after MLflow's echo of the input)."""
+    """The router's part of a 400 message (the guard drops MLflow's echo of the input)."""
     message = response.json()["message"]
     return message.split("\nError: ", 1)[-1]
 
@@ -289,7 +277,7 @@ PARAMS = st.one_of(
     ),
 )
 
-# JSON values of every type, nested a little (deep nesting is a known failure, see below).
+# JSON values of every type, nested a little (deep nesting has its own kind below).
 JSON_SCALARS = st.one_of(
     st.none(),
     st.booleans(),
@@ -325,6 +313,9 @@ def broken_request(draw) -> tuple[str | bytes, str]:
                 "bad_utf8",
                 "csv_any",
                 "type",
+                "no_type",
+                "huge_integer",
+                "deep_nesting",
             ]
         )
     )
@@ -380,8 +371,16 @@ def broken_request(draw) -> tuple[str | bytes, str]:
     if kind == "csv_any":
         lines = draw(st.lists(st.lists(st.one_of(TEXT, JSON_SCALARS.map(str)), max_size=5), max_size=5))
         return "\n".join(",".join(str(c) for c in line) for line in lines), CSV
+    if kind == "huge_integer":  # over Python's 4,300-digit int parsing limit
+        digits = draw(st.integers(4301, 20_000))
+        column = draw(st.sampled_from(F.ALL_FEATURES))
+        return f'{{"dataframe_records": [{{"{column}": {"9" * digits}}}]}}', JSON
+    if kind == "deep_nesting":  # past the JSON parser's recursion limit
+        depth = draw(st.integers(1_500, 50_000))
+        key = draw(st.sampled_from(["inputs", "instances", "dataframe_records", "params"]))
+        return f'{{"{key}": ' + "[" * depth + "]" * depth + "}", JSON
     body, _ = encode([draw(good_row())], draw(st.sampled_from(ENVELOPES[:-1])))
-    return body, draw(st.sampled_from(OTHER_TYPES))
+    return body, None if kind == "no_type" else draw(st.sampled_from(OTHER_TYPES))
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,9 +515,18 @@ def test_large_bodies(server, record_property):
     junk = "{" + "x" * 3_000_000
     response = send(server, junk, JSON)
     assert response.status_code == 400
-    # MLflow echoes the whole undecodable body in its message (reported, not a leak).
+    # MLflow echoes the whole undecodable body in its message; the guard cuts it short.
+    assert len(response.content) < 10_000
     record_property("invalid_json_3mb_answer_bytes", len(response.content))
-    FIGURES["large_bodies"] += 5
+
+    limit = settings_module.max_request_bytes()
+    over = json.dumps({"dataframe_split": {"columns": columns, "data": _big_rows(limit // 40)}})
+    assert len(over) > limit
+    response = send(server, over, JSON)
+    assert response.status_code == 413
+    assert f"the limit is {limit}" in response.json()["message"]
+    assert requests.get(f"{server}/ping", timeout=10).status_code == 200
+    FIGURES["large_bodies"] += 6
     FINISHED.add("large")
 
 
@@ -534,16 +542,6 @@ def test_unsupported_content_types_get_415(server):
 
 NB_ROW = F.example_rows()[0]
 KNOWN_FAILURES = {
-    # MLflow 3.17 scoring_server.invocations: content_type.split(";") on None -> AttributeError -> 500.
-    "no_content_type": (json.dumps({"dataframe_records": [NB_ROW]}), None, "5xx"),
-    # json.loads raises ValueError (int max str digits, 4300) which _decode_json_input does not catch.
-    "integer_over_4300_digits": (
-        '{"dataframe_records": [{"cap-diameter": ' + "1" * 4301 + "}]}",
-        JSON,
-        "5xx",
-    ),
-    # json.loads raises RecursionError on deep nesting; uncaught -> 500.
-    "nesting_10000_deep": ('{"inputs": ' + "[" * 10_000 + "]" * 10_000 + "}", JSON, "5xx"),
     # MLflow folds a boolean among integers of one instances column into 1 before the router sees
     # it: README says booleans are refused, this one is scored.
     "boolean_folded_to_int_by_instances": (
@@ -555,7 +553,6 @@ KNOWN_FAILURES = {
 
 
 KNOWN_FAILURE_REASONS = {
-    "5xx": "KNOWN FAILURE: MLflow 3.17's scoring server answers 500 before the model is reached",
     "accepted": "KNOWN FAILURE: MLflow folds the boolean into an integer before the router can refuse it",
 }
 
@@ -579,53 +576,59 @@ def test_known_failures(server, case):
 
 
 def _known_failure(server, case, body, content_type):
-    if case == "boolean_folded_to_int_by_instances":
-        response = send(server, body, content_type)
-        assert response.status_code == 400, "a boolean was scored as 1"
-    else:
-        send(server, body, content_type)  # asserts no 5xx and no traceback
+    response = send(server, body, content_type)
+    assert response.status_code == 400, "a boolean was scored as 1"
 
 
-#: Inputs the fuzzer once found mishandled by the router, fixed in router_model.router; each must
-#: now get the answer named here, with no traceback.
+#: Inputs once answered wrongly, by the router (fixed in router_model.router) or by MLflow's own
+#: scoring server (fixed by router_model.server_guard): body, content type, the status it must get.
 REGRESSIONS = {
     # A JSON object as a dataframe_split column label: pandas cannot hash it; MLflow's
-    # f"Failed to predict data '{data}'" then raises TypeError -> 500.
-    "object_column_label": ('{"dataframe_split": {"columns": [{"a": 1}], "data": [[1]]}}', JSON, "5xx"),
-    # Same with a second column: the router's own has_duplicates raises TypeError -> MLflow's
+    # f"Failed to predict data '{data}'" then raised TypeError -> 500.
+    "object_column_label": ('{"dataframe_split": {"columns": [{"a": 1}], "data": [[1]]}}', JSON, 400),
+    # Same with a second column: the router's own has_duplicates raised TypeError -> MLflow's
     # "unexpected error" 400 with a stack_trace of the router's code.
     "object_column_labels_traceback": (
         '{"dataframe_split": {"columns": [{"a": 1}, "cap-diameter"], "data": [[1, 2]]}}',
         JSON,
-        "traceback",
+        400,
     ),
     # A lone surrogate (invalid UTF-8 that json.loads decodes with surrogatepass) in an inputs
-    # record: as_frame's pd.DataFrame(list of dicts) raises UnicodeEncodeError, which the router
-    # does not catch -> MLflow's "unexpected error" 400 with a stack_trace of the router's code.
+    # record: as_frame's pd.DataFrame(list of dicts) raised UnicodeEncodeError -> MLflow's
+    # "unexpected error" 400 with a stack_trace of the router's code.
     "lone_surrogate_in_inputs_record_key": (
         b'{"inputs": [{"'
         + SURROGATE
         + b'cap-diameter": 1, "cap-shape": 0, "gill-attachment": 0, "gill-color": 0}]}',
         JSON,
-        "traceback",
+        400,
     ),
     "lone_surrogate_in_inputs_record_value": (
         b'{"inputs": [{"cap-diameter": "1'
         + SURROGATE
         + b'", "cap-shape": 0, "gill-attachment": 0, "gill-color": 0}]}',
         JSON,
-        "traceback",
+        400,
     ),
-    # as_frame's single-record branch keeps MLflow's 0-d arrays: a valid record is refused.
-    "inputs_single_record_of_scalars": (json.dumps({"inputs": NB_ROW}), JSON, "refused"),
+    # as_frame's single-record branch kept MLflow's 0-d arrays: a valid record was refused.
+    "inputs_single_record_of_scalars": (json.dumps({"inputs": NB_ROW}), JSON, 200),
+    # MLflow 3.17: content_type.split(";") on None -> AttributeError -> 500.
+    "no_content_type": (json.dumps({"dataframe_records": [NB_ROW]}), None, 415),
+    # MLflow 3.17: json.loads raises ValueError (int max str digits, 4300), uncaught -> 500.
+    "integer_over_4300_digits": ('{"dataframe_records": [{"cap-diameter": ' + "1" * 4301 + "}]}", JSON, 400),
+    # MLflow 3.17: json.loads raises RecursionError on deep nesting, uncaught -> 500.
+    "nesting_10000_deep": ('{"inputs": ' + "[" * 10_000 + "]" * 10_000 + "}", JSON, 400),
+    # MLflow 3.17: its CSV parser's 400 carried a stack_trace (the fuzzer's main loop checks
+    # every CSV/Parquet body for it too).
+    "malformed_csv": ('a,b\n"unterminated', CSV, 400),
+    "malformed_parquet": (b"PAR1 not parquet", PARQUET, 400),
 }
 
 
 @pytest.mark.parametrize("case", list(REGRESSIONS))
 def test_fixed_regressions(server, case):
-    body, content_type, _ = REGRESSIONS[case]
-    response = send(server, body, content_type)
-    expected = 200 if case == "inputs_single_record_of_scalars" else 400
+    body, content_type, expected = REGRESSIONS[case]
+    response = send(server, body, content_type)  # also: JSON, no stack_trace, no leak
     assert response.status_code == expected, response.text[:300]
 
 
@@ -643,14 +646,13 @@ def test_server_still_healthy_and_figures(server, record_property):
     for key, value in sorted(FIGURES.items()):
         record_property(key, value)
     _log.warning(
-        "fuzz figures: %d bodies; 2xx %d, 4xx %d (415 plain text %d), 5xx %d; "
-        "MLflow CSV/Parquet stack_trace 400s %d",
+        "fuzz figures: %d bodies; 2xx %d, 4xx %d (413 %d, 415 %d), 5xx %d",
         FIGURES["bodies"],
         FIGURES["status_2xx"],
         FIGURES["status_4xx"],
-        FIGURES["plain_text_415"],
+        FIGURES["status_413"],
+        FIGURES["status_415"],
         FIGURES["status_5xx"],
-        FIGURES["csv_parquet_stack_trace"],
     )
     if {"valid", "one_bad_row", "broken", "large"} <= FINISHED:
         assert FIGURES["bodies"] >= MIN_BODIES

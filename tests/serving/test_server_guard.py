@@ -1,0 +1,204 @@
+"""router_model.server_guard against MLflow's own scoring-server functions, in process.
+
+The fuzzer (test_fuzz.py) checks the same behaviour over HTTP on a real ``mlflow models serve``;
+these tests pin each rule on its own and prove the fast serialiser writes MLflow's exact bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import types
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import scoring_server
+
+from router_model import features as F
+from router_model import server_guard
+
+JSON = "application/json"
+CSV = "text/csv"
+
+
+@pytest.fixture(scope="module")
+def pyfunc_model(registered):
+    """The registered router as MLflow's scoring server holds it."""
+    return mlflow.pyfunc.load_model(registered["model_uri"])
+
+
+@pytest.fixture(scope="module")
+def original():
+    """MLflow's unpatched ``invocations`` (the guard under test wraps it, the module stays as is)."""
+    assert not getattr(scoring_server.invocations, server_guard._GUARDED, False)
+    return scoring_server.invocations
+
+
+@pytest.fixture
+def guarded(original, pyfunc_model):
+    """Call the guard around MLflow's ``invocations`` with a 64 KiB limit."""
+    wrapped = server_guard.guard(original, scoring_server.InvocationsResponse, 64 * 1024)
+
+    def call(body: bytes | str, content_type: str | None = JSON):
+        data = body.encode() if isinstance(body, str) else body
+        return wrapped(data, content_type, pyfunc_model, pyfunc_model.metadata.get_input_schema())
+
+    return call
+
+
+def respond(guarded, body, content_type) -> tuple[int, str, dict]:
+    """Status, media type and JSON answer, as the server's handler would send them."""
+    try:
+        result = guarded(body, content_type)
+    except MlflowException as err:  # what MLflow's _async_catch_mlflow_exception answers
+        return err.get_http_status_code(), JSON, json.loads(err.serialize_as_json())
+    return result.status, result.mimetype, json.loads(result.response)
+
+
+def mlflow_bytes(raw) -> str:
+    out = io.StringIO()
+    scoring_server.predictions_to_json(raw, out)
+    return out.getvalue()
+
+
+def guard_bytes(raw) -> str:
+    out = io.StringIO()
+    server_guard.predictions_to_json(raw, out)
+    return out.getvalue()
+
+
+def _router_output(pyfunc_model, on_error=False):
+    rows = F.example_rows() * 300
+    if not on_error:
+        return pyfunc_model.predict(pd.DataFrame(rows))
+    bad = pd.DataFrame(rows + [{"cap-shape": 99}])
+    return pyfunc_model.unwrap_python_model().router.predict(bad, on_error="mark")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda m: _router_output(m), id="router-output"),
+        pytest.param(lambda m: _router_output(m, on_error=True), id="router-output-with-error-rows-and-nan"),
+        pytest.param(lambda m: np.array([0, 1, 1]), id="ndarray"),
+        pytest.param(lambda m: pd.Series([0.25, np.nan, 1.0]), id="series"),
+        pytest.param(lambda m: [{"a": np.int64(3), "b": "x"}], id="list-of-dicts"),
+        pytest.param(lambda m: pd.DataFrame({0: [1, 2], "a": [np.inf, -0.0]}), id="non-string-labels"),
+        pytest.param(
+            lambda m: pd.DataFrame({"t": pd.to_datetime(["2026-11-26"]), "o": [None]}), id="objects"
+        ),
+        pytest.param(lambda m: pd.DataFrame({"a": []}), id="empty"),
+    ],
+)
+def test_fast_serialiser_writes_mlflows_exact_bytes(pyfunc_model, make):
+    raw = make(pyfunc_model)
+    assert guard_bytes(raw) == mlflow_bytes(raw)
+
+
+def test_probabilities_keep_every_digit(pyfunc_model):
+    out = _router_output(pyfunc_model)
+    answered = json.loads(guard_bytes(out))["predictions"]
+    assert [r["poisonous_probability"] for r in answered] == out["poisonous_probability"].tolist()
+
+
+def test_metadata_cannot_hide_predictions():
+    with pytest.raises(MlflowException, match="metadata cannot contain 'predictions'"):
+        server_guard.predictions_to_json([1], io.StringIO(), {"predictions": 2})
+
+
+def test_valid_request_is_answered_exactly_as_mlflow_would(guarded, original, pyfunc_model):
+    body = json.dumps({"dataframe_records": F.example_rows(), "params": {"threshold": 0.3}}).encode()
+    ours = guarded(body)
+    theirs = original(body, JSON, pyfunc_model, None)
+    assert (ours.status, ours.mimetype) == (200, JSON)
+    assert json.loads(ours.response) == json.loads(theirs.response)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "message"),
+    [
+        ("{}", None, 415, "no Content-Type header"),
+        ("{}", "application/xml", 415, "only supports the following content types"),
+        ("{}", "application/json; charset=latin-1", 415, "only supports UTF-8"),
+        ("x" * (64 * 1024 + 1), JSON, 413, "request body is 65537 bytes; the limit is 65536"),
+        (
+            '{"dataframe_records": [{"cap-diameter": ' + "1" * 4301 + "}]}",
+            JSON,
+            400,
+            "could not read the request",
+        ),
+        ('{"inputs": ' + "[" * 10_000 + "]" * 10_000 + "}", JSON, 400, "RecursionError"),
+        ('a,b\n"unterminated', CSV, 400, "Failed to parse input as a Pandas DataFrame"),
+        (b"PAR1 not parquet", "application/vnd.apache.parquet", 400, "valid Parquet"),
+        (
+            json.dumps({"dataframe_records": [F.example_rows()[0] | {"cap-shape": 99}]}),
+            JSON,
+            400,
+            "Invalid input: row 0, column 'cap-shape': got 99",
+        ),
+        ("{" + "x" * 50_000, JSON, 400, "Invalid input. Ensure that input is a valid JSON"),
+    ],
+    ids=[
+        "no-content-type",
+        "unsupported-type",
+        "not-utf8",
+        "over-the-limit",
+        "integer-over-4300-digits",
+        "nesting-10000-deep",
+        "malformed-csv",
+        "malformed-parquet",
+        "router-refuses-a-row",
+        "undecodable-json",
+    ],
+)
+def test_every_refusal_is_json_without_trace_or_echo(guarded, body, content_type, status, message):
+    got, mimetype, answer = respond(guarded, body, content_type)
+    assert (got, mimetype) == (status, JSON)
+    assert message in answer["message"]
+    assert "stack_trace" not in answer
+    assert "Traceback" not in answer["message"] and "Failed to predict data" not in answer["message"]
+    assert len(answer["message"]) <= server_guard.MAX_MESSAGE_CHARS + 50
+
+
+def test_install_patches_once_and_only_a_matching_mlflow(monkeypatch, caplog):
+    module = types.SimpleNamespace(
+        invocations=scoring_server.invocations,
+        predictions_to_json=scoring_server.predictions_to_json,
+        InvocationsResponse=scoring_server.InvocationsResponse,
+    )
+    assert server_guard.install(module, max_request_bytes=10)
+    first = module.invocations
+    assert module.predictions_to_json is server_guard.predictions_to_json
+    assert server_guard.install(module, max_request_bytes=10)
+    assert module.invocations is first, "a second install must not wrap the guard again"
+
+    other = types.SimpleNamespace(invocations=lambda request: None, predictions_to_json=lambda p, o: None)
+    before = other.invocations
+    assert not server_guard.install(other, max_request_bytes=10)
+    assert other.invocations is before
+    assert "not the expected one" in caplog.text
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", 16 * 1024 * 1024), ("1024", 1024), (" 7 ", 7)])
+def test_max_request_bytes_setting(monkeypatch, value, expected):
+    from router_model import settings
+
+    monkeypatch.setenv("MUSHROOM_MAX_REQUEST_BYTES", value)
+    assert settings.max_request_bytes() == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "16MB", "1e6"])
+def test_bad_max_request_bytes_stops_the_server_at_start(monkeypatch, value):
+    monkeypatch.setenv("MUSHROOM_MAX_REQUEST_BYTES", value)
+    with pytest.raises(ValueError, match=f"MUSHROOM_MAX_REQUEST_BYTES is '{value}'; expected a positive"):
+        server_guard.install(types.SimpleNamespace())
+
+
+def test_guard_is_only_installed_inside_the_scoring_server(monkeypatch):
+    monkeypatch.delenv(server_guard.SERVER_MODEL_PATH_ENV, raising=False)
+    assert not server_guard.in_scoring_server()
+    monkeypatch.setenv(server_guard.SERVER_MODEL_PATH_ENV, "file:///model")
+    assert server_guard.in_scoring_server()
