@@ -46,7 +46,20 @@ OPTIONAL_ENV = {
 }
 
 #: Variables a particular package service does not need, with the reason.
+_ONLY_THE_MODEL_SERVER = {
+    "MUSHROOM_MAX_REQUEST_BYTES": "only the model server answers HTTP requests for the model"
+}
 NOT_NEEDED = {
+    **{
+        service: _ONLY_THE_MODEL_SERVER
+        for service in (
+            "airflow-apiserver",
+            "airflow-dag-processor",
+            "airflow-init",
+            "airflow-scheduler",
+            "airflow-triggerer",
+        )
+    },
     "model-server": {
         "MUSHROOM_DATA": "the model server never trains",
         "KAGGLE_API_TOKEN": "the model server never downloads training data",
