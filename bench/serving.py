@@ -1,10 +1,12 @@
 """Serving benchmark: the router against its own Logistic Regression sub-model served plainly.
 
-Both run as ``mlflow models serve --env-manager local`` with the same worker count on loopback, and
-wrk (a C load generator) sends both the identical requests, alternating router and plain per
-round: single rows and batches of 100, 1,000 and 10,000 rows of the real data's LR features. Also
-measures the cold start of ``mushroom-router serve`` and the wall time of
-``mushroom-router train`` on the real data (which registers the router it then serves).
+Three ``mlflow models serve --env-manager local`` processes with the same worker count on
+loopback: the router, the LR sub-model as a plain ``mlflow.sklearn`` model answering labels
+(``plain``), and the same answering ``predict_proba`` (``plain_proba``). wrk (a C load generator)
+sends them the identical requests, taking the servers in turn each round: single rows and batches
+of 100, 1,000 and 10,000 rows of the real data's LR features. Also measures the cold start of
+``mushroom-router serve`` and the wall time of ``mushroom-router train`` on the real data (which
+registers the router it then serves).
 
 Usage: ``python bench/serving.py --data mushroom_cleaned.csv [--duration 10] [--out results.json]``
 """
@@ -29,6 +31,8 @@ from benchlib import BIN, REPO, free_port, stop, wait_ping
 from router_model import features as F
 
 BATCHES = (1, 100, 1000, 10000)
+#: The router, its LR sub-model answering labels, and the same answering probabilities.
+SERVERS = ("router", "plain", "plain_proba")
 RESULT = re.compile(r"RESULT (.*)")
 
 
@@ -120,14 +124,21 @@ def main(argv: list[str] | None = None) -> int:
     router = registry.load_router("models:/mushroom-router@champion")
     lr_model = router.submodels[F.LOGISTIC_REGRESSION]
     frame = pd.read_csv(args.data)[list(F.LR_FEATURES)].astype(float)
-    plain_dir = work / "plain-lr"
-    mlflow.sklearn.save_model(
-        lr_model,
-        str(plain_dir),
-        serialization_format="skops",
-        skops_trusted_types=list(TRUSTED_TYPES),
-        signature=mlflow.models.infer_signature(frame.iloc[:5], lr_model.predict(frame.iloc[:5].to_numpy())),
-    )
+    # "plain" answers labels (mlflow.sklearn's default); "plain_proba" answers predict_proba, the
+    # probabilities the router's answer also carries, so the answer's size is separated from routing.
+    plain_dirs = {"plain": work / "plain-lr", "plain_proba": work / "plain-lr-proba"}
+    for name, predict_fn in (("plain", "predict"), ("plain_proba", "predict_proba")):
+        example = frame.iloc[:5]
+        mlflow.sklearn.save_model(
+            lr_model,
+            str(plain_dirs[name]),
+            serialization_format="skops",
+            skops_trusted_types=list(TRUSTED_TYPES),
+            pyfunc_predict_fn=predict_fn,
+            signature=mlflow.models.infer_signature(
+                example, getattr(lr_model, predict_fn)(example.to_numpy())
+            ),
+        )
 
     # Cold start: launch `mushroom-router serve` to the first 200 on /ping.
     cold = []
@@ -143,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     results["cold_start_seconds"] = cold
     print(f"cold start: {', '.join(f'{c:.1f}s' for c in cold)}", flush=True)
 
-    ports = {"router": free_port(), "plain": free_port()}
+    ports = {name: free_port() for name in SERVERS}
     serve = [
         str(BIN / "mlflow"),
         "models",
@@ -162,11 +173,14 @@ def main(argv: list[str] | None = None) -> int:
             work / "router.log",
         ),
         # mlflow.sklearn gates every serialization format (skops too) behind this switch.
-        "plain": start(
-            [*serve, "-m", str(plain_dir), "--port", str(ports["plain"])],
-            {**env, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"},
-            work / "plain.log",
-        ),
+        **{
+            name: start(
+                [*serve, "-m", str(path), "--port", str(ports[name])],
+                {**env, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"},
+                work / f"{name}.log",
+            )
+            for name, path in plain_dirs.items()
+        },
     }
     try:
         for name, proc in procs.items():
@@ -180,9 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                     {"dataframe_split": {"columns": list(F.LR_FEATURES), "data": rows.to_numpy().tolist()}}
                 )
             )
-            runs: dict[str, list[dict]] = {"router": [], "plain": []}
+            runs: dict[str, list[dict]] = {name: [] for name in SERVERS}
             for _ in range(args.rounds):
-                for name in ("router", "plain"):
+                for name in SERVERS:
                     runs[name].append(wrk(ports[name], body, args.duration, args.connections, args.threads))
             case = {"batch": batch}
             for name, measured in runs.items():
@@ -196,11 +210,12 @@ def main(argv: list[str] | None = None) -> int:
                     "requests": sum(r["requests"] for r in measured),
                 }
             case["ratio"] = case["router"]["rps"] / case["plain"]["rps"]
+            case["ratio_proba"] = case["router"]["rps"] / case["plain_proba"]["rps"]
             cases.append(case)
             print(
                 f"batch {batch:>5}: router {case['router']['rps']:8.1f} req/s, plain {case['plain']['rps']:8.1f}"
-                f" req/s, ratio {case['ratio']:.3f}, non-2xx {case['router']['non2xx']}/"
-                f"{case['plain']['non2xx']}",
+                f" req/s, ratio {case['ratio']:.3f}; plain_proba {case['plain_proba']['rps']:8.1f} req/s, ratio "
+                f"{case['ratio_proba']:.3f}; non-2xx {'/'.join(str(case[n]['non2xx']) for n in SERVERS)}",
                 flush=True,
             )
         results["cases"] = cases
