@@ -8,8 +8,10 @@ both feature sets, hyphen and underscore spellings (mixed within a batch), every
 
 Reports total requests, non-2xx answers, requests/s, p50/p99 latency and the resident memory of
 the server (the uvicorn process and its workers, summed) after ``--warmup`` seconds and at the end,
-with the drift between the two. Prints a Markdown snippet (also written to ``--out``) and exits 1
-if any answer was not 2xx or the memory grew by more than ``--max-drift`` percent.
+with the drift between the two. Then sends one body over the server's size limit (200 MB), which
+must get 413 while the server keeps serving, and reports its memory peak. Prints a Markdown
+snippet (also written to ``--out``) and exits 1 if any answer was not 2xx, the big body was not
+refused, or the memory grew by more than ``--max-drift`` percent.
 
 Usage: ``python bench/soak.py [--seconds 120] [--clients 16] [--out soak.md]``
 """
@@ -164,6 +166,41 @@ def start_server(home: Path, port: int) -> subprocess.Popen:
     )
 
 
+def oversized_body(url: str, pid: int, megabytes: int) -> dict:
+    """POST one body of ``megabytes`` MB: the server must refuse it (413) and keep serving.
+
+    Returns:
+        The status, seconds to the answer, and the server's resident memory before and at its peak
+        (sampled every 50 ms while the request runs).
+    """
+    record = b'{"cap-diameter": 1372, "cap-shape": 2, "gill-attachment": 2, "gill-color": 10},'
+    body = b'{"dataframe_records": [' + record * (megabytes * 1_000_000 // len(record)) + record[:-1] + b"]}"
+    before = server_rss(pid)
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], server_rss(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    try:
+        response = requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=300)
+    finally:
+        done.set()
+        sampler.join()
+    return {
+        "megabytes": len(body) / 1e6,
+        "status": response.status_code,
+        "seconds": time.monotonic() - started,
+        "rss_before": before,
+        "rss_peak": peak[0],
+        "message": response.json().get("message", "") if response.status_code != 200 else "",
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -180,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bodies", type=int, default=500, help="distinct request bodies to cycle through")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=None, help="also write the Markdown snippet here")
+    parser.add_argument("--oversized-mb", type=int, default=200, help="size of the body that must get 413")
     args = parser.parse_args(argv)
     if args.seconds <= args.warmup:
         parser.error("--seconds must exceed --warmup")
@@ -222,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                 thread.join(timeout=60)
             stop_event.set()
             elapsed = time.monotonic() - started
-            server_alive = proc.poll() is None
+            big = oversized_body(url, proc.pid, args.oversized_mb)
+            server_alive = proc.poll() is None and requests.get(f"http://{HOST}:{port}/ping", timeout=10).ok
         finally:
             stop(proc)
         log_tail = (home / "serve.log").read_text(errors="replace").splitlines()[-5:]
@@ -255,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
             f"| server RSS at the end | {rss_end / mib:.1f} MiB |",
             f"| server RSS peak (5 s samples) | {peak / mib:.1f} MiB |",
             f"| memory drift | {drift:+.1f}% (limit +{args.max_drift:.0f}%) |",
+            f"| then one {big['megabytes']:,.0f} MB body | **{big['status']}** in {big['seconds']:.1f} s; server RSS "
+            f"{big['rss_before'] / mib:.0f} MiB before, {big['rss_peak'] / mib:.0f} MiB peak; "
+            f"{'still serving' if server_alive else 'SERVER DOWN'} |",
             "",
             f"Requests: batches of 1-100 valid rows of both feature sets, hyphen and underscore "
             f"spellings, all JSON envelopes and text/csv ({args.bodies} distinct bodies, seed {args.seed}); "
@@ -269,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     if non2xx or errors or wrong_rows:
         examples = [e for t in tallies for e in t.examples][:3]
         problems.append(f"{non2xx} non-2xx, {errors} errors, {wrong_rows} wrong row counts: {examples}")
+    if big["status"] != 413:
+        problems.append(
+            f"a {big['megabytes']:.0f} MB body got {big['status']}, not 413: {big['message'][:200]}"
+        )
     if drift > args.max_drift:
         problems.append(f"memory grew {drift:.1f}% > {args.max_drift:.0f}%")
     if not server_alive:
