@@ -11,15 +11,17 @@
 * answers an unsupported content type with plain text, where every other error is JSON;
 * reads and parses a body of any size (a 50 MB body takes about 1 GiB to parse);
 * serialises predictions with ``DataFrame.to_dict`` and ``json.dump``, whose pure-Python encoder
-  took 83% of a 1,000-row router request.
+  took 83% of a 1,000-row router request (the router answers four fields a row, two of them
+  full-precision probabilities).
 
 The router's ``load_context`` calls :func:`install` inside that server process (and only there:
 MLflow sets ``__pyfunc_model_path__`` for it). :func:`install` replaces the module's
-``invocations`` with a guard around the original and its ``predictions_to_json`` with an
-equivalent that writes the same bytes three times faster. ``app.py`` builds the FastAPI app after
-the model has loaded, and its handler looks ``invocations`` up when called, so the guard is in
-place from the first request. Nothing else in MLflow changes; with an MLflow whose functions no
-longer have the expected signatures, :func:`install` logs a warning and changes nothing.
+``invocations`` with a guard around the original, and its ``predictions_to_json`` with one that
+writes the same JSON value five to ten times faster (orjson for the router's answer). ``app.py``
+builds the FastAPI app after the model has loaded, and its handler looks ``invocations`` up when
+called, so the guard is in place from the first request. Nothing else in MLflow changes; with an
+MLflow whose functions no longer have the expected signatures, :func:`install` logs a warning and
+changes nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+import orjson
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, INVALID_PARAMETER_VALUE
@@ -168,16 +172,47 @@ def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
 
 
-def predictions_to_json(raw_predictions: Any, output: Any, metadata: dict[str, Any] | None = None) -> None:
-    """MLflow's ``predictions_to_json`` with the same output, using the C JSON encoder.
+def _plain_table(frame: pd.DataFrame) -> bool:
+    """Whether orjson writes ``frame`` as MLflow would, up to JSON formatting.
 
-    ``json.dump`` always takes the pure-Python encoder; ``json.dumps`` takes the C one. Both
-    write floats with ``repr``, so probabilities keep every digit.
+    True for unique string labels and columns of finite floats, integers, booleans or
+    categories of strings (the router's answer). MLflow writes NaN and infinity as bare
+    ``NaN``/``Infinity``, orjson as ``null``; such frames take MLflow's path.
+    """
+    columns = list(frame.columns)
+    if len(set(columns)) != len(columns) or not all(isinstance(c, str) for c in columns):
+        return False
+    for _, column in frame.items():
+        dtype = column.dtype
+        if isinstance(dtype, pd.CategoricalDtype):
+            if not all(isinstance(c, str) for c in dtype.categories) or column.isna().any():
+                return False
+        elif dtype.kind == "f":
+            if not np.isfinite(column.to_numpy()).all():
+                return False
+        elif dtype.kind not in "iub":
+            return False
+    return True
+
+
+def predictions_to_json(raw_predictions: Any, output: Any, metadata: dict[str, Any] | None = None) -> None:
+    """MLflow's ``predictions_to_json``, writing the same JSON value much faster.
+
+    The router's answer (a table of labels, finite probabilities and routes) is written by orjson,
+    compact and with the shortest round-trip form of every float, so each probability parses back
+    to exactly the same double (``1e-05`` becomes ``0.00001``, the spaces go). Anything else takes
+    MLflow's own conversion with the C JSON encoder: the same bytes as MLflow (``json.dump``
+    always takes the pure-Python encoder, ``json.dumps`` the C one).
     """
     if metadata and "predictions" in metadata:
         raise MlflowException("metadata cannot contain 'predictions' key", error_code=INVALID_PARAMETER_VALUE)
-    if isinstance(raw_predictions, pd.DataFrame):
-        predictions = records(raw_predictions)
-    else:
-        predictions = _get_jsonable_obj(raw_predictions, pandas_orient="records")
+    if isinstance(raw_predictions, pd.DataFrame) and _plain_table(raw_predictions):
+        try:
+            body = orjson.dumps({"predictions": records(raw_predictions), **(metadata or {})})
+        except TypeError:  # metadata orjson cannot write: MLflow's way below
+            pass
+        else:
+            output.write(body.decode("utf-8"))
+            return
+    predictions = _get_jsonable_obj(raw_predictions, pandas_orient="records")
     output.write(json.dumps({"predictions": predictions, **(metadata or {})}, cls=NumpyEncoder))

@@ -1,7 +1,8 @@
 """router_model.server_guard against MLflow's own scoring-server functions, in process.
 
 The fuzzer (test_fuzz.py) checks the same behaviour over HTTP on a real ``mlflow models serve``;
-these tests pin each rule on its own and prove the fast serialiser writes MLflow's exact bytes.
+these tests pin each rule on its own and prove the fast serialiser writes MLflow's JSON values
+(its exact bytes, where it does not use orjson).
 """
 
 from __future__ import annotations
@@ -78,30 +79,53 @@ def _router_output(pyfunc_model, on_error=False):
     return pyfunc_model.unwrap_python_model().router.predict(bad, on_error="mark")
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        pytest.param(lambda m: _router_output(m), id="router-output"),
-        pytest.param(lambda m: _router_output(m, on_error=True), id="router-output-with-error-rows-and-nan"),
-        pytest.param(lambda m: np.array([0, 1, 1]), id="ndarray"),
-        pytest.param(lambda m: pd.Series([0.25, np.nan, 1.0]), id="series"),
-        pytest.param(lambda m: [{"a": np.int64(3), "b": "x"}], id="list-of-dicts"),
-        pytest.param(lambda m: pd.DataFrame({0: [1, 2], "a": [np.inf, -0.0]}), id="non-string-labels"),
-        pytest.param(
-            lambda m: pd.DataFrame({"t": pd.to_datetime(["2026-11-26"]), "o": [None]}), id="objects"
-        ),
-        pytest.param(lambda m: pd.DataFrame({"a": []}), id="empty"),
-    ],
-)
-def test_fast_serialiser_writes_mlflows_exact_bytes(pyfunc_model, make):
+def _parsed(text: str):
+    """JSON value with NaN made comparable (NaN != NaN)."""
+    return json.loads(text.replace("NaN", '"NaN"'))
+
+
+#: Router-like answers (orjson path: the same JSON value) and anything else (MLflow's bytes).
+ANSWERS = [
+    pytest.param(lambda m: _router_output(m), "value", id="router-output"),
+    pytest.param(lambda m: _router_output(m).iloc[:0], "value", id="router-output-empty"),
+    pytest.param(
+        lambda m: _router_output(m, on_error=True), "bytes", id="router-output-with-error-rows-and-nan"
+    ),
+    pytest.param(lambda m: np.array([0, 1, 1]), "bytes", id="ndarray"),
+    pytest.param(lambda m: pd.Series([0.25, np.nan, 1.0]), "bytes", id="series"),
+    pytest.param(lambda m: [{"a": np.int64(3), "b": "x"}], "bytes", id="list-of-dicts"),
+    pytest.param(lambda m: pd.DataFrame({0: [1, 2], "a": [np.inf, -0.0]}), "bytes", id="non-string-labels"),
+    pytest.param(lambda m: pd.DataFrame({"a": [1.0, np.inf]}), "bytes", id="infinity"),
+    pytest.param(
+        lambda m: pd.DataFrame({"t": pd.to_datetime(["2026-11-26"]), "o": [None]}), "bytes", id="objects"
+    ),
+    pytest.param(lambda m: pd.DataFrame({"i": [1, 2**62], "b": [True, False]}), "value", id="ints-and-bools"),
+]
+
+
+@pytest.mark.parametrize(("make", "same"), ANSWERS)
+def test_fast_serialiser_writes_what_mlflow_writes(pyfunc_model, make, same):
     raw = make(pyfunc_model)
-    assert guard_bytes(raw) == mlflow_bytes(raw)
+    ours, theirs = guard_bytes(raw), mlflow_bytes(raw)
+    if same == "bytes":
+        assert ours == theirs
+    else:
+        assert ours != theirs, "the orjson path was not taken"
+        assert _parsed(ours) == _parsed(theirs)
 
 
-def test_probabilities_keep_every_digit(pyfunc_model):
+EDGE_PROBABILITIES = [0.0, 5e-324, 1e-300, 1e-05, 0.1, 1 / 3, 0.5, 1 - 2**-53, 1.0]
+
+
+def test_probabilities_parse_back_to_the_same_doubles(pyfunc_model):
     out = _router_output(pyfunc_model)
     answered = json.loads(guard_bytes(out))["predictions"]
     assert [r["poisonous_probability"] for r in answered] == out["poisonous_probability"].tolist()
+    edge = pd.DataFrame(
+        {"p": EDGE_PROBABILITIES, "label": pd.Categorical(["edible"] * len(EDGE_PROBABILITIES))}
+    )
+    parsed = [r["p"] for r in json.loads(guard_bytes(edge))["predictions"]]
+    assert [x.hex() for x in parsed] == [x.hex() for x in EDGE_PROBABILITIES]
 
 
 def test_metadata_cannot_hide_predictions():
