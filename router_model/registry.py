@@ -8,7 +8,6 @@ scikit-learn and skops are installed, with pickle deserialization switched off.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import subprocess
@@ -46,6 +45,11 @@ ENTRY_FILE = PACKAGE_DIR / "pyfunc_entry.py"
 
 TAG_RETRAIN_KEY = "retrain_key"
 TAG_RUN_ID = "run_id"
+
+#: What MLflow answers for a model or alias that does not exist (a missing alias is an
+#: ``INVALID_PARAMETER_VALUE``). Any other error, such as an unreachable tracking server, is raised:
+#: read as "no champion", it would let the gate promote a version without comparing it.
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 #: The signature declares params only (``inputs=None``), on purpose. MLflow 3.17's input
 #: enforcement breaks real input paths: a typed optional ``double`` column refuses integer data (a
@@ -130,20 +134,34 @@ def pip_requirements() -> list[str]:
 
 
 def find_version(key: str) -> ModelVersion | None:
-    """The registered version tagged with ``retrain_key=key``, if any (makes re-runs idempotent)."""
+    """The registered version tagged with ``retrain_key=key``, if any (makes re-runs idempotent).
+
+    Raises:
+        MlflowException: If the registry cannot be searched (for example the tracking server is
+            unreachable). Answering "not registered" then would train and register a duplicate
+            once the server is back; failing here fails the task before it trains.
+    """
     c = client()
     try:
         found = c.search_model_versions(f"name='{settings.MODEL_NAME}' and tags.{TAG_RETRAIN_KEY}='{key}'")
-    except MlflowException:
+    except MlflowException as err:
+        if err.error_code not in _NOT_FOUND:
+            raise
         return None
     return max(found, key=lambda v: int(v.version)) if found else None
 
 
 def alias_version(alias: str) -> ModelVersion | None:
-    """The version holding ``alias``, or ``None`` when the alias (or the model) does not exist."""
+    """The version holding ``alias``, or ``None`` when the alias (or the model) does not exist.
+
+    Raises:
+        MlflowException: If the registry cannot answer (for example the server is unreachable).
+    """
     try:
         return client().get_model_version_by_alias(settings.MODEL_NAME, alias)
-    except MlflowException:
+    except MlflowException as err:
+        if err.error_code not in _NOT_FOUND:
+            raise
         return None
 
 
@@ -154,9 +172,16 @@ def set_alias(alias: str, version: int | str) -> None:
 
 
 def delete_alias(alias: str) -> None:
-    """Remove ``alias`` if it exists."""
-    with contextlib.suppress(MlflowException):
+    """Remove ``alias`` if it exists.
+
+    Raises:
+        MlflowException: If the registry cannot answer (for example the server is unreachable).
+    """
+    try:
         client().delete_registered_model_alias(settings.MODEL_NAME, alias)
+    except MlflowException as err:
+        if err.error_code not in _NOT_FOUND:
+            raise
 
 
 def tag_version(version: int | str, tags: dict[str, Any]) -> None:
