@@ -13,7 +13,7 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 DAG_ID = "mushroom_router_retrain"
 
@@ -41,7 +41,11 @@ DOC_MD = f"""
   `min_improvement` (the first version always becomes champion).
 * **promote** moves `champion` and updates the asset `{CHAMPION_ASSET.uri}`;
   **keep_challenger** gives the version the `challenger` alias. Both record the reason as the
-  `gate_reason` tag on the version. Nothing before them touches `champion`.
+  `gate_reason` tag on the version. Nothing before them touches `champion`. If another retrain
+  (say `mushroom-router train`) promoted a version after this run's evaluation, **promote** leaves
+  `champion` alone, gives the version `challenger` (tag `gate=superseded`, the reason says which
+  version to compare against) and is skipped, so the asset gets no event. One run at a time
+  (`max_active_runs=1`).
 
 Bad data, missing Kaggle credentials and invalid `train_params` fail at once with a one-line reason;
 other errors (for example an unreachable tracking server) are retried.
@@ -184,10 +188,16 @@ def mushroom_router_retrain() -> None:
     @task(execution_timeout=timedelta(minutes=10), outlets=[CHAMPION_ASSET])
     @fail_fast
     def promote(decision: dict[str, Any], outlet_events: Any = None) -> str:
-        """Move ``champion`` to the new version and record the reason."""
-        from router_model import pipeline
+        """Move ``champion`` to the new version and record the reason.
 
-        alias = pipeline.apply_decision(decision)
+        Skipped (so the asset gets no event) when another retrain promoted a version after this
+        one was evaluated: the new version is then ``challenger`` (see ``pipeline.apply_decision``).
+        """
+        from router_model import pipeline, settings
+
+        alias, applied = pipeline.settle_decision(decision)
+        if alias != settings.CHAMPION:
+            raise AirflowSkipException(f"version {applied.version} is {alias}: {applied.reason}")
         outlet_events[CHAMPION_ASSET].extra = {"version": decision["version"], "reason": decision["reason"]}
         return alias
 

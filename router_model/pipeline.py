@@ -8,7 +8,9 @@ registering a duplicate, and alias moves are idempotent.
 The gate: a new version takes ``champion`` only when, on the same held-out rows, its ROC-AUC on
 *each* route is at least the current champion's plus ``min_improvement``. The first version is
 champion by default. Otherwise the new version gets ``challenger`` and the reason is recorded on
-it. Nothing before the final alias move touches ``champion``, so a failed retrain never moves it.
+it. Nothing before the final alias move touches ``champion``, so a failed retrain never moves it,
+and that move is a compare-and-set: if another retrain promoted a version after this one was
+evaluated, the new version gets ``challenger`` instead (see :func:`apply_decision`).
 """
 
 from __future__ import annotations
@@ -173,8 +175,87 @@ def decide(evaluation: dict[str, Any], min_improvement: float = 0.0) -> GateDeci
     return GateDecision(ok, reason, version, int(champion_version))
 
 
+def stale_reason(decision: GateDecision, current: int | None) -> str:
+    """Why a promotion was not applied: the champion it was evaluated against is gone.
+
+    Args:
+        decision: The promotion as the gate decided it.
+        current: The version holding ``champion`` now (``None`` if none does).
+
+    Returns:
+        One line naming both champions and the gate's original reason.
+    """
+
+    def name(version: int | None) -> str:
+        return f"version {version}" if version is not None else "no version"
+
+    return (
+        f"champion moved from {name(decision.champion_version)} to {name(current)} during this retrain; "
+        f"re-run to compare against {name(current)} (the gate had said: {decision.reason})"
+    )
+
+
+def settle_decision(decision: GateDecision | Mapping[str, Any]) -> tuple[str, GateDecision]:
+    """:func:`apply_decision`, also returning the decision that took effect.
+
+    Args:
+        decision: A :class:`GateDecision` or its ``as_dict()`` form.
+
+    Returns:
+        The alias the version now holds, and the decision applied: the given one or, when the
+        champion moved since the evaluation, a rejection whose reason says so (what
+        :func:`retrain` reports).
+    """
+    if not isinstance(decision, GateDecision):
+        decision = GateDecision(**decision)
+    gate = "promoted" if decision.promote else "rejected"
+    if decision.promote:
+        # Re-read right before the move: a retrain that finished in the meantime (the CLI racing the
+        # DAG, or a manual promote) must not be overwritten by a comparison with its predecessor.
+        found = registry.alias_version(settings.CHAMPION)
+        current = int(found.version) if found is not None else None
+        if current in (decision.champion_version, decision.version):
+            registry.set_alias(settings.CHAMPION, decision.version)
+        else:
+            reason = stale_reason(decision, current)
+            _logger.warning("Version %s does not take %s: %s", decision.version, settings.CHAMPION, reason)
+            decision = GateDecision(False, reason, decision.version, decision.champion_version)
+            gate = "superseded"
+    if not decision.promote:
+        registry.set_alias(settings.CHALLENGER, decision.version)
+    else:
+        challenger = registry.alias_version(settings.CHALLENGER)
+        if challenger is not None and int(challenger.version) == decision.version:
+            registry.delete_alias(settings.CHALLENGER)
+    champion_version = decision.champion_version
+    registry.tag_version(
+        decision.version,
+        {
+            "gate": gate,
+            "gate_reason": decision.reason,
+            "gate_champion_version": "none" if champion_version is None else champion_version,
+        },
+    )
+    return (settings.CHAMPION if decision.promote else settings.CHALLENGER), decision
+
+
 def apply_decision(decision: GateDecision | Mapping[str, Any]) -> str:
     """Move the aliases as decided and record the reason on the version.
+
+    A promotion is a compare-and-set: right before moving ``champion`` the current champion is read
+    again, and if it is no longer the version the candidate was evaluated against (another retrain
+    or a manual promote moved it in the meantime), ``champion`` stays where it is and the candidate
+    gets ``challenger`` with the tag ``gate=superseded`` and a ``gate_reason`` saying which version
+    to compare against on a re-run. MLflow's registry has no conditional alias update, so a window
+    of one registry call (milliseconds) between that read and the move remains; two promotions
+    landing inside it are not detected. A registry that cannot be reached raises; it is never read
+    as "no champion".
+
+    Applying the same decision again is idempotent: a promoted version finds itself champion and
+    stays, a superseded or rejected one stays challenger, and the tags are rewritten unchanged.
+    The version is tagged with ``gate`` (``promoted``, ``rejected`` or ``superseded``),
+    ``gate_reason`` and ``gate_champion_version`` (the champion it was compared with, or
+    ``none``) after the alias move.
 
     Args:
         decision: A :class:`GateDecision` or its ``as_dict()`` form (what a DAG task passes on).
@@ -182,20 +263,8 @@ def apply_decision(decision: GateDecision | Mapping[str, Any]) -> str:
     Returns:
         The alias the version now holds (``champion`` or ``challenger``).
     """
-    if not isinstance(decision, GateDecision):
-        decision = GateDecision(**decision)
-    registry.tag_version(
-        decision.version,
-        {"gate": "promoted" if decision.promote else "rejected", "gate_reason": decision.reason},
-    )
-    if decision.promote:
-        registry.set_alias(settings.CHAMPION, decision.version)
-        challenger = registry.alias_version(settings.CHALLENGER)
-        if challenger is not None and int(challenger.version) == decision.version:
-            registry.delete_alias(settings.CHALLENGER)
-        return settings.CHAMPION
-    registry.set_alias(settings.CHALLENGER, decision.version)
-    return settings.CHALLENGER
+    alias, _ = settle_decision(decision)
+    return alias
 
 
 def retrain(
@@ -208,14 +277,14 @@ def retrain(
     """Run every step in one process (what ``mushroom-router train`` does).
 
     Returns:
-        Data, registration, evaluation and decision, as one dict.
+        Data, registration, evaluation, the decision that took effect (see
+        :func:`settle_decision`) and the alias, as one dict.
     """
     fetched = fetch_data(source=source, path=path)
     summary = validate_data(fetched["path"])
     registered = train_and_register(fetched["path"], fetched["source"], train_params, retrain_key)
     evaluation = evaluate_against_champion(registered["version"], fetched["path"])
-    decision = decide(evaluation, min_improvement)
-    alias = apply_decision(decision)
+    alias, decision = settle_decision(decide(evaluation, min_improvement))
     return {
         "data": fetched,
         "summary": summary,
