@@ -177,9 +177,9 @@ def _status(args: argparse.Namespace) -> int:
     try:
         model = c.get_registered_model(settings.MODEL_NAME)
     except Exception:
-        print(f"No {settings.MODEL_NAME} registered in {settings.tracking_uri()}")
+        print(f"No {settings.MODEL_NAME} registered in {settings.redacted(settings.tracking_uri())}")
         return 1
-    print(f"{settings.MODEL_NAME} in {settings.tracking_uri()}")
+    print(f"{settings.MODEL_NAME} in {settings.redacted(settings.tracking_uri())}")
     for alias, version in sorted(model.aliases.items()):
         print(f"  @{alias} -> version {version}")
     for v in sorted(c.search_model_versions(f"name='{settings.MODEL_NAME}'"), key=lambda v: int(v.version)):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 MODEL_NAME = "mushroom-router"
 EXPERIMENT_NAME = "mushroom-router"
@@ -58,6 +59,22 @@ def home() -> Path:
 def tracking_uri() -> str:
     """The MLflow tracking URI: ``MLFLOW_TRACKING_URI``, else a SQLite file in the project home."""
     return env("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def redacted(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``, for logs and messages.
+
+    Args:
+        uri: A URI such as ``postgresql://user:<password>@host/db``.
+
+    Returns:
+        ``postgresql://user:***@host/db``; a URI without a password unchanged.
+    """
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def artifact_location() -> str | None:

@@ -171,7 +171,7 @@ class ChampionSupervisor:
                     "Airflow DAG) and it will be served within %.0fs",
                     settings.MODEL_NAME,
                     self.alias,
-                    settings.tracking_uri(),
+                    settings.redacted(settings.tracking_uri()),
                     self.poll_seconds,
                 )
                 self._waiting_logged = True
