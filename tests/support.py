@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -105,6 +106,41 @@ def postgres_or_skip() -> None:
         pg_admin_execute("SELECT 1")
     except Exception as err:
         skip_or_fail(f"PostgreSQL at {PG_HOST}:{PG_PORT} is not reachable: {err}")
+
+
+def postgres_cluster() -> tuple[str, str] | None:
+    """The ``(version, name)`` of the local cluster on :data:`PG_PORT` that this user may restart."""
+    if os.geteuid() != 0 or not shutil.which("pg_lsclusters") or not shutil.which("pg_ctlcluster"):
+        return None
+    listed = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=False)
+    for line in listed.stdout.splitlines():
+        version, name, port, *_ = line.split()
+        if port == str(PG_PORT):
+            return version, name
+    return None
+
+
+def restart_postgres(cluster: tuple[str, str], timeout: float = 60.0) -> float:
+    """Restart the local PostgreSQL (fast shutdown: every open connection is cut).
+
+    Returns:
+        Seconds from the restart command until the server accepts connections again.
+    """
+    started = time.monotonic()
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart", "--mode", "fast"],
+        check=True,
+        capture_output=True,
+        timeout=timeout,
+    )
+    while True:
+        try:
+            pg_admin_execute("SELECT 1")
+            return time.monotonic() - started
+        except Exception:
+            if time.monotonic() - started > timeout:
+                raise
+            time.sleep(0.2)
 
 
 #: Environment that would leak a developer's data, credentials or registry into the tests.
