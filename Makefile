@@ -18,12 +18,12 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
+# --compile-bytecode: uv writes no .pyc by default, and with PYTHONDONTWRITEBYTECODE set (common in
+# containers and CI) every start of mlflow, uvicorn and airflow would compile thousands of modules
+# again: it halves the model server's cold start.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
-	# --compile-bytecode: uv writes no .pyc by default, and with PYTHONDONTWRITEBYTECODE set (common
-	# in containers and CI) every start of mlflow, uvicorn and airflow would compile thousands of
-	# modules again: it halves the model server's cold start.
 	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -c constraints.txt -e '.[airflow,postgres,spark,dev]'
 	touch $@
 
