@@ -15,8 +15,10 @@ evaluated, the new version gets ``challenger`` instead (see :func:`apply_decisio
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -175,6 +177,32 @@ def decide(evaluation: dict[str, Any], min_improvement: float = 0.0) -> GateDeci
     return GateDecision(ok, reason, version, int(champion_version))
 
 
+@contextlib.contextmanager
+def promotion_lock() -> Iterator[None]:
+    """Hold an exclusive lock on ``<data dir>/.promotion.lock`` for a read-compare-move of ``champion``.
+
+    MLflow's registry has no conditional alias update, so this is what makes the compare-and-set
+    in :func:`settle_decision` atomic for every process that shares the data folder: the CLI, and
+    Airflow tasks, which must share it anyway to pass files. Processes on other machines are not
+    covered; between them a window of one registry call remains. If the lock file cannot be
+    opened, the move goes ahead unlocked, with a warning.
+    """
+    path = settings.data_dir() / ".promotion.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")  # noqa: SIM115 - closed below
+    except OSError as err:
+        _logger.warning("No promotion lock (%s: %s); moving champion without it", path, err)
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def stale_reason(decision: GateDecision, current: int | None) -> str:
     """Why a promotion was not applied: the champion it was evaluated against is gone.
 
@@ -212,11 +240,12 @@ def settle_decision(decision: GateDecision | Mapping[str, Any]) -> tuple[str, Ga
     if decision.promote:
         # Re-read right before the move: a retrain that finished in the meantime (the CLI racing the
         # DAG, or a manual promote) must not be overwritten by a comparison with its predecessor.
-        found = registry.alias_version(settings.CHAMPION)
-        current = int(found.version) if found is not None else None
-        if current in (decision.champion_version, decision.version):
-            registry.set_alias(settings.CHAMPION, decision.version)
-        else:
+        with promotion_lock():
+            found = registry.alias_version(settings.CHAMPION)
+            current = int(found.version) if found is not None else None
+            if current in (decision.champion_version, decision.version):
+                registry.set_alias(settings.CHAMPION, decision.version)
+        if current not in (decision.champion_version, decision.version):
             reason = stale_reason(decision, current)
             _logger.warning("Version %s does not take %s: %s", decision.version, settings.CHAMPION, reason)
             decision = GateDecision(False, reason, decision.version, decision.champion_version)
@@ -246,10 +275,10 @@ def apply_decision(decision: GateDecision | Mapping[str, Any]) -> str:
     again, and if it is no longer the version the candidate was evaluated against (another retrain
     or a manual promote moved it in the meantime), ``champion`` stays where it is and the candidate
     gets ``challenger`` with the tag ``gate=superseded`` and a ``gate_reason`` saying which version
-    to compare against on a re-run. MLflow's registry has no conditional alias update, so a window
-    of one registry call (milliseconds) between that read and the move remains; two promotions
-    landing inside it are not detected. A registry that cannot be reached raises; it is never read
-    as "no champion".
+    to compare against on a re-run. The read and the move happen under :func:`promotion_lock`, so
+    processes that share the data folder cannot interleave there; between machines that do not, a
+    window of one registry call remains (MLflow's registry has no conditional alias update). A
+    registry that cannot be reached raises; it is never read as "no champion".
 
     Applying the same decision again is idempotent: a promoted version finds itself champion and
     stays, a superseded or rejected one stays challenger, and the tags are rewritten unchanged.

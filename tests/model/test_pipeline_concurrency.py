@@ -11,6 +11,7 @@ registry reads that fail loudly instead of answering "no champion" when the stor
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,24 @@ def test_promotion_takes_challenger_off_the_new_champion(small_csv: str) -> None
     assert pipeline.apply_decision(pipeline.GateDecision(True, "better now", second, first)) == "champion"
 
     assert (alias("champion"), alias("challenger")) == (second, None)
+
+
+def test_a_promotion_waits_for_another_processs_compare_and_set(small_csv: str) -> None:
+    """The read-compare-move runs under the promotion lock: a second promotion waits, then sees the move."""
+    assert pipeline.retrain(path=small_csv)["alias"] == "champion"
+    a, b = candidate(small_csv), candidate(small_csv)
+    assert (a.champion_version, b.champion_version) == (1, 1)
+
+    with ThreadPoolExecutor(max_workers=1) as pool, pipeline.promotion_lock():
+        # Another process's critical section: b's promotion must not read the champion meanwhile.
+        waiting = pool.submit(pipeline.apply_decision, b)
+        time.sleep(1.0)
+        assert not waiting.done(), "apply_decision did not wait for the promotion lock"
+        assert alias("champion") == 1
+        registry.set_alias(settings.CHAMPION, a.version)
+    assert waiting.result(timeout=60) == "challenger"
+    assert (alias("champion"), alias("challenger")) == (a.version, b.version)
+    assert version_tags()[b.version]["gate"] == "superseded"
 
 
 # --- a real race -----------------------------------------------------------------------------------
