@@ -21,6 +21,9 @@ KAGGLE_FILE = "mushroom_cleaned.csv"
 
 DEFAULT_SERVE_HOST = "127.0.0.1"
 DEFAULT_SERVE_PORT = 5001
+#: Default request-body limit of the model server: about 80,000 rows as dataframe_records, well
+#: above the largest benchmarked batch (10,000 rows, 2 MB), and about 0.3 GiB of parsing peak.
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 #: Held-out share and seed of the train/test split (the original project's 80/20, seed 42).
 TEST_SIZE = 0.2
@@ -111,11 +114,6 @@ def model_uri(alias: str = CHAMPION) -> str:
 def experiment_name() -> str:
     """The MLflow experiment for training runs (``MUSHROOM_EXPERIMENT``)."""
     return env("MUSHROOM_EXPERIMENT", EXPERIMENT_NAME) or EXPERIMENT_NAME
-
-
-#: Default request-body limit of the model server: about 80,000 rows as dataframe_records, well
-#: above the largest benchmarked batch (10,000 rows, 2 MB), and about 0.3 GiB of parsing peak.
-DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 
 def max_request_bytes() -> int:
