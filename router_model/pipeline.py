@@ -243,9 +243,10 @@ def settle_decision(decision: GateDecision | Mapping[str, Any]) -> tuple[str, Ga
         with promotion_lock():
             found = registry.alias_version(settings.CHAMPION)
             current = int(found.version) if found is not None else None
-            if current in (decision.champion_version, decision.version):
+            moved = current not in (decision.champion_version, decision.version)
+            if not moved:
                 registry.set_alias(settings.CHAMPION, decision.version)
-        if current not in (decision.champion_version, decision.version):
+        if moved:
             reason = stale_reason(decision, current)
             _logger.warning("Version %s does not take %s: %s", decision.version, settings.CHAMPION, reason)
             decision = GateDecision(False, reason, decision.version, decision.champion_version)

@@ -160,14 +160,12 @@ def _bounded(message: str) -> str:
     return f"{message[:MAX_MESSAGE_CHARS]}... ({len(message) - MAX_MESSAGE_CHARS} more characters)"
 
 
-def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """``frame.to_dict(orient="records")`` built from whole columns (twice as fast).
 
-    Falls back to pandas for column labels that are not unique strings.
+    Only for unique string column labels (:func:`_plain_table` checks).
     """
     columns = list(frame.columns)
-    if len(set(columns)) != len(columns) or not all(isinstance(c, str) for c in columns):
-        return frame.to_dict(orient="records")
     values = [frame[c].tolist() for c in columns]
     return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
 
@@ -208,7 +206,7 @@ def predictions_to_json(raw_predictions: Any, output: Any, metadata: dict[str, A
         raise MlflowException("metadata cannot contain 'predictions' key", error_code=INVALID_PARAMETER_VALUE)
     if isinstance(raw_predictions, pd.DataFrame) and _plain_table(raw_predictions):
         try:
-            body = orjson.dumps({"predictions": records(raw_predictions), **(metadata or {})})
+            body = orjson.dumps({"predictions": _records(raw_predictions), **(metadata or {})})
         except TypeError:  # metadata orjson cannot write: MLflow's way below
             pass
         else:
