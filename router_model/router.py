@@ -25,7 +25,7 @@ import contextlib
 import logging
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import mlflow.pyfunc
@@ -158,46 +158,45 @@ def assign_routes(
     """
     complete = {r: ~np.isnan(matrix[:, _COLUMN_INDEX[r]]).any(axis=1) for r in F.ROUTES}
     if model != F.AUTO:
-        lacking = np.flatnonzero(~complete[model])
-        if len(lacking) and problems is not None:
-            problems.add(
-                lacking,
-                lambda r: (
-                    f"param model={model!r} needs {list(F.ROUTE_FEATURES[model])}, "
-                    f"missing {missing_features(matrix, r, model)}"
-                ),
-            )
-            return np.where(complete[model], _ROUTE_INDEX[model], _NO_ROUTE)
-        if len(lacking):
-            row = int(lacking[0])
-            more = f" ({len(lacking) - 1} more row(s) too)" if len(lacking) > 1 else ""
-            raise InvalidInputError(
-                f"row {row}: param model={model!r} needs {list(F.ROUTE_FEATURES[model])}, "
-                f"missing {missing_features(matrix, row, model)}{more}",
-                row=row,
-            )
-        return np.full(len(matrix), _ROUTE_INDEX[model])
+        _refuse_rows(
+            np.flatnonzero(~complete[model]),
+            lambda r: (
+                f"param model={model!r} needs {list(F.ROUTE_FEATURES[model])}, "
+                f"missing {missing_features(matrix, r, model)}"
+            ),
+            problems,
+            joiner=": ",
+        )
+        return np.where(complete[model], _ROUTE_INDEX[model], _NO_ROUTE)
     other = F.ROUTES[1 - _ROUTE_INDEX[preferred]]
     routes = np.where(
         complete[preferred],
         _ROUTE_INDEX[preferred],
         np.where(complete[other], _ROUTE_INDEX[other], _NO_ROUTE),
     )
-    lost = np.flatnonzero(routes == _NO_ROUTE)
 
-    def needs(row: int) -> str:
-        return "; ".join(
+    def neither(row: int) -> str:
+        return "completes neither feature set: " + "; ".join(
             f"{r} needs {list(F.ROUTE_FEATURES[r])} (missing {missing_features(matrix, row, r)})"
             for r in F.ROUTES
         )
 
-    if len(lost) and problems is not None:
-        problems.add(lost, lambda r: f"completes neither feature set: {needs(r)}")
-    elif len(lost):
-        row = int(lost[0])
-        more = f" ({len(lost) - 1} more row(s) too)" if len(lost) > 1 else ""
-        raise InvalidInputError(f"row {row} completes neither feature set: {needs(row)}{more}", row=row)
+    _refuse_rows(np.flatnonzero(routes == _NO_ROUTE), neither, problems, joiner=" ")
     return routes
+
+
+def _refuse_rows(
+    rows: np.ndarray, describe: Callable[[int], str], problems: RowProblems | None, joiner: str
+) -> None:
+    """Record ``rows`` in ``problems``, or raise naming the first of them (and how many more)."""
+    if not len(rows):
+        return
+    if problems is not None:
+        problems.add(rows, describe)
+        return
+    row = int(rows[0])
+    more = f" ({len(rows) - 1} more row(s) too)" if len(rows) > 1 else ""
+    raise InvalidInputError(f"row {row}{joiner}{describe(row)}{more}", row=row)
 
 
 def _scalar(value: Any) -> Any:
