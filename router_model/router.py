@@ -25,7 +25,7 @@ import contextlib
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import mlflow.pyfunc
@@ -36,7 +36,13 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from router_model import features as F
 from router_model.scorers import compile_scorer
-from router_model.validation import InvalidInputError, RowProblems, feature_matrix, missing_features
+from router_model.validation import (
+    InvalidInputError,
+    RowProblems,
+    feature_matrix,
+    missing_features,
+    refuse_rows,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -158,7 +164,7 @@ def assign_routes(
     """
     complete = {r: ~np.isnan(matrix[:, _COLUMN_INDEX[r]]).any(axis=1) for r in F.ROUTES}
     if model != F.AUTO:
-        _refuse_rows(
+        refuse_rows(
             np.flatnonzero(~complete[model]),
             lambda r: (
                 f"param model={model!r} needs {list(F.ROUTE_FEATURES[model])}, "
@@ -181,22 +187,8 @@ def assign_routes(
             for r in F.ROUTES
         )
 
-    _refuse_rows(np.flatnonzero(routes == _NO_ROUTE), neither, problems, joiner=" ")
+    refuse_rows(np.flatnonzero(routes == _NO_ROUTE), neither, problems, joiner=" ")
     return routes
-
-
-def _refuse_rows(
-    rows: np.ndarray, describe: Callable[[int], str], problems: RowProblems | None, joiner: str
-) -> None:
-    """Record ``rows`` in ``problems``, or raise naming the first of them (and how many more)."""
-    if not len(rows):
-        return
-    if problems is not None:
-        problems.add(rows, describe)
-        return
-    row = int(rows[0])
-    more = f" ({len(rows) - 1} more row(s) too)" if len(rows) > 1 else ""
-    raise InvalidInputError(f"row {row}{joiner}{describe(row)}{more}", row=row)
 
 
 def _scalar(value: Any) -> Any:

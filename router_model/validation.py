@@ -74,17 +74,47 @@ class RowProblems:
         return self.messages != None  # noqa: E711 - elementwise on an object array
 
 
+def refuse_rows(
+    rows: np.ndarray,
+    describe: Callable[[int], str],
+    problems: RowProblems | None,
+    *,
+    joiner: str = ": ",
+    more: str = "too",
+    column: object = None,
+) -> None:
+    """Record ``rows`` in ``problems``, or raise naming the first of them (and how many more).
+
+    Args:
+        rows: Indices of the bad rows (nothing happens when empty).
+        describe: The problem of one row, without the row number.
+        problems: Where to record; ``None`` raises instead.
+        joiner: Between ``row N`` and the description in the raised message.
+        more: How the raised message counts the other rows: ``(N more row(s) <more>)``.
+        column: The column at fault, if one is, for :class:`InvalidInputError`.
+
+    Raises:
+        InvalidInputError: When ``problems`` is ``None`` and ``rows`` is not empty.
+    """
+    if not len(rows):
+        return
+    if problems is not None:
+        problems.add(rows, describe)
+        return
+    first = int(rows[0])
+    extra = f" ({len(rows) - 1} more row(s) {more})" if len(rows) > 1 else ""
+    raise InvalidInputError(f"row {first}{joiner}{describe(first)}{extra}", row=first, column=column)
+
+
 def _fail(
     rows: np.ndarray, column: object, values: Sequence[object], why: str, problems: RowProblems | None = None
 ) -> None:
-    if problems is not None:
-        problems.add(rows, lambda r: f"column {column!r}: got {_describe(values[r])}; {why}")
-        return
-    first = int(rows[0])
-    more = f" ({len(rows) - 1} more row(s) have the same problem)" if len(rows) > 1 else ""
-    raise InvalidInputError(
-        f"row {first}, column {column!r}: got {_describe(values[first])}; {why}{more}",
-        row=first,
+    refuse_rows(
+        rows,
+        lambda r: f"column {column!r}: got {_describe(values[r])}; {why}",
+        problems,
+        joiner=", ",
+        more="have the same problem",
         column=column,
     )
 
