@@ -365,8 +365,6 @@ def broken_request(draw) -> tuple[str | bytes, str]:
         raw = body.encode()
         at = draw(st.integers(0, len(raw)))
         junk = draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xf8\x88\x80\x80\x80", b"\x80", SURROGATE]))
-        if junk == SURROGATE and raw.startswith(b'{"inputs": ['):
-            junk = b"\xff"  # a lone surrogate in inputs records is a known failure (see below)
         return raw[:at] + junk + raw[at:], content_type
     if kind == "csv_any":
         lines = draw(st.lists(st.lists(st.one_of(TEXT, JSON_SCALARS.map(str)), max_size=5), max_size=5))
