@@ -326,14 +326,18 @@ def broken_request(draw) -> tuple[str | bytes, str]:
         return dumps({k: draw(JSON_ANY) for k in keys}), JSON
     if kind == "split_any":
         split = {}
-        # Column labels: strings, numbers, null, booleans - never a JSON object or array, which
-        # pandas cannot hash (known failure below).
+        # Column labels: strings, numbers, null, and JSON objects and arrays, which pandas cannot
+        # hash (the router shows them by repr; see REGRESSIONS).
         if draw(st.booleans()):
-            split["columns"] = draw(
-                st.lists(
-                    st.one_of(TEXT, st.sampled_from(F.ALL_FEATURES), st.integers(), st.none()), max_size=5
-                )
+            label = st.one_of(
+                TEXT,
+                st.sampled_from(F.ALL_FEATURES),
+                st.integers(),
+                st.none(),
+                st.dictionaries(TEXT, st.integers(), max_size=2),
+                st.lists(st.integers(), max_size=2),
             )
+            split["columns"] = draw(st.lists(label, max_size=5))
         if draw(st.booleans()):
             split["data"] = draw(
                 st.one_of(JSON_ANY, st.lists(st.lists(JSON_SCALARS, max_size=5), max_size=4))
