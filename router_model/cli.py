@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import subprocess
 import sys
 from typing import Any
 
@@ -123,16 +122,23 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"Serving {uri} on http://{args.host}:{args.port} (Ctrl-C stops). When /ping answers, try:")
     print(serving.curl_example(args.host, args.port), flush=True)
     proc = serving.start_server(uri, args.host, args.port, args.workers)
-    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
+
+    stopped_by: list[int] = []
+
+    def interrupt(signum: int, _frame: object) -> None:
+        stopped_by.append(signum)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    # The server runs in its own process group (serving.start_server): a signal for this process
+    # must stop it, and its uvicorn child, here.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            return proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return 130
+        return 0 if stopped_by else 130  # asked to stop (docker stop, systemd) vs Ctrl-C
+    finally:
+        serving.stop_server(proc)
 
 
 def _supervise(args: argparse.Namespace) -> int:

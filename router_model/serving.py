@@ -8,11 +8,14 @@ skops types can ever be loaded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from router_model import features as F
@@ -87,10 +90,77 @@ def start_server(
     workers: int = 1,
     **popen_kwargs: object,
 ) -> subprocess.Popen:
-    """Start ``mlflow models serve`` as a subprocess (the caller stops it)."""
+    """Start ``mlflow models serve`` as a subprocess in its own process group.
+
+    ``mlflow models serve`` runs ``uvicorn`` as a child process, which is what holds the port.
+    Stop the server with :func:`stop_server`, which waits for that child too; terminating only the
+    returned process leaves ``uvicorn`` answering on the port for a while after it has exited.
+
+    Args:
+        model_uri: Default ``models:/mushroom-router@champion``.
+        host: Interface to bind.
+        port: TCP port.
+        workers: Uvicorn worker processes.
+        **popen_kwargs: Passed to :class:`subprocess.Popen` (``stdout``, ``stderr``, ...).
+
+    Returns:
+        The ``mlflow models serve`` process, leader of its own process group.
+    """
     cmd = serve_command(model_uri, host, port, workers)
     _logger.info("Starting: %s", " ".join(cmd))
+    popen_kwargs.setdefault("start_new_session", True)
     return subprocess.Popen(cmd, env=serve_env(), **popen_kwargs)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` still runs (zombies, already dead, do not count)."""
+    proc_root = Path("/proc")
+    if not (proc_root / "self" / "stat").exists():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for stat in proc_root.glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 20.0) -> int | None:
+    """Stop a process group started by :func:`start_server` and wait until none of it runs.
+
+    Sends SIGTERM to the whole group (the ``mlflow`` process and the ``uvicorn`` it started), and
+    SIGKILL to what is left after ``timeout`` seconds. When this returns, nothing of the old server
+    holds its port, so a new server can bind it and a ``/ping`` answer comes from the new one.
+    Safe to call on a server that already exited (its ``uvicorn`` child may not have).
+
+    Args:
+        proc: The process :func:`start_server` returned.
+        timeout: Seconds to wait for a graceful stop before killing.
+
+    Returns:
+        The ``mlflow`` process's exit code.
+    """
+    pgid = proc.pid
+    for sig, wait_for in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+        deadline = time.monotonic() + wait_for
+        while time.monotonic() < deadline:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.05)
+            if proc.returncode is not None:
+                if not _group_alive(pgid):
+                    return proc.returncode
+                time.sleep(0.05)
+        _logger.warning("Model server process group %s still runs %.0fs after %s", pgid, wait_for, sig.name)
+    raise RuntimeError(f"model server process group {pgid} survived SIGKILL")
 
 
 def curl_example(host: str = settings.DEFAULT_SERVE_HOST, port: int = settings.DEFAULT_SERVE_PORT) -> str:

@@ -111,14 +111,9 @@ class ChampionSupervisor:
     def _stop_served(self) -> None:
         if self.served is None:
             return
-        proc = self.served.process
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        # The whole process group, and wait for it: mlflow's uvicorn child outlives the mlflow
+        # process for a moment and would answer the new server's first /ping with the old model.
+        serving.stop_server(self.served.process)
         self.served = None
 
     def switch_to(self, version: int) -> float:
@@ -131,14 +126,20 @@ class ChampionSupervisor:
         previous = self.served.version if self.served else None
         started = time.monotonic()
         self._stop_served()
+        if self._ping():
+            raise RuntimeError(
+                f"{self._client_host()}:{self.port} still answers /ping with no model server of ours "
+                "running: another process holds the port"
+            )
         proc = serving.start_server(str(local), self.host, self.port, self.workers)
         self.served = Served(version, proc)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not self._ping():
             if proc.poll() is not None:
-                self.served = None
+                self._stop_served()
                 raise RuntimeError(f"mlflow models serve exited with {proc.returncode} for version {version}")
             if time.monotonic() > deadline or self.stopping.is_set():
+                self._stop_served()  # the next poll starts it again
                 raise TimeoutError(
                     f"version {version} did not answer /ping within {START_TIMEOUT_SECONDS:.0f}s"
                 )
@@ -183,7 +184,7 @@ class ChampionSupervisor:
                 self.served.version,
                 self.served.process.returncode,
             )
-            self.served = None
+            self._stop_served()  # its uvicorn child may still hold the port
         if self.served is None or self.served.version != version:
             self.switch_to(version)
 

@@ -144,6 +144,7 @@ def test_serve_hands_over_to_mlflow_without_importing_it():
         "        print('mlflow imported:', 'mlflow' in sys.modules)\n"
         "        return 0\n"
         "serving.start_server = lambda *a, **k: Done()\n"
+        "serving.stop_server = lambda proc: 0\n"
         "sys.exit(cli.main(['serve', '--port', '1']))\n"
     )
     out = subprocess.run(

@@ -156,3 +156,27 @@ def test_cli_supervise_waits_and_stops_on_sigterm(fresh_store):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_refuses_to_switch_when_another_process_answers_on_its_port(fresh_store, tmp_path):
+    """A /ping answer that is not from our server must not count as 'serving version N'."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Pong(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    pipeline.retrain(source="synthetic")
+    squatter = ThreadingHTTPServer(("127.0.0.1", free_port()), Pong)
+    threading.Thread(target=squatter.serve_forever, daemon=True).start()
+    try:
+        sup = ChampionSupervisor(port=squatter.server_address[1], cache_dir=tmp_path / "cache")
+        with pytest.raises(RuntimeError, match=r"127\.0\.0\.1:\d+ still answers /ping .*another process"):
+            sup.switch_to(1)
+        assert sup.served is None
+    finally:
+        squatter.shutdown()

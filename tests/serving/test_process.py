@@ -1,0 +1,119 @@
+"""Stopping a model server stops all of it: `mlflow models serve` and the uvicorn child it starts.
+
+`mlflow models serve` runs uvicorn as a child process, and uvicorn holds the port. Terminating only
+the mlflow process left uvicorn answering `/ping` for ~60 ms after it exited (measured), long enough
+for the supervisor to take the old server's answer for the new one's and report a switch that had
+not happened (a CI failure: version 2 "served" while version 1 answered).
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import requests
+from support import free_port, wait_for_http
+
+from router_model import serving
+
+# A leader that, like `mlflow models serve`, exits at once on SIGTERM, and a child that, like
+# uvicorn in its graceful shutdown, keeps its port open for a while after SIGTERM (or for good).
+LEADER = textwrap.dedent(
+    """
+    import signal, subprocess, sys
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2], sys.argv[3]])
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    child.wait()
+    """
+)
+CHILD = textwrap.dedent(
+    """
+    import signal, socket, sys, time
+    port, linger = int(sys.argv[1]), sys.argv[2]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    def on_term(*_):
+        if linger == "forever":
+            return
+        time.sleep(float(linger))
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, on_term)
+    print("listening", flush=True)
+    while True:
+        conn, _ = sock.accept()
+        conn.close()
+    """
+)
+
+
+def refuses(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def start_fake(port: int, linger: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", LEADER, CHILD, str(port), linger], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while refuses(port):
+        assert time.monotonic() < deadline, "the fake server never listened"
+        time.sleep(0.05)
+    return proc
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group, from /proc."""
+    members = []
+    for stat in os.listdir("/proc"):
+        if not stat.isdigit():
+            continue
+        try:
+            with open(f"/proc/{stat}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(stat))
+    return members
+
+
+@pytest.mark.parametrize(
+    ("linger", "leader_killed_first"),
+    [("1.0", False), ("1.0", True), ("forever", False)],
+    ids=["child-lingers-after-sigterm", "leader-already-dead", "child-ignores-sigterm"],
+)
+def test_stop_server_returns_only_when_the_port_is_free(linger, leader_killed_first):
+    port = free_port()
+    proc = start_fake(port, linger)
+    if leader_killed_first:  # a crashed `mlflow` process: its uvicorn child runs on
+        proc.kill()
+        proc.wait()
+        assert not refuses(port)
+    serving.stop_server(proc, timeout=3.0)
+    assert refuses(port)
+    assert group_members(proc.pid) == []
+    assert proc.returncode is not None
+
+
+@pytest.mark.serving
+def test_a_stopped_mlflow_server_no_longer_answers(registered):
+    port = free_port()
+    proc = serving.start_server(port=port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", proc)
+        assert len(group_members(proc.pid)) >= 2, "expected mlflow and its uvicorn child"
+    finally:
+        serving.stop_server(proc)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/ping", timeout=2)
+    assert group_members(proc.pid) == []
+
+
+def test_stop_server_on_an_already_stopped_group_returns_its_exit_code():
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], start_new_session=True)
+    proc.wait()
+    assert serving.stop_server(proc) == 3
