@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import socket
@@ -13,6 +12,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 import requests
+
+from router_model import serving
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -41,15 +42,8 @@ def wait_ping(port: int, proc: subprocess.Popen | None = None, timeout: float = 
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """Stop a process group started with ``start_new_session=True``."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
-            proc.wait(timeout=20)
+    """Stop a server started with ``start_new_session=True``, its children included."""
+    serving.stop_server(proc)
 
 
 def machine() -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
@@ -56,16 +55,14 @@ def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    """Terminate a process group started with ``start_new_session=True``; kill if it lingers."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=timeout)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 9)
-        proc.wait(timeout=timeout)
+    """Stop a process group started with ``start_new_session=True`` and wait until none of it runs.
+
+    The same stop as the supervisor's (``serving.stop_server``): servers here (mlflow, airflow,
+    make) leave children that would otherwise hold their ports after the leader exited.
+    """
+    from router_model import serving
+
+    serving.stop_server(proc, timeout=timeout)
 
 
 def pg_url(database: str, driver: str = "psycopg2") -> str:
