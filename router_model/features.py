@@ -51,6 +51,8 @@ SEASON_VALUES: tuple[float, ...] = (
 )
 #: Two season values closer than this are the same season (CSV round trips lose the last digits).
 SEASON_TOLERANCE = 1e-6
+_SEASON_ARRAY = np.asarray(SEASON_VALUES)
+_SEASON_MIDPOINTS = (_SEASON_ARRAY[1:] + _SEASON_ARRAY[:-1]) / 2
 
 LABEL_EDIBLE = 0
 LABEL_POISONOUS = 1
@@ -102,18 +104,19 @@ def canonical_columns(columns: Iterable[object]) -> dict[str, list[object]]:
 def season_codes(values: np.ndarray) -> np.ndarray:
     """Map season floats to codes 0-3; values that are no known season map to -1.
 
+    The one season mapping: validation uses it to refuse unknown seasons and the transformers to
+    code them.
+
     Args:
         values: Season values as floats (NaN allowed, maps to -1).
 
     Returns:
         An int array of the same shape.
     """
-    known = np.asarray(SEASON_VALUES)
     values = np.asarray(values, dtype=float)
-    distance = np.abs(values[..., None] - known)
+    nearest = np.searchsorted(_SEASON_MIDPOINTS, values)  # NaN sorts last: code 3, refused below
     with np.errstate(invalid="ignore"):
-        nearest = np.argmin(np.where(np.isnan(distance), np.inf, distance), axis=-1)
-        ok = np.take_along_axis(distance, nearest[..., None], axis=-1)[..., 0] <= SEASON_TOLERANCE
+        ok = np.abs(values - _SEASON_ARRAY[nearest]) <= SEASON_TOLERANCE
     return np.where(ok, nearest, -1)
 
 

@@ -28,9 +28,6 @@ from router_model import features as F
 
 _logger = logging.getLogger(__name__)
 
-_SEASON_VALUES = np.asarray(F.SEASON_VALUES)
-_SEASON_MIDPOINTS = (_SEASON_VALUES[1:] + _SEASON_VALUES[:-1]) / 2
-
 
 class BinCross(TransformerMixin, BaseEstimator):
     """Bin, code and cross a route's feature columns into non-negative integer codes.
@@ -112,8 +109,11 @@ class BinCross(TransformerMixin, BaseEstimator):
             if cut is not None:
                 codes[:, j] = np.searchsorted(cut, X[:, j], side="right")
             elif name == F.SEASON:
-                # Nearest known season (input is validated upstream to be one of them).
-                codes[:, j] = np.searchsorted(_SEASON_MIDPOINTS, X[:, j])
+                season = F.season_codes(X[:, j])
+                if (season < 0).any():  # validated upstream; never index a table with -1
+                    bad = X[np.argmax(season < 0), j]
+                    raise ValueError(f"season {bad!r} is not {F.expected_values(F.SEASON)}")
+                codes[:, j] = season
             else:
                 codes[:, j] = X[:, j]
         return codes

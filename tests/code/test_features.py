@@ -40,9 +40,24 @@ def test_label_mapping_is_class_one_poisonous():
     assert F.LABEL_POISONOUS == 1
 
 
-def test_season_codes_match_known_values_with_tolerance():
-    values = np.array([*F.SEASON_VALUES, F.SEASON_VALUES[2] + 1e-9, 0.5, np.nan])
-    assert F.season_codes(values).tolist() == [0, 1, 2, 3, 2, -1, -1]
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        *[(v, i) for i, v in enumerate(F.SEASON_VALUES)],
+        (F.SEASON_VALUES[2] + 1e-9, 2),
+        (F.SEASON_VALUES[2] - 1e-9, 2),
+        (F.SEASON_VALUES[3] + 2e-6, -1),
+        (F.SEASON_VALUES[0] - 2e-6, -1),
+        (0.5, -1),
+        ((F.SEASON_VALUES[1] + F.SEASON_VALUES[2]) / 2, -1),
+        (np.nan, -1),
+        (np.inf, -1),
+        (-np.inf, -1),
+    ],
+)
+def test_season_codes_match_known_values_with_tolerance(value, code):
+    assert F.season_codes(np.array([value])).tolist() == [code]
+    assert F.season_codes(np.array([[value, F.SEASON_VALUES[1]]])).tolist() == [[code, 1]]
 
 
 @pytest.mark.parametrize(

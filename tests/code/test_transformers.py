@@ -57,6 +57,15 @@ def test_bad_settings_are_refused(lr_matrix, kwargs, message):
         BinCross(F.LR_FEATURES, **kwargs).fit(lr_matrix)
 
 
+@pytest.mark.parametrize("season", [0.5, np.nan, F.SEASON_VALUES[3] + 1e-3])
+def test_an_unknown_season_is_refused_not_coded(lr_matrix, season):
+    bc = BinCross(F.LR_FEATURES, n_bins=8, orders=(1, 2)).fit(lr_matrix)
+    bad = lr_matrix[:3].copy()
+    bad[1, 3] = season
+    with pytest.raises(ValueError, match=r"season .* is not one of the season codes 0\.027"):
+        bc.transform(bad)
+
+
 def test_wrong_column_count_is_refused(lr_matrix):
     bc = BinCross(F.LR_FEATURES).fit(lr_matrix)
     with pytest.raises(ValueError, match="expected 4 columns"):
