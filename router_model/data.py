@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from router_model import features as F
-from router_model import settings
+from router_model import settings, tables
 from router_model.validation import InvalidInputError, feature_matrix
 
 _logger = logging.getLogger(__name__)
@@ -194,23 +194,17 @@ def validate_training_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a CSV, Parquet or JSON table by its extension.
+    """Read a CSV, Parquet or JSON table by its extension (see :mod:`router_model.tables`).
 
     Raises:
         DataError: If the file is missing or cannot be parsed.
     """
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise DataError(f"data file not found: {path}")
     try:
-        suffix = path.suffix.lower()
-        if suffix == ".parquet":
-            return pd.read_parquet(path)
-        if suffix == ".json":
-            return pd.read_json(path)
-        return pd.read_csv(path)
-    except (ValueError, OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read {path}: {err}") from None
+        return tables.read_table(path)
+    except tables.TableError as err:
+        raise DataError(str(err)) from None
 
 
 def load_training_frame(path: str | os.PathLike[str]) -> pd.DataFrame:

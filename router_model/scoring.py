@@ -13,7 +13,6 @@ scored.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -23,14 +22,13 @@ from typing import Any
 
 import pandas as pd
 
-from router_model import settings
+from router_model import settings, tables
 from router_model.validation import InvalidInputError
 
 _logger = logging.getLogger(__name__)
 
-CHUNK_ROWS = 100_000
+CHUNK_ROWS = tables.CHUNK_ROWS
 ON_ERROR = ("fail", "mark")
-FORMATS = (".csv", ".parquet", ".json")
 
 
 class ScoringError(RuntimeError):
@@ -51,55 +49,18 @@ def load_model(model_uri: str | None = None) -> Any:
         raise ScoringError(f"cannot load {uri}: {str(err).splitlines()[0]}") from None
 
 
-def _format(path: Path) -> str:
-    suffix = path.suffix.lower()
-    return suffix if suffix in FORMATS else ".csv"
-
-
-def count_rows(path: str | os.PathLike[str]) -> int | None:
-    """Rows in a Parquet file from its metadata (``None`` for other formats)."""
-    path = Path(path)
-    if _format(path) != ".parquet":
-        return None
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows
-
-
 def read_chunks(path: str | os.PathLike[str], chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """Yield the input in chunks: CSV and Parquet streamed, JSON (records or ``dataframe_split``) whole."""
-    path = Path(path)
-    if not path.is_file():
-        raise ScoringError(f"input file not found: {path}")
-    kind = _format(path)
-    if kind == ".json":
-        try:
-            payload = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as err:
-            raise ScoringError(f"{path} is not valid JSON: {err}") from None
-        if isinstance(payload, dict) and "dataframe_split" in payload:
-            payload = payload["dataframe_split"]
-            yield pd.DataFrame(payload.get("data", []), columns=payload.get("columns"))
-        elif isinstance(payload, dict) and "dataframe_records" in payload:
-            yield pd.DataFrame(payload["dataframe_records"])
-        elif isinstance(payload, list):
-            yield pd.DataFrame(payload)
-        else:
-            raise ScoringError(f"{path}: expected a list of records or a dataframe_split object")
-        return
-    if kind == ".parquet":
-        import pyarrow.parquet as pq
+    """Yield the input in chunks: CSV and Parquet streamed, JSON whole (see :mod:`router_model.tables`).
 
-        try:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
-                yield batch.to_pandas()
-        except OSError as err:
-            raise ScoringError(f"cannot read {path} as Parquet: {err}") from None
-        return
+    Raises:
+        ScoringError: If the file is missing or cannot be parsed.
+    """
+    if not Path(path).is_file():
+        raise ScoringError(f"input file not found: {path}")
     try:
-        yield from pd.read_csv(path, chunksize=chunk_rows)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ScoringError(f"cannot read {path} as CSV: {err}") from None
+        yield from tables.iter_table(path, chunk_rows)
+    except tables.TableError as err:
+        raise ScoringError(str(err)) from None
 
 
 class _Writer:
@@ -107,7 +68,7 @@ class _Writer:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.kind = _format(path)
+        self.kind = tables.table_format(path)
         self.tmp = path.with_name(path.name + ".partial")
         self.rows = 0
         self._parquet: Any = None
@@ -198,7 +159,7 @@ def score_file(
     writer = _Writer(Path(output_path)) if output_path else None
     collected: list[pd.DataFrame] = []
     offset = 0
-    progress = _progress(count_rows(input_path), quiet)
+    progress = _progress(tables.count_rows(input_path), quiet)
     try:
         for chunk in read_chunks(input_path, chunk_rows):
             chunk = chunk.reset_index(drop=True)
