@@ -10,6 +10,7 @@ takes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -54,6 +55,23 @@ def _json_frame(path: Path) -> pd.DataFrame:
     raise TableError(f"{path}: expected a list of records, or a dataframe_records or dataframe_split object")
 
 
+def _existing(path: str | os.PathLike[str]) -> tuple[Path, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"file not found: {path}")
+    return path, table_format(path)
+
+
+@contextlib.contextmanager
+def _parsing(path: Path, kind: str) -> Iterator[None]:
+    """Turn a parser's failure into a :class:`TableError` naming the file and its format."""
+    try:
+        yield
+    # pyarrow's errors subclass these (ArrowInvalid: ValueError, ArrowIOError: OSError, ...).
+    except (ValueError, TypeError, NotImplementedError, UnicodeDecodeError, OSError) as err:
+        raise TableError(f"cannot read {path} as {_NAMES[kind]}: {err}") from None
+
+
 def iter_table(path: str | os.PathLike[str], chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
     """Yield the rows of a file in chunks of at most ``chunk_rows`` (JSON: one chunk).
 
@@ -64,27 +82,18 @@ def iter_table(path: str | os.PathLike[str], chunk_rows: int = CHUNK_ROWS) -> It
     Raises:
         TableError: If the file is missing or cannot be parsed in its format.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise TableError(f"file not found: {path}")
-    kind = table_format(path)
+    path, kind = _existing(path)
     if kind == JSON:
         yield _json_frame(path)
         return
-    if kind == PARQUET:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    with _parsing(path, kind):
+        if kind == PARQUET:
+            import pyarrow.parquet as pq
 
-        try:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
                 yield batch.to_pandas()
-        except (OSError, pa.ArrowException) as err:
-            raise TableError(f"cannot read {path} as {_NAMES[kind]}: {err}") from None
-        return
-    try:
-        yield from pd.read_csv(path, chunksize=chunk_rows)
-    except (ValueError, UnicodeDecodeError, OSError) as err:
-        raise TableError(f"cannot read {path} as {_NAMES[kind]}: {err}") from None
+        else:
+            yield from pd.read_csv(path, chunksize=chunk_rows)
 
 
 def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -93,18 +102,11 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     Raises:
         TableError: If the file is missing or cannot be parsed in its format.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise TableError(f"file not found: {path}")
-    kind = table_format(path)
+    path, kind = _existing(path)
     if kind == JSON:
         return _json_frame(path)
-    import pyarrow as pa
-
-    try:
+    with _parsing(path, kind):
         return pd.read_parquet(path) if kind == PARQUET else pd.read_csv(path)
-    except (ValueError, UnicodeDecodeError, OSError, pa.ArrowException) as err:
-        raise TableError(f"cannot read {path} as {_NAMES[kind]}: {err}") from None
 
 
 def count_rows(path: str | os.PathLike[str]) -> int | None:
