@@ -132,7 +132,7 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def stop_server(proc: subprocess.Popen, timeout: float = 20.0) -> int | None:
+def stop_server(proc: subprocess.Popen, timeout: float = 20.0) -> int:
     """Stop a process group started by :func:`start_server` and wait until none of it runs.
 
     Sends SIGTERM to the whole group (the ``mlflow`` process and the ``uvicorn`` it started), and
