@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Benchmarks",
         "",
-        "Written by `make bench` (`bench/run.py`); every figure below was measured in that one run.",
+        "Written by `make bench` (`bench/run.py`); every figure in the tables and lists of results below "
+        "was measured in that one run. The notes on where the time goes quote profiles taken once, on "
+        "2026-11-26, while the guard and the cold start were being fixed, and say so.",
         "",
         f"- Date: {facts['date']}",
         f"- Machine: {facts['machine']}",
@@ -172,15 +174,17 @@ def main(argv: list[str] | None = None) -> int:
         "orjson. The router answers four named fields per row (label, two full-precision probabilities, "
         "route), about 100 bytes, where the plain model answers one integer: with MLflow's own "
         "`DataFrame.to_dict` and pure-Python `json.dump`, 83% of a 1,000-row router request went to writing "
-        "the answer (cProfile), and router/plain at 1,000 rows was 0.54. In process, a 1,000-row request "
-        "now takes 2.4 ms for the router against 2.0 ms for the plain model (7.0 ms before).",
+        "the answer, and router/plain at 1,000 rows was 0.54 (profiled once with cProfile, 2026-11-26, not in "
+        "this run). In process, a 1,000-row request then took 2.4 ms for the router against 2.0 ms for the "
+        "plain model (7.0 ms before the guard).",
         "- The plain proba column shows what the size of the answer costs: the same sub-model answering "
         "its probabilities through MLflow's serialiser.",
         "- Cold start: `mushroom-router serve` hands over to `mlflow models serve` at once (it does not "
         "import MLflow itself), and `make install` compiles the virtual environment's bytecode. Without "
         "that, with `PYTHONDONTWRITEBYTECODE` set (usual in containers and CI), every start compiled "
-        "thousands of modules again: 14-19 s before, two MLflow start-ups in a row (the CLI, then "
-        "uvicorn importing the scoring server and loading the model).",
+        "thousands of modules again: 14-19 s before (measured once, 2026-11-26, not in this run), two "
+        "MLflow start-ups in a row (the CLI, then uvicorn importing the scoring server and loading the "
+        "model).",
         "",
     ]
     lines += [
