@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import REPO, free_port, stop_process, use_fresh_store, wait_for_http
+from support import REPO, free_port, use_fresh_store, wait_for_http
 
 #: Captured before the isolation fixture clears it from the environment.
 REAL_DATA = os.environ.get("MUSHROOM_DATA", "")
@@ -113,7 +113,7 @@ def server(registered: dict, isolated_env: Path) -> Iterator[str]:
         wait_for_http(f"{url}/ping", proc)
         yield url
     finally:
-        stop_process(proc)
+        serving.stop_server(proc)
         log.close()
 
 

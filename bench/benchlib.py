@@ -13,8 +13,6 @@ from pathlib import Path
 
 import requests
 
-from router_model import serving
-
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -39,11 +37,6 @@ def wait_ping(port: int, proc: subprocess.Popen | None = None, timeout: float = 
             pass
         time.sleep(0.05)
     raise TimeoutError(f"port {port} did not answer /ping within {timeout}s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop a server started with ``start_new_session=True``, its children included."""
-    serving.stop_server(proc)
 
 
 def machine() -> dict[str, str]:

@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from benchlib import BIN, REPO, free_port, stop, wait_ping
+from benchlib import BIN, REPO, free_port, wait_ping
 
 from router_model import features as F
+from router_model import serving
 
 BATCHES = (1, 100, 1000, 10000)
 #: The router, its LR sub-model answering labels, and the same answering probabilities.
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             wait_ping(port, proc)
             cold.append(time.monotonic() - launched)
         finally:
-            stop(proc)
+            serving.stop_server(proc)
     results["cold_start_seconds"] = cold
     print(f"cold start: {', '.join(f'{c:.1f}s' for c in cold)}", flush=True)
 
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         results["cases"] = cases
     finally:
         for proc in procs.values():
-            stop(proc)
+            serving.stop_server(proc)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     shutil.rmtree(work, ignore_errors=True)

@@ -35,9 +35,10 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import requests
-from benchlib import free_port, machine, stop, wait_ping
+from benchlib import free_port, machine, wait_ping
 
 from router_model import features as F
+from router_model import serving
 
 HOST = "127.0.0.1"  # the only host this script ever sends to
 ENVELOPES = ("dataframe_records", "dataframe_split", "instances", "inputs_records", "inputs_columns", "csv")
@@ -156,7 +157,7 @@ def start_server(home: Path, port: int) -> subprocess.Popen:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-    from router_model import pipeline, serving
+    from router_model import pipeline
 
     outcome = pipeline.retrain(source="synthetic")
     print(f"trained and registered version {outcome['version']} ({outcome['alias']}) in {home}", flush=True)
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             big = oversized_body(url, proc.pid, args.oversized_mb)
             server_alive = proc.poll() is None and requests.get(f"http://{HOST}:{port}/ping", timeout=10).ok
         finally:
-            stop(proc)
+            serving.stop_server(proc)
         log_tail = (home / "serve.log").read_text(errors="replace").splitlines()[-5:]
 
     latencies = [x for t in tallies for x in t.latencies]

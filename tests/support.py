@@ -54,17 +54,6 @@ def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    """Stop a process group started with ``start_new_session=True`` and wait until none of it runs.
-
-    The same stop as the supervisor's (``serving.stop_server``): servers here (mlflow, airflow,
-    make) leave children that would otherwise hold their ports after the leader exited.
-    """
-    from router_model import serving
-
-    serving.stop_server(proc, timeout=timeout)
-
-
 def pg_url(database: str, driver: str = "psycopg2") -> str:
     """SQLAlchemy URL of a database on the test PostgreSQL (trust auth, no password)."""
     return f"postgresql+{driver}://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port, stop_process, wait_for_http
+from support import free_port, wait_for_http
+
+from router_model import serving
 
 pytestmark = pytest.mark.airflow
 
@@ -91,7 +93,7 @@ class TrackingServer:
         """Stop the server (its store stays); nothing answers on the port afterwards."""
         if self.proc is None:
             return
-        stop_process(self.proc)
+        serving.stop_server(self.proc)
         self.proc.log_file.close()
         self.proc = None
 

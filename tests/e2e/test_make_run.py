@@ -6,7 +6,9 @@ import subprocess
 import time
 
 import pytest
-from support import REPO, free_port, stop_process, wait_for_http
+from support import REPO, free_port, wait_for_http
+
+from router_model import serving
 
 
 @pytest.mark.serving
@@ -44,5 +46,5 @@ def test_make_run_serves_and_the_printed_curl_returns_a_prediction(tmp_path):
             assert (tmp_path / "mlflow.db").is_file()
             assert not (REPO / "mlruns").exists()
         finally:
-            stop_process(proc)
+            serving.stop_server(proc)
             time.sleep(0.5)

@@ -33,11 +33,11 @@ from support import (
     postgres_or_skip,
     restart_postgres,
     services_required,
-    stop_process,
     wait_for_http,
 )
 
 from router_model import features as F
+from router_model import serving
 
 pytestmark = [pytest.mark.services, pytest.mark.serving, pytest.mark.airflow]
 
@@ -143,7 +143,7 @@ def stack(tmp_path: Path):
         yield stack
     finally:
         for proc in reversed(stack.procs):
-            stop_process(proc)
+            serving.stop_server(proc)
             proc.log_file.close()
         for name in databases:
             drop_database(name)
