@@ -8,10 +8,12 @@ scikit-learn and skops are installed, with pickle deserialization switched off.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -133,6 +135,16 @@ def pip_requirements() -> list[str]:
     ]
 
 
+@contextlib.contextmanager
+def _absent_is_fine() -> Iterator[None]:
+    """Swallow MLflow's "no such model or alias" errors (:data:`_NOT_FOUND`); raise any other."""
+    try:
+        yield
+    except MlflowException as err:
+        if err.error_code not in _NOT_FOUND:
+            raise
+
+
 def find_version(key: str) -> ModelVersion | None:
     """The registered version tagged with ``retrain_key=key``, if any (makes re-runs idempotent).
 
@@ -142,12 +154,9 @@ def find_version(key: str) -> ModelVersion | None:
             once the server is back; failing here fails the task before it trains.
     """
     c = client()
-    try:
+    found = []
+    with _absent_is_fine():
         found = c.search_model_versions(f"name='{settings.MODEL_NAME}' and tags.{TAG_RETRAIN_KEY}='{key}'")
-    except MlflowException as err:
-        if err.error_code not in _NOT_FOUND:
-            raise
-        return None
     return max(found, key=lambda v: int(v.version)) if found else None
 
 
@@ -157,12 +166,9 @@ def alias_version(alias: str) -> ModelVersion | None:
     Raises:
         MlflowException: If the registry cannot answer (for example the server is unreachable).
     """
-    try:
+    with _absent_is_fine():
         return client().get_model_version_by_alias(settings.MODEL_NAME, alias)
-    except MlflowException as err:
-        if err.error_code not in _NOT_FOUND:
-            raise
-        return None
+    return None
 
 
 def set_alias(alias: str, version: int | str) -> None:
@@ -177,11 +183,8 @@ def delete_alias(alias: str) -> None:
     Raises:
         MlflowException: If the registry cannot answer (for example the server is unreachable).
     """
-    try:
+    with _absent_is_fine():
         client().delete_registered_model_alias(settings.MODEL_NAME, alias)
-    except MlflowException as err:
-        if err.error_code not in _NOT_FOUND:
-            raise
 
 
 def tag_version(version: int | str, tags: dict[str, Any]) -> None:
