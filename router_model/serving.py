@@ -112,15 +112,20 @@ def start_server(
     return subprocess.Popen(cmd, env=serve_env(), **popen_kwargs)
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of group ``pgid`` still runs (zombies, already dead, do not count)."""
+def group_pids(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid`` (zombies, already dead, do not count).
+
+    Reads ``/proc``; where there is none, the group leader's id stands for a group that still
+    has a process (``killpg`` probe).
+    """
     proc_root = Path("/proc")
     if not (proc_root / "self" / "stat").exists():
         try:
             os.killpg(pgid, 0)
         except (ProcessLookupError, PermissionError):
-            return False
-        return True
+            return []
+        return [pgid]
+    pids = []
     for stat in proc_root.glob("[0-9]*/stat"):
         try:
             # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
@@ -128,8 +133,8 @@ def _group_alive(pgid: int) -> bool:
         except (OSError, IndexError):
             continue
         if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
+            pids.append(int(stat.parent.name))
+    return pids
 
 
 def stop_server(proc: subprocess.Popen, timeout: float = 20.0) -> int:
@@ -156,7 +161,7 @@ def stop_server(proc: subprocess.Popen, timeout: float = 20.0) -> int:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=0.05)
             if proc.returncode is not None:
-                if not _group_alive(pgid):
+                if not group_pids(pgid):
                     return proc.returncode
                 time.sleep(0.05)
         _logger.warning("Model server process group %s still runs %.0fs after %s", pgid, wait_for, sig.name)

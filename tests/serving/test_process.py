@@ -6,7 +6,6 @@ for the supervisor to take the old server's answer for the new one's and report 
 not happened (a CI failure: version 2 "served" while version 1 answered).
 """
 
-import os
 import socket
 import subprocess
 import sys
@@ -65,22 +64,6 @@ def start_fake(port: int, linger: str) -> subprocess.Popen:
     return proc
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of a process group, from /proc."""
-    members = []
-    for stat in os.listdir("/proc"):
-        if not stat.isdigit():
-            continue
-        try:
-            with open(f"/proc/{stat}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(stat))
-    return members
-
-
 @pytest.mark.parametrize(
     ("linger", "leader_killed_first"),
     [("1.0", False), ("1.0", True), ("forever", False)],
@@ -95,7 +78,7 @@ def test_stop_server_returns_only_when_the_port_is_free(linger, leader_killed_fi
         assert not refuses(port)
     serving.stop_server(proc, timeout=3.0)
     assert refuses(port)
-    assert group_members(proc.pid) == []
+    assert serving.group_pids(proc.pid) == []
     assert proc.returncode is not None
 
 
@@ -105,12 +88,13 @@ def test_a_stopped_mlflow_server_no_longer_answers(registered):
     proc = serving.start_server(port=port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", proc)
-        assert len(group_members(proc.pid)) >= 2, "expected mlflow and its uvicorn child"
+        running = serving.group_pids(proc.pid)
+        assert proc.pid in running and len(running) >= 2, f"expected mlflow and its uvicorn child: {running}"
     finally:
         serving.stop_server(proc)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/ping", timeout=2)
-    assert group_members(proc.pid) == []
+    assert serving.group_pids(proc.pid) == []
 
 
 def test_stop_server_on_an_already_stopped_group_returns_its_exit_code():
