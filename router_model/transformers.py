@@ -110,8 +110,9 @@ class BinCross(TransformerMixin, BaseEstimator):
                 codes[:, j] = np.searchsorted(cut, X[:, j], side="right")
             elif name == F.SEASON:
                 season = F.season_codes(X[:, j])
-                if (season < 0).any():  # validated upstream; never index a table with -1
-                    bad = X[np.argmax(season < 0), j]
+                unknown = season < 0
+                if unknown.any():  # validated upstream; never index a table with -1
+                    bad = X[np.argmax(unknown), j]
                     raise ValueError(f"season {bad!r} is not {F.expected_values(F.SEASON)}")
                 codes[:, j] = season
             else:
