@@ -1,7 +1,8 @@
 """Airflow 3 DAG: retrain the mushroom router and promote it only when it passes the quality gate.
 
 Every task is one call into :mod:`router_model.pipeline`, imported inside the task, so parsing this
-file imports neither MLflow, scikit-learn, pandas nor ``router_model`` and touches no database.
+file imports neither MLflow, scikit-learn nor pandas (only the standard-library-only
+``router_model.settings``, for the params' ranges) and touches no database.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+# Names and ranges only: router_model.settings imports nothing beyond the standard library.
+from router_model.settings import MIN_IMPROVEMENT_RANGE
 
 DAG_ID = "mushroom_router_retrain"
 
@@ -37,8 +41,10 @@ DOC_MD = f"""
   It is keyed by `<dag_id>/<run_id>`: clearing and re-running the same DAG run reuses that version.
 * **evaluate_against_champion** scores the new version and the current `champion` on the same
   held-out rows.
-* **gate** promotes only when the ROC-AUC of *each* route is at least the champion's plus
-  `min_improvement` (the first version always becomes champion).
+* **gate** promotes only when, on the new held-out rows *and* on the champion's own held-out rows
+  (stored with each version), the ROC-AUC of *each* route is at least the champion's plus
+  `min_improvement`. Each set needs enough rows of both classes; a synthetic-data version never
+  replaces a real-data champion unless `allow_synthetic` is set.
 * **promote** moves `champion` and updates the asset `{CHAMPION_ASSET.uri}`;
   **keep_challenger** gives the version the `challenger` alias. Both record the reason as the
   `gate_reason` tag on the version. Nothing before them touches `champion`. If another retrain
@@ -82,10 +88,18 @@ params = {
         description="Training file on the worker (CSV, Parquet or JSON); used by 'auto' and 'path'.",
     ),
     "min_improvement": Param(
-        0.0,
+        MIN_IMPROVEMENT_RANGE[0],
         type="number",
-        minimum=0,
-        description="How much higher each route's ROC-AUC must be than the champion's to promote.",
+        minimum=MIN_IMPROVEMENT_RANGE[0],
+        maximum=MIN_IMPROVEMENT_RANGE[1],
+        description="How much higher each route's ROC-AUC must be than the champion's to promote "
+        f"({MIN_IMPROVEMENT_RANGE[0]} to {MIN_IMPROVEMENT_RANGE[1]}).",
+    ),
+    "allow_synthetic": Param(
+        False,
+        type="boolean",
+        description="Let a version trained on synthetic data replace a champion trained on real data "
+        "(it must still pass the gate).",
     ),
     "train_params": Param(
         {},
@@ -181,7 +195,7 @@ def mushroom_router_retrain() -> None:
         """Decide; pushes the decision as XCom ``decision`` and follows ``promote`` or ``keep_challenger``."""
         from router_model import pipeline
 
-        decision = pipeline.decide(evaluation, float(params["min_improvement"]))
+        decision = pipeline.decide(evaluation, params["min_improvement"], params["allow_synthetic"])
         ti.xcom_push(key="decision", value=decision.as_dict())
         return "promote" if decision.promote else "keep_challenger"
 

@@ -50,11 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="training hyperparameter override, e.g. --param lr_c=0.5 (repeatable)",
     )
+    low, high = settings.MIN_IMPROVEMENT_RANGE
     train.add_argument(
         "--min-improvement",
         type=float,
-        default=0.0,
-        help="ROC-AUC margin per route the new version needs over the champion (default 0)",
+        default=low,
+        help=f"ROC-AUC margin per route the new version needs over the champion ({low} to {high}, default {low})",
+    )
+    train.add_argument(
+        "--allow-synthetic",
+        action="store_true",
+        help="let a version trained on synthetic data replace a champion trained on real data "
+        "(it must still pass the gate)",
     )
 
     serve = sub.add_parser("serve", help="serve models:/mushroom-router@champion with mlflow models serve")
@@ -95,17 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from router_model import features as F
     from router_model import pipeline
 
     source = "synthetic" if args.synthetic else "kaggle" if args.kaggle else None
     outcome = pipeline.retrain(
-        path=args.data, source=source, train_params=dict(args.param), min_improvement=args.min_improvement
+        path=args.data,
+        source=source,
+        train_params=dict(args.param),
+        min_improvement=args.min_improvement,
+        allow_synthetic=args.allow_synthetic,
     )
     metrics = outcome["evaluation"]["candidate"]
     print(f"Trained on {outcome['data']['source']} data: {outcome['data']['path']}")
     if outcome["data"]["source"] == "synthetic":
         print("WARNING: synthetic data; this model says nothing about real mushrooms.")
-    for route in ("naive_bayes", "logistic_regression"):
+    if metrics is None:
+        print("  no held-out metrics: the held-out rows lack one of the classes")
+    for route in F.ROUTES if metrics else ():
         print(
             f"  {route:<20} ROC-AUC {metrics[f'{route}_roc_auc']:.4f}  accuracy {metrics[f'{route}_accuracy']:.4f}"
             f"  log-loss {metrics[f'{route}_log_loss']:.4f}  Brier {metrics[f'{route}_brier']:.4f}"
