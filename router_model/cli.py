@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from router_model import settings
+from router_model.errors import RouterError
 
 _logger = logging.getLogger(__name__)
 
@@ -220,19 +221,21 @@ _COMMANDS = {
 }
 
 
-def _known_errors() -> tuple[type[Exception], ...]:
-    # Imported on the error path only: the pipeline imports MLflow (seconds), which `serve` does
+def _named_errors() -> tuple[type[Exception], ...]:
+    # Imported on the error path only: scoring and validation import pandas, which `serve` does
     # not need before it hands over to `mlflow models serve`.
-    from router_model.data import DataError
-    from router_model.pipeline import PipelineError
     from router_model.scoring import ScoringError
     from router_model.validation import InvalidInputError
 
-    return DataError, PipelineError, ScoringError, InvalidInputError, ValueError
+    return RouterError, ScoringError, InvalidInputError
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; known failures print one line to stderr and exit 2, never a traceback."""
+    """Run the CLI with the package's error policy (:mod:`router_model.errors`).
+
+    A named error prints one line to stderr and exits 2, never a traceback; anything else is a
+    bug, and keeps its traceback after a one-line hint.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -244,7 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except Exception as err:
-        if not isinstance(err, _known_errors()):
+        if not isinstance(err, _named_errors()):
+            print(
+                f"mushroom-router {args.command}: unexpected {type(err).__name__}, probably a bug; "
+                "the traceback follows (please report it with the command you ran)",
+                file=sys.stderr,
+            )
             raise
         print(f"mushroom-router {args.command}: error: {err}", file=sys.stderr)
         return 2
