@@ -1,8 +1,9 @@
 """Airflow 3 DAG: retrain the mushroom router and promote it only when it passes the quality gate.
 
 Every task is one call into :mod:`router_model.pipeline`, imported inside the task, so parsing this
-file imports neither MLflow, scikit-learn nor pandas (only the standard-library-only
-``router_model.settings``, for the params' ranges) and touches no database.
+file imports neither MLflow, scikit-learn nor pandas and touches no database. Of ``router_model`` it
+imports only ``settings`` and ``errors`` (standard library only), for the params' ranges and the
+error policy.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pendulum
 from airflow.sdk import Asset, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-# Names and ranges only: router_model.settings imports nothing beyond the standard library.
+# Names, ranges and the error policy only: both modules import nothing beyond the standard library.
+from router_model.errors import is_permanent
 from router_model.settings import MIN_IMPROVEMENT_RANGE
 
 DAG_ID = "mushroom_router_retrain"
@@ -53,8 +55,8 @@ DOC_MD = f"""
   version to compare against) and is skipped, so the asset gets no event. One run at a time
   (`max_active_runs=1`).
 
-Bad data, missing Kaggle credentials and invalid `train_params` fail at once with a one-line reason;
-other errors (for example an unreachable tracking server) are retried.
+Bad data, missing Kaggle credentials and `train_params` outside their ranges fail at once with a
+one-line reason; other errors (for example an unreachable tracking server) are retried.
 
 Tasks pass file paths to each other: run them where they share `MUSHROOM_HOME` (LocalExecutor, or
 shared storage) and point every worker at the same `MLFLOW_TRACKING_URI`.
@@ -114,23 +116,20 @@ params = {
 
 
 def fail_fast(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn errors that a retry cannot fix into ``AirflowFailException`` (no retries).
+    """Apply the package's error policy (:mod:`router_model.errors`) to a task.
 
-    Bad or missing data (``DataError``), a pipeline precondition (``PipelineError``) and invalid
-    parameters (``ValueError``) fail the task at once with their one-line message. An error marked
-    ``transient = True`` and every other error (network, tracking server) keep the normal retries.
+    A ``RouterError`` that is not transient (bad data, missing Kaggle credentials, a training
+    param out of range, a pipeline precondition) fails the task at once with its one-line message:
+    a retry cannot fix it. Transient ones and every other error (an unreachable tracking server,
+    a bug) keep the normal retries.
     """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (RuntimeError, ValueError) as err:
-            from router_model.data import DataError
-            from router_model.pipeline import PipelineError
-
-            permanent = isinstance(err, (DataError, PipelineError)) or type(err) is ValueError
-            if permanent and not getattr(err, "transient", False):
+        except Exception as err:
+            if is_permanent(err):
                 raise AirflowFailException(f"{type(err).__name__}: {err}") from err
             raise
 
@@ -207,13 +206,13 @@ def mushroom_router_retrain() -> None:
         Skipped (so the asset gets no event) when another retrain promoted a version after this
         one was evaluated: the new version is then ``challenger`` (see ``pipeline.apply_decision``).
         """
-        from router_model import pipeline, settings
+        from router_model import pipeline
 
-        alias, applied = pipeline.settle_decision(decision)
-        if alias != settings.CHAMPION:
-            raise AirflowSkipException(f"version {applied.version} is {alias}: {applied.reason}")
-        outlet_events[CHAMPION_ASSET].extra = {"version": decision["version"], "reason": decision["reason"]}
-        return alias
+        applied = pipeline.apply_decision(decision)
+        if not applied.promote:
+            raise AirflowSkipException(f"version {applied.version} is {applied.alias}: {applied.reason}")
+        outlet_events[CHAMPION_ASSET].extra = {"version": applied.version, "reason": applied.reason}
+        return applied.alias
 
     @task(execution_timeout=timedelta(minutes=10))
     @fail_fast
@@ -221,7 +220,7 @@ def mushroom_router_retrain() -> None:
         """Give the new version ``challenger`` (champion stays) and record the reason."""
         from router_model import pipeline
 
-        return pipeline.apply_decision(decision)
+        return pipeline.apply_decision(decision).alias
 
     fetched = fetch_data()
     validated = validate_data(fetched)
