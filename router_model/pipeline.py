@@ -33,6 +33,7 @@ import pandas as pd
 from router_model import data as data_mod
 from router_model import features as F
 from router_model import registry, settings
+from router_model.errors import ConfigError, RouterError
 from router_model.router import Router
 from router_model.train import TrainConfig, evaluate, train
 
@@ -41,7 +42,7 @@ _logger = logging.getLogger(__name__)
 GATE_METRIC = "roc_auc"
 
 
-class PipelineError(RuntimeError):
+class PipelineError(RouterError):
     """A retrain step cannot go on; the message says why."""
 
 
@@ -60,6 +61,11 @@ class GateDecision:
     reason: str
     version: int
     champion_version: int | None = None
+
+    @property
+    def alias(self) -> str:
+        """The alias the version holds once the decision is applied."""
+        return settings.CHAMPION if self.promote else settings.CHALLENGER
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -130,7 +136,7 @@ def check_min_improvement(value: float) -> float:
         ``value`` as a float.
 
     Raises:
-        PipelineError: For NaN, a negative margin (it would promote a worse model) or one above
+        ConfigError: For NaN, a negative margin (it would promote a worse model) or one above
             the range (it can never be met by a working model).
     """
     low, high = settings.MIN_IMPROVEMENT_RANGE
@@ -139,7 +145,7 @@ def check_min_improvement(value: float) -> float:
     except (TypeError, ValueError):
         number = math.nan
     if isinstance(value, bool) or not low <= number <= high:  # NaN fails both comparisons
-        raise PipelineError(
+        raise ConfigError(
             f"min_improvement is {value!r}; expected a ROC-AUC margin from {low} to {high} "
             "(0 lets a version that matches the champion take over)"
         )
@@ -279,7 +285,7 @@ def decide(
         The :class:`GateDecision`.
 
     Raises:
-        PipelineError: If ``min_improvement`` is outside its range.
+        ConfigError: If ``min_improvement`` is outside its range.
     """
     min_improvement = check_min_improvement(min_improvement)
     version = int(evaluation["version"])
@@ -331,7 +337,7 @@ def promotion_lock() -> Iterator[None]:
     """Hold an exclusive lock on ``<data dir>/.promotion.lock`` for a read-compare-move of ``champion``.
 
     MLflow's registry has no conditional alias update, so this is what makes the compare-and-set
-    in :func:`settle_decision` atomic for every process that shares the data folder: the CLI, and
+    in :func:`apply_decision` atomic for every process that shares the data folder: the CLI, and
     Airflow tasks, which must share it anyway to pass files. Processes on other machines are not
     covered; between them a window of one registry call remains. If the lock file cannot be
     opened, the move goes ahead unlocked, with a warning.
@@ -372,16 +378,31 @@ def stale_reason(decision: GateDecision, current: int | None) -> str:
     )
 
 
-def settle_decision(decision: GateDecision | Mapping[str, Any]) -> tuple[str, GateDecision]:
-    """:func:`apply_decision`, also returning the decision that took effect.
+def apply_decision(decision: GateDecision | Mapping[str, Any]) -> GateDecision:
+    """Move the aliases as decided and record the reason on the version.
+
+    A promotion is a compare-and-set: right before moving ``champion`` the current champion is read
+    again, and if it is no longer the version the candidate was evaluated against (another retrain
+    or a manual promote moved it in the meantime), ``champion`` stays where it is and the candidate
+    gets ``challenger`` with the tag ``gate=superseded`` and a ``gate_reason`` saying which version
+    to compare against on a re-run. The read and the move happen under :func:`promotion_lock`, so
+    processes that share the data folder cannot interleave there; between machines that do not, a
+    window of one registry call remains (MLflow's registry has no conditional alias update). A
+    registry that cannot be reached raises; it is never read as "no champion".
+
+    Applying the same decision again is idempotent: a promoted version finds itself champion and
+    stays, a superseded or rejected one stays challenger, and the tags are rewritten unchanged.
+    The version is tagged with ``gate`` (``promoted``, ``rejected`` or ``superseded``),
+    ``gate_reason`` and ``gate_champion_version`` (the champion it was compared with, or
+    ``none``) after the alias move.
 
     Args:
-        decision: A :class:`GateDecision` or its ``as_dict()`` form.
+        decision: A :class:`GateDecision` or its ``as_dict()`` form (what a DAG task passes on).
 
     Returns:
-        The alias the version now holds, and the decision applied: the given one or, when the
-        champion moved since the evaluation, a rejection whose reason says so (what
-        :func:`retrain` reports).
+        The decision that took effect: the given one or, when the champion moved since the
+        evaluation, a rejection whose reason says so. Its :attr:`GateDecision.alias` is the alias
+        the version now holds.
     """
     if not isinstance(decision, GateDecision):
         decision = GateDecision(**decision)
@@ -415,35 +436,7 @@ def settle_decision(decision: GateDecision | Mapping[str, Any]) -> tuple[str, Ga
             "gate_champion_version": "none" if champion_version is None else champion_version,
         },
     )
-    return (settings.CHAMPION if decision.promote else settings.CHALLENGER), decision
-
-
-def apply_decision(decision: GateDecision | Mapping[str, Any]) -> str:
-    """Move the aliases as decided and record the reason on the version.
-
-    A promotion is a compare-and-set: right before moving ``champion`` the current champion is read
-    again, and if it is no longer the version the candidate was evaluated against (another retrain
-    or a manual promote moved it in the meantime), ``champion`` stays where it is and the candidate
-    gets ``challenger`` with the tag ``gate=superseded`` and a ``gate_reason`` saying which version
-    to compare against on a re-run. The read and the move happen under :func:`promotion_lock`, so
-    processes that share the data folder cannot interleave there; between machines that do not, a
-    window of one registry call remains (MLflow's registry has no conditional alias update). A
-    registry that cannot be reached raises; it is never read as "no champion".
-
-    Applying the same decision again is idempotent: a promoted version finds itself champion and
-    stays, a superseded or rejected one stays challenger, and the tags are rewritten unchanged.
-    The version is tagged with ``gate`` (``promoted``, ``rejected`` or ``superseded``),
-    ``gate_reason`` and ``gate_champion_version`` (the champion it was compared with, or
-    ``none``) after the alias move.
-
-    Args:
-        decision: A :class:`GateDecision` or its ``as_dict()`` form (what a DAG task passes on).
-
-    Returns:
-        The alias the version now holds (``champion`` or ``challenger``).
-    """
-    alias, _ = settle_decision(decision)
-    return alias
+    return decision
 
 
 def retrain(
@@ -458,22 +451,22 @@ def retrain(
 
     Returns:
         Data, registration, evaluation, the decision that took effect (see
-        :func:`settle_decision`) and the alias, as one dict.
+        :func:`apply_decision`) and the alias, as one dict.
 
     Raises:
-        PipelineError: If ``min_improvement`` is out of range (checked before anything runs).
+        ConfigError: If ``min_improvement`` is out of range (checked before anything runs).
     """
     check_min_improvement(min_improvement)
     fetched = fetch_data(source=source, path=path)
     summary = validate_data(fetched["path"])
     registered = train_and_register(fetched["path"], fetched["source"], train_params, retrain_key)
     evaluation = evaluate_against_champion(registered["version"], fetched["path"])
-    alias, decision = settle_decision(decide(evaluation, min_improvement, allow_synthetic))
+    decision = apply_decision(decide(evaluation, min_improvement, allow_synthetic))
     return {
         "data": fetched,
         "summary": summary,
         **registered,
         "evaluation": evaluation,
         "decision": decision.as_dict(),
-        "alias": alias,
+        "alias": decision.alias,
     }

@@ -10,6 +10,7 @@ import mlflow
 import pytest
 
 from router_model import data, pipeline, registry, settings
+from router_model.errors import ConfigError
 
 
 def champion() -> int | None:
@@ -86,7 +87,7 @@ def test_synthetic_data_never_replaces_a_real_data_champion_unless_allowed(fresh
 def test_a_champion_from_before_stored_rows_is_judged_on_its_file_or_not_at_all(fresh_store):
     path = world(fresh_store, "a", 3000, seed=1)
     first = pipeline.train_and_register(path)
-    pipeline.settle_decision(pipeline.decide(pipeline.evaluate_against_champion(first["version"], path)))
+    pipeline.apply_decision(pipeline.decide(pipeline.evaluate_against_champion(first["version"], path)))
     # Remove the stored rows, as for a version logged by an older release.
     artifact_dir = Path(mlflow.get_run(first["run_id"]).info.artifact_uri.removeprefix("file://"))
     (artifact_dir / registry.HOLDOUT_ARTIFACT).unlink()
@@ -109,7 +110,7 @@ def test_a_champion_from_before_stored_rows_is_judged_on_its_file_or_not_at_all(
 @pytest.mark.parametrize("value", [-1, -0.001, 0.1001, 0.5, 2, float("nan"), float("inf"), True, "x", None])
 def test_min_improvement_outside_its_range_is_refused_before_training(fresh_store, value):
     with pytest.raises(
-        pipeline.PipelineError, match=r"min_improvement is .*; expected a ROC-AUC margin from 0.0 to 0.1"
+        ConfigError, match=r"min_improvement is .*; expected a ROC-AUC margin from 0.0 to 0.1"
     ):
         pipeline.retrain(source="synthetic", min_improvement=value)
     assert not mlflow.search_runs(search_all_experiments=True).shape[0]
