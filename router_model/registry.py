@@ -15,7 +15,6 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from mlflow.types import ParamSchema, ParamSpec
 
 from router_model import features as F
 from router_model import settings
+from router_model.requirements import pinned_requirements
 from router_model.router import (
     CONFIG_PREFERRED,
     CONFIG_VALIDATION_AUC,
@@ -134,10 +134,8 @@ def git_commit() -> str | None:
 
 
 def pip_requirements() -> list[str]:
-    """Pinned runtime requirements of the logged router."""
-    return [
-        f"{name}=={package_version(name)}" for name in ("mlflow", "scikit-learn", "pandas", "numpy", "skops")
-    ]
+    """Pinned runtime requirements of the logged router, derived from the code it runs."""
+    return pinned_requirements(ENTRY_FILE)
 
 
 @contextlib.contextmanager
