@@ -186,7 +186,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _promote(args: argparse.Namespace) -> int:
     from router_model import registry
 
-    registry.set_alias(settings.CHAMPION, args.version)
+    registry.promote(args.version)
     print(f"{settings.MODEL_NAME}@{settings.CHAMPION} -> version {args.version}")
     return 0
 

@@ -29,6 +29,7 @@ from mlflow.types import ParamSchema, ParamSpec
 
 from router_model import features as F
 from router_model import settings
+from router_model.errors import RouterError
 from router_model.requirements import pinned_requirements
 from router_model.router import (
     CONFIG_PREFERRED,
@@ -178,6 +179,51 @@ def set_alias(alias: str, version: int | str) -> None:
     """Point ``alias`` at ``version`` (moving it if another version had it)."""
     client().set_registered_model_alias(settings.MODEL_NAME, alias, str(version))
     _logger.info("%s@%s -> version %s", settings.MODEL_NAME, alias, version)
+
+
+class RegistryError(RouterError):
+    """The registry has no such model or version; the message says what it has instead."""
+
+
+def _version_list(versions: list[int]) -> str:
+    """``1-3, 5, 7-9``: registered versions, runs of consecutive numbers shortened."""
+    runs: list[list[int]] = []
+    for v in versions:
+        if runs and v == runs[-1][-1] + 1:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def promote(version: int, alias: str = settings.CHAMPION) -> None:
+    """Point ``alias`` at ``version`` by hand, after checking that the version exists.
+
+    MLflow would refuse a missing version too, but with a traceback-sized error; a person typing
+    ``promote 99`` needs to hear which versions there are.
+
+    Raises:
+        RegistryError: If ``version`` is not a positive number, no router is registered, or it
+            has no such version.
+        MlflowException: If the registry cannot answer (for example the server is unreachable).
+    """
+    if version < 1:
+        raise RegistryError(f"version must be a positive integer, got {version}")
+    c = client()
+    found = None
+    with _absent_is_fine():
+        found = c.get_model_version(settings.MODEL_NAME, str(version))
+    if found is None:
+        registered = sorted(int(v.version) for v in c.search_model_versions(f"name='{settings.MODEL_NAME}'"))
+        if not registered:
+            raise RegistryError(
+                f"no {settings.MODEL_NAME} is registered in "
+                f"{settings.redacted(settings.tracking_uri())}; train one first"
+            )
+        raise RegistryError(
+            f"{settings.MODEL_NAME} has no version {version}; registered versions: {_version_list(registered)}"
+        )
+    set_alias(alias, version)
 
 
 def delete_alias(alias: str) -> None:

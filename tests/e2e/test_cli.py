@@ -52,6 +52,14 @@ def test_train_then_weaker_train_says_why_it_is_challenger(run_cli, cli_home, tm
     )
     status = run_cli("status", env=cli_home)
     assert "@champion -> version 1" in status.stdout and "@challenger -> version 2" in status.stdout
+    missing = run_cli("promote", "99", env=cli_home)
+    assert (missing.returncode, missing.stderr.strip()) == (
+        2,
+        "mushroom-router promote: error: mushroom-router has no version 99; registered versions: 1-2",
+    )
+    promoted = run_cli("promote", "2", env=cli_home)
+    assert promoted.returncode == 0, promoted.stderr
+    assert "@champion -> version 2" in run_cli("status", env=cli_home).stdout
 
 
 def test_train_synthetic_warns(run_cli, cli_home):
@@ -79,6 +87,9 @@ def test_train_synthetic_warns(run_cli, cli_home):
             ["predict", "/no/such.csv"],
             "mushroom-router predict: error: cannot load models:/mushroom-router@champion",
         ),
+        (["promote", "0"], "mushroom-router promote: error: version must be a positive integer, got 0"),
+        (["promote", "-1"], "mushroom-router promote: error: version must be a positive integer, got -1"),
+        (["promote", "1"], "mushroom-router promote: error: no mushroom-router is registered in sqlite:///"),
     ],
 )
 def test_errors_are_one_line_without_traceback(run_cli, cli_home, args, message):
