@@ -67,3 +67,15 @@ def test_mark_scores_good_rows_and_explains_bad_ones(rows, tmp_path):
 def test_unknown_on_error_is_refused(rows, tmp_path):
     with pytest.raises(ScoringError, match=r"on_error must be one of \['fail', 'mark'\]"):
         score_file(tmp_path / "x.csv", None, on_error="skip")
+
+
+def test_two_spellings_that_disagree_are_named_with_plain_numbers(registered, tmp_path):
+    src = tmp_path / "in.csv"
+    lr = F.example_rows()[1]
+    src.write_text(
+        f"stem_height,{','.join(F.LR_FEATURES)}\n341,{','.join(str(lr[c]) for c in F.LR_FEATURES)}\n"
+    )
+    with pytest.raises(
+        ScoringError, match=r"'stem_height' and 'stem-height' .* different values \(341 and 3\.81\)$"
+    ):
+        score_file(src, None, quiet=True)
