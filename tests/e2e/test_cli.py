@@ -87,6 +87,11 @@ def test_train_synthetic_warns(run_cli, cli_home):
             ["predict", "/no/such.csv"],
             "mushroom-router predict: error: cannot load models:/mushroom-router@champion",
         ),
+        (
+            ["predict", "/no/such.csv", "/no/such/folder/out.csv"],
+            "mushroom-router predict: error: output folder not found: /no/such/folder",
+        ),
+        (["predict", "/no/such.csv", "/"], "mushroom-router predict: error: output / is a folder"),
         (["promote", "0"], "mushroom-router promote: error: version must be a positive integer, got 0"),
         (["promote", "-1"], "mushroom-router promote: error: version must be a positive integer, got -1"),
         (["promote", "1"], "mushroom-router promote: error: no mushroom-router is registered in sqlite:///"),
