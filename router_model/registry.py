@@ -27,8 +27,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec
 
+from router_model import drift, settings
 from router_model import features as F
-from router_model import settings
 from router_model.errors import RouterError
 from router_model.requirements import pinned_requirements
 from router_model.router import (
@@ -53,6 +53,8 @@ TAG_HOLDOUT_ROWS = "holdout_rows"
 #: Each version's held-out rows, logged with its run: the gate scores later candidates on them,
 #: so a retrain cannot pick the rows it is judged on (see :mod:`router_model.pipeline`).
 HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
+#: Each version's reference distribution for the drift monitor (:mod:`router_model.drift`).
+DRIFT_REFERENCE_ARTIFACT = "monitoring/reference.json"
 
 #: What MLflow answers for a model or alias that does not exist (a missing alias is an
 #: ``INVALID_PARAMETER_VALUE``). Any other error, such as an unreachable tracking server, is raised:
@@ -279,6 +281,20 @@ def holdout_frame(version: int | str) -> pd.DataFrame | None:
         return pd.read_parquet(local)
 
 
+def drift_reference(version: int | str) -> dict[str, Any] | None:
+    """A version's drift reference (:data:`DRIFT_REFERENCE_ARTIFACT`), ``None`` if it has none.
+
+    Raises:
+        MlflowException: If the registry or the artifact store cannot answer.
+    """
+    c = client()
+    run_id = c.get_model_version(settings.MODEL_NAME, str(version)).run_id
+    folder = DRIFT_REFERENCE_ARTIFACT.rsplit("/", 1)[0]
+    if not any(f.path == DRIFT_REFERENCE_ARTIFACT for f in c.list_artifacts(run_id, folder)):
+        return None
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{DRIFT_REFERENCE_ARTIFACT}")
+
+
 def load_router(model_uri: str) -> Router:
     """Load a registered router and return its :class:`Router` (for evaluation in-process)."""
     client()
@@ -333,6 +349,7 @@ def log_router(
         ):
             mlflow.log_figure(figure, f"plots/{name}.png")
             plt.close(figure)
+        mlflow.log_dict(drift.reference_profile(test, scores), DRIFT_REFERENCE_ARTIFACT)
         with tempfile.TemporaryDirectory() as tmp:
             holdout = Path(tmp) / Path(HOLDOUT_ARTIFACT).name
             test.to_parquet(holdout, index=False)
