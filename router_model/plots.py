@@ -68,7 +68,7 @@ def drift_figure(comparisons: list[Any], psi_threshold: float) -> Figure:
         ax.axis("off")
     for ax, comparison in zip(axes.ravel(), shown, strict=False):
         x = np.arange(len(comparison.reference))
-        ax.bar(x - 0.2, comparison.reference, width=0.4, label="reference (training)")
+        ax.bar(x - 0.2, comparison.reference, width=0.4, label="reference (held out at training)")
         ax.bar(x + 0.2, comparison.current, width=0.4, label=f"served ({comparison.rows} rows)")
         ax.set_xticks(x, comparison.labels, rotation=60, fontsize=6)
         drifted = comparison.judged and comparison.psi > psi_threshold

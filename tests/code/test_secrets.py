@@ -92,11 +92,12 @@ def is_placeholder(value: str) -> bool:
     """A documented non-secret.
 
     Empty, ``change-me``, the redaction mark ``***``, ``<...>``, an interpolation (``${X:?...}``,
-    ``$X``, ``$(...)``), or the name of another variable (``"AIRFLOW_ADMIN_PASSWORD"``).
+    ``$X``, ``$(...)``), the name of another variable (``"AIRFLOW_ADMIN_PASSWORD"``), or the bare
+    word a docstring writes in a URL's password place (``postgresql://user:password@host``).
     """
     value = value.strip().strip("\"'")
     return (
-        value in ("", "change-me", "***")
+        value in ("", "change-me", "***", "pass" + "word")
         or value.startswith("$")
         or bool(re.fullmatch(r"<[^>]*>|[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+", value))
     )
@@ -197,6 +198,7 @@ NOT_SECRETS = [
     ("pipeline.py", 'retrain_key=f"{ti.dag_id}/{ti.run_id}"\n'),
     (".env.example", "AIRFLOW_FERNET" + "_KEY=change-me\n"),
     ("compose.yaml", '("AIRFLOW_ADMIN_PASS' + 'WORD": "AIRFLOW_ADMIN_PASSWORD"),\n'),  # a name, not a value
+    ("inference_log.py", "url: ``postgresql://user:pass" + "word@host:port/database``.\n"),  # the word itself
 ]
 
 
