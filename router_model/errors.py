@@ -30,8 +30,11 @@ class RouterError(Exception):
     transient: bool = False
 
 
-class ConfigError(RouterError):
-    """A parameter or setting outside its meaningful range (training params, gate margin)."""
+class ConfigError(RouterError, ValueError):
+    """A parameter or setting outside its meaningful range (training params, gate margin, env vars).
+
+    Also a ``ValueError``, for callers that catch the builtin.
+    """
 
 
 def is_permanent(err: BaseException) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from router_model import features as F
+from router_model.errors import RouterError
 
 _logger = logging.getLogger(__name__)
 
@@ -22,8 +23,10 @@ _REAL_TYPES = (int, float, np.integer, np.floating)
 _BOOL_TYPES = (bool, np.bool_)
 
 
-class InvalidInputError(ValueError):
+class InvalidInputError(RouterError, ValueError):
     """Input that the router cannot score; the message says where and why.
+
+    Also a ``ValueError``, for callers (notebooks, Spark jobs) that catch the builtin.
 
     Attributes:
         row: 0-based position of the first offending row, when one row is to blame.
