@@ -473,3 +473,18 @@ def test_the_model_cache_is_verified_and_keyed_by_model_id(fresh_store):
     assert cache.fetch(version) == model
     cache.prune(set())
     assert list(cache.root.iterdir()) == []
+
+
+def test_sigterm_during_a_switch_says_so(fresh_store, caplog):
+    """Old code logged "version 1 did not answer /ping within 120s" for a stop while it started."""
+    caplog.set_level(logging.INFO)
+    pipeline.retrain(source="synthetic")
+    sup = ChampionSupervisor(port=free_port(), poll_seconds=0.5, cache_dir=fresh_store / "cache")
+    thread = threading.Thread(target=sup.run, daemon=True)
+    thread.start()
+    wait_until(lambda: "Starting: " in caplog.text, 60, "the server to start")
+    sup.stop()
+    thread.join(timeout=60)
+    assert not thread.is_alive() and sup.served is None
+    assert "did not answer /ping" not in caplog.text
+    assert "Switch to version 1 abandoned: stopped while version 1 was starting" in caplog.text
