@@ -177,23 +177,64 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from router_model import registry
+    import os
+    from urllib.parse import urlsplit
 
-    c = registry.client()
+    from router_model import registry, supervisor
+
+    # Bounded like the supervisor's calls: a dead tracking server fails in seconds, not minutes.
+    for name, value in supervisor.MLFLOW_HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warning; the error says it
+    where = settings.redacted(settings.tracking_uri())
     try:
-        model = c.get_registered_model(settings.MODEL_NAME)
-    except Exception:
-        print(f"No {settings.MODEL_NAME} registered in {settings.redacted(settings.tracking_uri())}")
+        _probe_database(settings.tracking_uri())
+        model = registry.registered_model()
+        versions = (
+            [] if model is None else registry.client().search_model_versions(f"name='{settings.MODEL_NAME}'")
+        )
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        password = urlsplit(settings.tracking_uri()).password
+        first = first.replace(password, "***") if password else first
+        raise StoreUnreachableError(f"cannot read the registry at {where}: {first[:300]}") from None
+    state = supervisor.read_state()
+    if state is not None:
+        print(
+            f"Model server ({supervisor.default_cache_dir()}): {state.get('state')}, serving version "
+            f"{state.get('served_version')} - {state.get('reason')} (at {state.get('updated')})"
+        )
+    if model is None:
+        print(f"No {settings.MODEL_NAME} registered in {where}")
         return 1
-    print(f"{settings.MODEL_NAME} in {settings.redacted(settings.tracking_uri())}")
+    print(f"{settings.MODEL_NAME} in {where}")
     for alias, version in sorted(model.aliases.items()):
         print(f"  @{alias} -> version {version}")
-    for v in sorted(c.search_model_versions(f"name='{settings.MODEL_NAME}'"), key=lambda v: int(v.version)):
+    for v in sorted(versions, key=lambda v: int(v.version)):
         reason = v.tags.get("gate_reason", "-")
         print(
             f"  version {v.version}: data={v.tags.get('data_source')} gate={v.tags.get('gate', '-')} ({reason})"
         )
     return 0
+
+
+def _probe_database(uri: str) -> None:
+    """Connect once to a database tracking store: MLflow retries a failed connection for ~100 s."""
+    scheme = uri.split(":", 1)[0]
+    if "://" not in uri or scheme in ("http", "https", "databricks", "file", "sqlite"):
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
+class StoreUnreachableError(RuntimeError):
+    """The tracking store did not answer (``status``): not the same as an empty registry."""
 
 
 _COMMANDS = {
@@ -214,7 +255,7 @@ def _known_errors() -> tuple[type[Exception], ...]:
     from router_model.scoring import ScoringError
     from router_model.validation import InvalidInputError
 
-    return DataError, PipelineError, ScoringError, InvalidInputError, ValueError
+    return DataError, PipelineError, ScoringError, InvalidInputError, ValueError, StoreUnreachableError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec
@@ -168,6 +168,18 @@ def alias_version(alias: str) -> ModelVersion | None:
     """
     with _absent_is_fine():
         return client().get_model_version_by_alias(settings.MODEL_NAME, alias)
+    return None
+
+
+def registered_model() -> RegisteredModel | None:
+    """The registered router (with its aliases), or ``None`` when none is registered yet.
+
+    Raises:
+        Exception: Whatever MLflow or the database driver raises when the store cannot answer
+            (an unreachable server, a missing database): that is not an empty registry.
+    """
+    with _absent_is_fine():
+        return client().get_registered_model(settings.MODEL_NAME)
     return None
 
 
