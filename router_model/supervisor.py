@@ -445,7 +445,7 @@ class ChampionSupervisor:
                     WAITING,
                     f"{self._name()} does not exist yet in {settings.redacted(settings.tracking_uri())}; "
                     "train one (mushroom-router train or the Airflow DAG) and it will be served within "
-                    f"{self.poll_seconds:.0f}s",
+                    f"{self.poll_seconds:g}s",
                     logging.WARNING,
                 )
                 return
@@ -468,7 +468,7 @@ class ChampionSupervisor:
             self.cache.drop(key)  # a repaired store is downloaded again on the next try
             count = failed.count + 1 if failed else 1
             delay = min(self.poll_seconds * 2**count, MAX_RETRY_SECONDS)
-            reason = f"version {number} cannot be served ({err}); next try in {delay:.0f}s"
+            reason = f"version {number} cannot be served ({err}); next try in {delay:g}s"
             self.failures[key] = _Failure(count, time.monotonic() + delay, reason)
             self._hold(reason, number)
             return
