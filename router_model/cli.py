@@ -236,18 +236,25 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from router_model import registry
+    from router_model import registry, supervisor
 
-    c = registry.client()
-    try:
-        model = c.get_registered_model(settings.MODEL_NAME)
-    except Exception:
-        print(f"No {settings.MODEL_NAME} registered in {settings.redacted(settings.tracking_uri())}")
+    settings.bound_mlflow_http()  # a dead tracking server fails in seconds, not minutes
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warning; the error says it
+    where = settings.redacted(settings.tracking_uri())
+    model, versions = registry.read_registry()
+    state = supervisor.read_state()
+    if state is not None:
+        print(
+            f"Model server ({supervisor.default_cache_dir()}): {state.get('state')}, serving version "
+            f"{state.get('served_version')} - {state.get('reason')} (at {state.get('updated')})"
+        )
+    if model is None:
+        print(f"No {settings.MODEL_NAME} registered in {where}")
         return 1
-    print(f"{settings.MODEL_NAME} in {settings.redacted(settings.tracking_uri())}")
+    print(f"{settings.MODEL_NAME} in {where}")
     for alias, version in sorted(model.aliases.items()):
         print(f"  @{alias} -> version {version}")
-    for v in sorted(c.search_model_versions(f"name='{settings.MODEL_NAME}'"), key=lambda v: int(v.version)):
+    for v in sorted(versions, key=lambda v: int(v.version)):
         reason = v.tags.get("gate_reason", "-")
         print(
             f"  version {v.version}: data={v.tags.get('data_source')} gate={v.tags.get('gate', '-')} ({reason})"

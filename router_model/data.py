@@ -328,6 +328,10 @@ def resolve_data(
     if source in (None, settings.SOURCE_PATH):
         path = path or settings.data_path()
         if path:
+            if Path(path).is_dir():
+                raise DataError(
+                    f"data path {path} is a directory; expected a CSV file such as {settings.KAGGLE_FILE}"
+                )
             if not Path(path).is_file():
                 raise DataError(f"data file not found: {path}")
             resolved = str(Path(path).resolve())

@@ -57,6 +57,24 @@ MIN_IMPROVEMENT_RANGE = (0.0, 0.1)
 MIN_HOLDOUT_ROWS_PER_CLASS = 50
 
 
+#: MLflow HTTP client limits for the supervisor and ``status``: one retry without back-off and a
+#: 10 s timeout, instead of MLflow's default 7 retries with exponential back-off and 120 s
+#: timeouts (about 4 minutes per call to a dead tracking server, during which a crashed server
+#: stayed down and SIGTERM waited). No progress bars: they flooded the log with every download.
+MLFLOW_HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def bound_mlflow_http() -> None:
+    """Apply :data:`MLFLOW_HTTP_LIMITS` to this process, keeping any value already set."""
+    for name, value in MLFLOW_HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
+
+
 def env(name: str, default: str | None = None) -> str | None:
     """Read an environment variable, treating an empty value as unset.
 

@@ -474,3 +474,93 @@ def test_readme_lists_the_published_ports():
         f"README lists ports {sorted(rows)}, docker-compose.yaml publishes "
         f"{ {port: published[port] for port in sorted(published)} }"
     )
+
+
+def test_the_model_server_has_time_to_stop_cleanly():
+    """Without stop_grace_period, Docker kills the supervisor 10 s after SIGTERM (issue #20)."""
+    from router_model import serving, settings
+
+    limits = settings.MLFLOW_HTTP_LIMITS
+    registry_call = float(limits["MLFLOW_HTTP_REQUEST_TIMEOUT"]) * (
+        1 + int(limits["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    )
+    # The trial server of a switch and the served one are stopped one after the other.
+    needed = registry_call + 2 * (serving.STOP_TIMEOUT_SECONDS + serving.KILL_WAIT_SECONDS)
+    grace = services()["model-server"].get("stop_grace_period", "10s")
+    assert re.fullmatch(r"\d+s", grace), f"model-server: stop_grace_period {grace!r}: write it as seconds"
+    assert int(grace[:-1]) >= needed, (
+        f"model-server: stop_grace_period {grace} < the {needed:.0f}s a stop may take"
+    )
+
+
+# ------------------------------------------------------------------------- placeholders (#20)
+
+#: The passwords PostgreSQL's init script bakes into the roles on its first start.
+DATABASE_PASSWORDS = (
+    "POSTGRES_PASSWORD",
+    "AIRFLOW_DB_PASSWORD",
+    "MLFLOW_DB_PASSWORD",
+    "INFERENCE_DB_PASSWORD",
+)
+
+
+def compose_shell(script: str) -> str:
+    """A ``command`` script as the container's shell gets it (Compose turns ``$$`` into ``$``)."""
+    return script.replace("$$", "$")
+
+
+@pytest.mark.parametrize(
+    ("placeholders", "status"),
+    [((), 0), (("POSTGRES_PASSWORD",), 1), (("MLFLOW_DB_PASSWORD", "AIRFLOW_DB_PASSWORD"), 1)],
+    ids=["real-passwords", "postgres-placeholder", "two-placeholders"],
+)
+def test_check_secrets_refuses_change_me_database_passwords(placeholders, status):
+    """airflow-init checked the Airflow secrets only, and the mlflow service did not wait for it."""
+    spec = services()["check-secrets"]
+    assert set(spec["environment"]) == set(DATABASE_PASSWORDS)
+    shell, flag, script = spec["command"]
+    env = {name: "change-me" if name in placeholders else "s3cret-value" for name in DATABASE_PASSWORDS}
+    done = subprocess.run(
+        [shell, flag, compose_shell(script)], env=env, capture_output=True, text=True, check=False, timeout=30
+    )
+    assert done.returncode == status, done.stderr
+    if placeholders:
+        named = re.search(r"replace the change-me placeholders in \.env \((.*)\)", done.stderr)
+        assert named and set(named.group(1).split()) == set(placeholders), done.stderr
+
+
+@pytest.mark.parametrize("service", ["postgres", "mlflow"])
+def test_the_database_and_the_tracking_server_wait_for_check_secrets(service):
+    assert depends_on(service).get("check-secrets") == {"condition": "service_completed_successfully"}
+
+
+@pytest.mark.parametrize("service", service_names())
+def test_no_secret_on_a_command_line(service):
+    """A command line is shown by ``ps`` on the host and by ``docker inspect``."""
+    spec = services()[service]
+    argv = [str(a) for key in ("entrypoint", "command") for a in (spec.get(key) or [])]
+    for match in interpolations("\n".join(argv)):
+        name = match.group("name")
+        assert not (name and SECRET_NAME.search(name)), f"{service}: ${{{name}}} on its command line"
+
+
+def test_mlflow_gets_its_store_uri_from_the_secret_file_in_its_environment(tmp_path):
+    spec = services()["mlflow"]
+    assert spec["secrets"] == ["mlflow_db_password"]
+    assert compose()["secrets"]["mlflow_db_password"] == {"environment": "MLFLOW_DB_PASSWORD"}
+    shell, flag, script, name = spec["entrypoint"]
+    (tmp_path / "mlflow_db_password").write_text("s3cret-value")
+    script = compose_shell(script).replace("/run/secrets/", f"{tmp_path}/")
+    show = "import os, sys; print(os.environ['MLFLOW_BACKEND_STORE_URI']); print(sys.argv)"
+    done = subprocess.run(
+        [shell, flag, script, name, sys.executable, "-c", show],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    uri, argv = done.stdout.splitlines()
+    assert uri == "postgresql+psycopg2://mlflow:" + "s3cret-value" + "@postgres:5432/mlflow"
+    assert "s3cret" not in argv
+    assert spec["command"][:2] == ["mlflow", "server"] and "--backend-store-uri" not in spec["command"]
