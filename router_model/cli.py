@@ -17,8 +17,6 @@ from router_model import features as F
 from router_model import settings
 from router_model.errors import RouterError
 
-_logger = logging.getLogger(__name__)
-
 
 def _key_value(text: str) -> tuple[str, str]:
     if "=" not in text:

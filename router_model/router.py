@@ -22,7 +22,6 @@ works) and a tampered artifact cannot widen what gets instantiated.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import time
 import warnings
@@ -45,8 +44,6 @@ from router_model.validation import (
     missing_features,
     refuse_rows,
 )
-
-_logger = logging.getLogger(__name__)
 
 #: Types beyond skops' defaults that the sub-model files may contain.
 TRUSTED_TYPES: tuple[str, ...] = (

@@ -23,7 +23,6 @@ import bz2
 import contextlib
 import gzip
 import json
-import logging
 import lzma
 import os
 from collections import Counter
@@ -36,8 +35,6 @@ from pandas._libs.parsers import STR_NA_VALUES
 
 from router_model import settings
 from router_model.errors import RouterError
-
-_logger = logging.getLogger(__name__)
 
 CSV, PARQUET, JSON = ".csv", ".parquet", ".json"
 FORMATS = (CSV, PARQUET, JSON)

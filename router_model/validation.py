@@ -8,7 +8,6 @@ with an :class:`InvalidInputError` naming the row, the column, the value and wha
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -16,8 +15,6 @@ import pandas as pd
 
 from router_model import features as F
 from router_model.errors import RouterError
-
-_logger = logging.getLogger(__name__)
 
 _REAL_TYPES = (int, float, np.integer, np.floating)
 _BOOL_TYPES = (bool, np.bool_)
