@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 # Names, ranges and the error policy only: both modules import nothing beyond the standard library.
 from router_model.errors import fail_fast
-from router_model.settings import DRIFT_ASSET_NAME, DRIFT_ASSET_URI, MIN_IMPROVEMENT_RANGE
+from router_model.settings import DRIFT_ASSET_NAME, DRIFT_ASSET_URI, MIN_IMPROVEMENT_RANGE, WEAK_TRAIN_PARAMS
 
 DAG_ID = "mushroom_router_retrain"
 
@@ -27,8 +27,6 @@ CHAMPION_ASSET = Asset(uri="mlflow://models/mushroom-router", name="mushroom-rou
 DRIFT_ASSET = Asset(uri=DRIFT_ASSET_URI, name=DRIFT_ASSET_NAME)
 SCHEDULE = AssetOrTimeSchedule(timetable=CronTriggerTimetable("@daily", timezone="UTC"), assets=DRIFT_ASSET)
 
-#: Hyperparameters that make a deliberately weak model (for trying the gate).
-WEAK_TRAIN_PARAMS = {"nb_bins": 2, "nb_orders": "1", "lr_bins": 2, "lr_orders": "1"}
 
 DOC_MD = f"""
 # Retrain the mushroom router behind a quality gate

@@ -33,6 +33,9 @@ DEFAULT_POLL_SECONDS = 10.0
 #: Rows in memory at a time when scoring or reading files.
 DEFAULT_CHUNK_ROWS = 100_000
 
+#: Hyperparameters that make a deliberately weak model, for trying the gate (it must not promote).
+WEAK_TRAIN_PARAMS = {"nb_bins": 2, "nb_orders": "1", "lr_bins": 2, "lr_orders": "1"}
+
 #: Where training data comes from: a file you give, Kaggle, or the built-in synthetic sample;
 #: ``auto`` picks the first available (see ``router_model.data.resolve_data``).
 SOURCE_PATH = "path"

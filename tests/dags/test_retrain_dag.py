@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from router_model.settings import WEAK_TRAIN_PARAMS
+
 pytestmark = pytest.mark.airflow
 
 DAG_ID = "mushroom_router_retrain"
@@ -44,7 +46,6 @@ UPSTREAM = {
     "promote": {"gate"},
     "keep_challenger": {"gate"},
 }
-WEAK_TRAIN_PARAMS = {"nb_bins": 2, "nb_orders": "1", "lr_bins": 2, "lr_orders": "1"}
 #: A fixed logical date, so the weak run can be re-run as the same DAG run (same run id).
 WEAK_LOGICAL_DATE = datetime(2026, 1, 2, tzinfo=UTC)
 

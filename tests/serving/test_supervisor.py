@@ -19,11 +19,10 @@ from support import REPO, free_port, wait_for_http
 
 from router_model import features as F
 from router_model import pipeline, registry, serving, settings
+from router_model.settings import WEAK_TRAIN_PARAMS
 from router_model.supervisor import ChampionSupervisor
 
 pytestmark = pytest.mark.serving
-
-WEAK = {"nb_bins": 2, "nb_orders": "1", "lr_bins": 2, "lr_orders": "1"}
 
 
 def wait_until(condition, timeout, what):
@@ -80,7 +79,7 @@ def test_waits_for_a_champion_then_serves_it_and_follows_the_alias(supervisor, f
         pd.Series(expected_for(1), name="poisonous_probability"),
     )
 
-    weak = pipeline.train_and_register(str(path), train_params=WEAK)
+    weak = pipeline.train_and_register(str(path), train_params=WEAK_TRAIN_PARAMS)
     moved = time.monotonic()
     registry.set_alias(settings.CHAMPION, weak["version"])
     wait_until(
@@ -264,7 +263,7 @@ def test_a_champion_that_cannot_load_never_replaces_a_working_server(supervisor,
     caplog.set_level(logging.INFO, logger="router_model.supervisor")
     first = pipeline.retrain(source="synthetic")
     wait_until(lambda: served_is(supervisor, 1), 90, "version 1 to be served")
-    second = pipeline.train_and_register(first["data"]["path"], train_params=WEAK)
+    second = pipeline.train_and_register(first["data"]["path"], train_params=WEAK_TRAIN_PARAMS)
     version = registry.client().get_model_version(settings.MODEL_NAME, str(second["version"]))
     repair = fault(model_artifacts(version))
     with Traffic(supervisor.port) as traffic:
