@@ -161,11 +161,18 @@ def _train(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from router_model import serving
+    from router_model.supervisor import trusted_copy
 
     uri = args.model_uri or settings.model_uri()
-    print(f"Serving {uri} on http://{args.host}:{args.port} (Ctrl-C stops). When /ping answers, try:")
+    settings.bound_mlflow_http()
+    # Only code this installation trusts is loaded: the version is downloaded and checked first,
+    # and the server loads exactly the checked bytes (router_model/trust.py).
+    local = trusted_copy(uri)
+    print(
+        f"Serving {uri} ({local}) on http://{args.host}:{args.port} (Ctrl-C stops). When /ping answers, try:"
+    )
     print(serving.curl_example(args.host, args.port), flush=True)
-    proc = serving.start_server(uri, args.host, args.port, args.workers)
+    proc = serving.start_server(str(local), args.host, args.port, args.workers)
 
     stopped_by: list[int] = []
 

@@ -28,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec
 
-from router_model import drift, settings
+from router_model import drift, settings, trust
 from router_model import features as F
 from router_model.errors import RouterError
 from router_model.requirements import pinned_requirements
@@ -434,7 +434,12 @@ def log_router(
         version = mlflow.register_model(
             info.model_uri,
             settings.MODEL_NAME,
-            tags={**tags, TAG_RUN_ID: run.info.run_id, TAG_HOLDOUT_ROWS: str(len(test))},
+            tags={
+                **tags,
+                TAG_RUN_ID: run.info.run_id,
+                TAG_HOLDOUT_ROWS: str(len(test)),
+                trust.TAG_CODE_SHA256: trust.installed_digest(),
+            },
         )
     registered = RegisteredRouter(run.info.run_id, version_uri(version.version), int(version.version))
     _logger.info("Registered %s (run %s)", registered.model_uri, registered.run_id)

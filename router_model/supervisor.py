@@ -43,7 +43,7 @@ from typing import Any
 
 import requests
 
-from router_model import registry, serving, settings
+from router_model import registry, serving, settings, trust
 
 _logger = logging.getLogger(__name__)
 
@@ -385,6 +385,11 @@ class ChampionSupervisor:
         """
         number, key = int(version.version), cache_key(version)
         model = self.cache.fetch(version)
+        try:
+            trust.check_model(model, version.tags, number)
+        except trust.UntrustedCodeError as err:
+            reject(number, str(err))
+            raise
         if self.served is not None:
             self._try_out(model, number)
         gap = self._serve(model, number, key)
@@ -481,6 +486,50 @@ class ChampionSupervisor:
     def stop(self, *_: Any) -> None:
         """Ask :meth:`run` to return (signal-handler compatible)."""
         self.stopping.set()
+
+
+def reject(version: int, reason: str) -> None:
+    """Log a refused version and tag it ``serving=rejected`` with the reason, where allowed.
+
+    A model server's account may only read the registry; then the log line is all there is.
+    """
+    _logger.error("Refusing version %s: %s", version, reason)
+    try:
+        registry.tag_version(version, {"serving": "rejected", "serving_reason": reason[:500]})
+    except Exception as err:
+        _logger.warning("Could not tag version %s as rejected (%s)", version, str(err).splitlines()[0][:200])
+
+
+def trusted_copy(model_uri: str, cache_dir: str | Path | None = None) -> Path:
+    """A verified local copy of a registered version whose code this process trusts.
+
+    What ``mushroom-router serve`` hands to ``mlflow models serve``, so that it loads exactly the
+    bytes checked here (a ``models:/`` URI served directly would be downloaded again, unchecked).
+
+    Args:
+        model_uri: ``models:/<name>@<alias>`` or ``models:/<name>/<version>``.
+        cache_dir: The download cache (default: the supervisor's).
+
+    Raises:
+        UntrustedCodeError: If the version's code is not this installation's (it is tagged
+            ``serving=rejected``).
+        RegistryError: If the URI names no registered version.
+    """
+    name, _, ref = model_uri.removeprefix("models:/").partition("@")
+    if not model_uri.startswith("models:/"):
+        raise registry.RegistryError(f"{model_uri} is not a models:/ URI; serve a registered version")
+    c = registry.client()
+    try:
+        version = c.get_model_version_by_alias(name, ref) if ref else c.get_model_version(*name.split("/", 1))
+    except Exception as err:
+        raise registry.RegistryError(f"cannot resolve {model_uri}: {str(err).splitlines()[0]}") from None
+    model = ModelCache(Path(cache_dir) if cache_dir else default_cache_dir()).fetch(version)
+    try:
+        trust.check_model(model, version.tags, version.version)
+    except trust.UntrustedCodeError as err:
+        reject(int(version.version), str(err))
+        raise
+    return model
 
 
 def _free_port() -> int:
