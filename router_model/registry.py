@@ -318,6 +318,18 @@ def version_tags(version: int | str) -> dict[str, str]:
     return dict(client().get_model_version(settings.MODEL_NAME, str(version)).tags)
 
 
+def _version_artifact(version: int | str, path: str) -> str | None:
+    """The run id of ``version`` if its run logged ``path``, else ``None`` (logged by an older release).
+
+    Raises:
+        MlflowException: If the registry or the artifact store cannot answer.
+    """
+    c = client()
+    run_id = c.get_model_version(settings.MODEL_NAME, str(version)).run_id
+    folder = path.rsplit("/", 1)[0]
+    return run_id if any(f.path == path for f in c.list_artifacts(run_id, folder)) else None
+
+
 def holdout_frame(version: int | str) -> pd.DataFrame | None:
     """The held-out rows a version was evaluated on at training time (:data:`HOLDOUT_ARTIFACT`).
 
@@ -328,10 +340,8 @@ def holdout_frame(version: int | str) -> pd.DataFrame | None:
     Raises:
         MlflowException: If the registry or the artifact store cannot answer.
     """
-    c = client()
-    run_id = c.get_model_version(settings.MODEL_NAME, str(version)).run_id
-    folder = HOLDOUT_ARTIFACT.rsplit("/", 1)[0]
-    if not any(f.path == HOLDOUT_ARTIFACT for f in c.list_artifacts(run_id, folder)):
+    run_id = _version_artifact(version, HOLDOUT_ARTIFACT)
+    if run_id is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(
@@ -346,12 +356,10 @@ def drift_reference(version: int | str) -> dict[str, Any] | None:
     Raises:
         MlflowException: If the registry or the artifact store cannot answer.
     """
-    c = client()
-    run_id = c.get_model_version(settings.MODEL_NAME, str(version)).run_id
-    folder = DRIFT_REFERENCE_ARTIFACT.rsplit("/", 1)[0]
-    if not any(f.path == DRIFT_REFERENCE_ARTIFACT for f in c.list_artifacts(run_id, folder)):
-        return None
-    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{DRIFT_REFERENCE_ARTIFACT}")
+    run_id = _version_artifact(version, DRIFT_REFERENCE_ARTIFACT)
+    return (
+        None if run_id is None else mlflow.artifacts.load_dict(f"runs:/{run_id}/{DRIFT_REFERENCE_ARTIFACT}")
+    )
 
 
 def load_router(model_uri: str) -> Router:

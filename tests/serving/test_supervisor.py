@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
-from support import REPO, free_port, wait_for_http
+from support import REPO, TrackingServer, free_port
 
 from router_model import features as F
-from router_model import pipeline, registry, serving, settings
+from router_model import pipeline, registry, settings
 from router_model.settings import WEAK_TRAIN_PARAMS
 from router_model.supervisor import ChampionSupervisor
 
@@ -331,48 +331,6 @@ def test_a_deleted_champion_keeps_the_last_good_version_also_after_a_restart(fre
         assert sup.served is None
     assert "does not exist yet" not in caplog.text
     assert "Serving mushroom-router version 1 again" in caplog.text
-
-
-class TrackingServer:
-    """A real ``mlflow server`` on loopback that can be stopped and started on the same port and store.
-
-    (The same as tests/dags/test_faults.py's; the supervisor needs no Airflow.)
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port, self.proc = root, free_port(), None
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MUSHROOM_"))}
-        with open(self.root / "mlflow-server.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "mlflow"),
-                    "server",
-                    "--backend-store-uri",
-                    f"sqlite:///{self.root / 'mlflow.db'}",
-                    "--artifacts-destination",
-                    str(self.root / "artifacts"),
-                    "--serve-artifacts",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--workers",
-                    "1",
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_for_http(f"{self.url}/health", self.proc, timeout=120)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            serving.stop_server(self.proc)
-            self.proc = None
 
 
 @pytest.fixture
