@@ -17,6 +17,16 @@ from router_model import settings
 _logger = logging.getLogger(__name__)
 
 
+def _threshold(text: str) -> float | str:
+    """``--threshold``: a number, or ``safe`` (each route's recorded safe threshold)."""
+    if text.strip().lower() == "safe":
+        return "safe"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'safe', got {text!r}") from None
+
+
 def _key_value(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
@@ -85,7 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--quiet", action="store_true", help="no progress bar (it shows only on a terminal)")
     predict.add_argument("--model-uri", help="default: models:/mushroom-router@champion")
     predict.add_argument("--model", choices=["auto", "naive_bayes", "logistic_regression"], default="auto")
-    predict.add_argument("--threshold", type=float, default=0.5, help="poisonous when P(poisonous) >= this")
+    predict.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=0.5,
+        help="poisonous when P(poisonous) >= this; 'safe': each route's recorded safe threshold",
+    )
 
     promote = sub.add_parser("promote", help="move the champion alias to a version by hand")
     promote.add_argument("version", type=int)
@@ -176,6 +191,22 @@ def _promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _safe_thresholds(tags: dict[str, str]) -> str:
+    """``naive_bayes 0.0713 (false alarms 50.7%), ...`` from a version's tags ('' if it has none)."""
+    from router_model import features as F
+    from router_model.registry import route_tag
+    from router_model.router import CONFIG_SAFE_FALSE_ALARM, CONFIG_SAFE_THRESHOLD
+
+    parts = []
+    for route in F.ROUTES:
+        threshold = tags.get(route_tag(CONFIG_SAFE_THRESHOLD, route))
+        alarms = tags.get(route_tag(CONFIG_SAFE_FALSE_ALARM, route))
+        if threshold is not None:
+            cost = f" (false alarms {float(alarms):.1%})" if alarms is not None else ""
+            parts.append(f"{route} {float(threshold):.4g}{cost}")
+    return ", ".join(parts)
+
+
 def _status(args: argparse.Namespace) -> int:
     from router_model import registry
 
@@ -193,6 +224,9 @@ def _status(args: argparse.Namespace) -> int:
         print(
             f"  version {v.version}: data={v.tags.get('data_source')} gate={v.tags.get('gate', '-')} ({reason})"
         )
+        safe = _safe_thresholds(v.tags)
+        if safe:
+            print(f"    safe threshold (at most 1% poisonous among 'edible'): {safe}")
     return 0
 
 
