@@ -224,6 +224,10 @@ def safe_threshold(y: np.ndarray, p: np.ndarray, max_share: float = SAFE_POISONO
     return SafeThreshold(threshold, float(share[best]), false_alarms)
 
 
+#: Names of :func:`calibration_metrics`, in order.
+CALIBRATION_METRICS: tuple[str, ...] = ("ece", *(tail_metric_name(t) for t in TAIL_THRESHOLDS))
+
+
 def calibration_metrics(
     y: np.ndarray, p: np.ndarray, thresholds: Sequence[float] = TAIL_THRESHOLDS
 ) -> dict[str, float]:

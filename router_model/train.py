@@ -32,6 +32,7 @@ from sklearn.pipeline import Pipeline
 from router_model import features as F
 from router_model import settings
 from router_model.calibration import (
+    CALIBRATION_METRICS,
     LogOddsCalibrated,
     SafeThreshold,
     calibration_metrics,
@@ -44,7 +45,7 @@ from router_model.transformers import BinCross, OneHotCodes
 
 _logger = logging.getLogger(__name__)
 
-METRICS = ("roc_auc", "accuracy", "log_loss", "brier", "ece")
+METRICS = ("roc_auc", "accuracy", "log_loss", "brier", *CALIBRATION_METRICS)
 
 
 @dataclass(frozen=True)
