@@ -151,6 +151,22 @@ class Reliability:
     count: np.ndarray
 
 
+def chance_ece(p: np.ndarray, bins: int = ECE_BINS) -> float:
+    """The ECE a perfectly calibrated model with these predictions would show by chance, on average.
+
+    In a bin, the observed count of a calibrated model varies with variance ``sum p(1-p)``, so
+    the bin's |observed - predicted| share averages about ``sqrt(2/pi) * sqrt(sum p(1-p)) / n_bin``
+    (normal approximation). Small held-out sets make this large: a limit on ECE that ignores it
+    refuses honest models trained on little data.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    if len(p) == 0:
+        return 0.0
+    index = np.clip((p * bins).astype(np.int64), 0, bins - 1)
+    variance = np.bincount(index, weights=p * (1.0 - p), minlength=bins)
+    return float(np.sqrt(2.0 / np.pi) * np.sqrt(variance).sum() / len(p))
+
+
 def reliability(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> Reliability:
     """Bin rows by P(poisonous) into ``bins`` equal-width bins (the last one closed)."""
     y = np.asarray(y, dtype=np.float64)
@@ -225,14 +241,14 @@ def safe_threshold(y: np.ndarray, p: np.ndarray, max_share: float = SAFE_POISONO
 
 
 #: Names of :func:`calibration_metrics`, in order.
-CALIBRATION_METRICS: tuple[str, ...] = ("ece", *(tail_metric_name(t) for t in TAIL_THRESHOLDS))
+CALIBRATION_METRICS: tuple[str, ...] = ("ece", "ece_chance", *(tail_metric_name(t) for t in TAIL_THRESHOLDS))
 
 
 def calibration_metrics(
     y: np.ndarray, p: np.ndarray, thresholds: Sequence[float] = TAIL_THRESHOLDS
 ) -> dict[str, float]:
-    """ECE and the poisonous share below each of ``thresholds`` (metric names as logged)."""
-    out = {"ece": expected_calibration_error(y, p)}
+    """ECE, its chance level and the poisonous share below each of ``thresholds`` (names as logged)."""
+    out = {"ece": expected_calibration_error(y, p), "ece_chance": chance_ece(p)}
     for t in thresholds:
         out[tail_metric_name(t)] = poisonous_share_below(y, p, t)
     return out

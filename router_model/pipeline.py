@@ -11,8 +11,9 @@ champion by default. Otherwise the new version gets ``challenger`` and the reaso
 it. Nothing before the final alias move touches ``champion``, so a failed retrain never moves it,
 and that move is a compare-and-set: if another retrain promoted a version after this one was
 evaluated, the new version gets ``challenger`` instead (see :func:`apply_decision`). Before any
-comparison, a version whose probabilities are not honest (expected calibration error above
-:data:`GATE_MAX_ECE` on a route) is refused, however good its ROC-AUC (:func:`calibration_refusal`).
+comparison, a version whose probabilities are not honest (held-out expected calibration error
+above :data:`GATE_MAX_ECE` plus twice its chance level on a route) is refused, however good its
+ROC-AUC (:func:`calibration_refusal`).
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ from router_model.train import TrainConfig, evaluate, train
 _logger = logging.getLogger(__name__)
 
 GATE_METRIC = "roc_auc"
-#: The largest held-out expected calibration error (10 bins) a version may have on any route. Twice
-#: the 0.02 target, for the sampling noise of small held-out sets (the 1,600 synthetic test rows
-#: give 0.03 to a calibrated route); the uncalibrated naive Bayes route scored 0.065.
-GATE_MAX_ECE = 0.04
+#: The calibration limit of the gate: a version is refused when, on any route, its held-out expected
+#: calibration error (10 bins) exceeds this plus twice the ECE a perfectly calibrated model would
+#: show by chance on those rows (``ece_chance``, :func:`router_model.calibration.chance_ece`). On the
+#: real data's 10,807 held-out rows that is about 0.02 + 2 x 0.007; small held-out sets (600
+#: synthetic rows) get the room their sampling noise needs. The uncalibrated naive Bayes route
+#: scored 0.065 against a limit of 0.031.
+GATE_MAX_ECE = 0.02
 
 
 class PipelineError(RuntimeError):
@@ -155,11 +159,11 @@ def evaluate_against_champion(version: int, path: str) -> dict[str, Any]:
 
 
 def calibration_refusal(evaluation: dict[str, Any], max_ece: float = GATE_MAX_ECE) -> GateDecision | None:
-    """Refuse a candidate whose held-out ECE exceeds ``max_ece`` on any route.
+    """Refuse a candidate whose held-out ECE exceeds ``max_ece`` plus twice its chance level on any route.
 
     Args:
         evaluation: The output of :func:`evaluate_against_champion`.
-        max_ece: The limit (see :data:`GATE_MAX_ECE`).
+        max_ece: The limit before the allowance for chance (see :data:`GATE_MAX_ECE`).
 
     Returns:
         A rejection naming the routes and their ECE, or ``None`` when every route is within it.
@@ -167,10 +171,11 @@ def calibration_refusal(evaluation: dict[str, Any], max_ece: float = GATE_MAX_EC
     candidate = evaluation["candidate"]
     version = int(evaluation["version"])
     champion_version = evaluation.get("champion_version")
+    limits = {route: max_ece + 2 * candidate.get(f"{route}_ece_chance", 0.0) for route in F.ROUTES}
     over = [
-        f"{route} ECE {candidate[f'{route}_ece']:.4f} > {max_ece:g}"
+        f"{route} ECE {candidate[f'{route}_ece']:.4f} > {limits[route]:.4f}"
         for route in F.ROUTES
-        if candidate[f"{route}_ece"] > max_ece
+        if candidate[f"{route}_ece"] > limits[route]
     ]
     if not over:
         return None
