@@ -67,3 +67,17 @@ def test_mark_scores_good_rows_and_explains_bad_ones(rows, tmp_path):
 def test_unknown_on_error_is_refused(rows, tmp_path):
     with pytest.raises(ScoringError, match=r"on_error must be one of \['fail', 'mark'\]"):
         score_file(tmp_path / "x.csv", None, on_error="skip")
+
+
+def test_safe_threshold_scores_each_row_at_its_routes_recorded_value(rows, registered, tmp_path):
+    import mlflow
+
+    src = tmp_path / "in.csv"
+    rows.to_csv(src, index=False)
+    safe = mlflow.pyfunc.load_model(registered["model_uri"]).model_config["safe_threshold_1pct"]
+    scored = score_file(src, None, params={"threshold": "safe"}, quiet=True)
+    for route, threshold in safe.items():
+        part = scored[scored["model"].astype(str) == route]
+        assert len(part) > 0
+        expected = np.where(part["poisonous_probability"] >= threshold, "poisonous", "edible")
+        np.testing.assert_array_equal(part["prediction"].astype(str), expected)
