@@ -124,6 +124,7 @@ def _train(args: argparse.Namespace) -> int:
         print(
             f"  {route:<20} ROC-AUC {metrics[f'{route}_roc_auc']:.4f}  accuracy {metrics[f'{route}_accuracy']:.4f}"
             f"  log-loss {metrics[f'{route}_log_loss']:.4f}  Brier {metrics[f'{route}_brier']:.4f}"
+            f"  ECE {metrics[f'{route}_ece']:.4f}"
         )
     print(f"Registered {outcome['model_uri']} (run {outcome['run_id']})")
     print(f"Alias: {outcome['alias']} - {outcome['decision']['reason']}")
