@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 HOST ?= 127.0.0.1
 PORT ?= 5001
-# The real data set for `make bench` (users: download it from Kaggle, or train with --data).
-MUSHROOM_DATA ?= $(wildcard $(CURDIR)/../shared/data/mushroom_cleaned.csv)
+# The real data set for `make bench`: give it, e.g. `make bench MUSHROOM_DATA=~/mushroom_cleaned.csv`
+# (download it from Kaggle); CI sets it in .ci/run.
+MUSHROOM_DATA ?=
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # mlflow models serve and airflow start uvicorn/gunicorn by name: the venv's bin/ must be on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -57,6 +58,7 @@ bench: install ## run every benchmark on MUSHROOM_DATA and write docs/benchmarks
 
 airflow: install ## run Airflow 3 (airflow standalone) with the retrain DAG on http://127.0.0.1:8080
 	AIRFLOW_HOME=$(CURDIR)/.airflow \
+	AIRFLOW__API__HOST=$(HOST) \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__CORE__PARALLELISM=4 \

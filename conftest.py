@@ -117,6 +117,14 @@ def server(registered: dict, isolated_env: Path) -> Iterator[str]:
         log.close()
 
 
+@pytest.fixture(scope="session")
+def served_router(registered: dict):
+    """The :class:`router_model.router.Router` that ``server`` serves, loaded in this process."""
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(registered["model_uri"]).unwrap_python_model().router
+
+
 @pytest.fixture
 def run_cli(isolated_env: Path):
     """Run ``python -m router_model`` in a subprocess; returns the CompletedProcess."""

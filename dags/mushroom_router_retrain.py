@@ -1,7 +1,9 @@
 """Airflow 3 DAG: retrain the mushroom router and promote it only when it passes the quality gate.
 
 Every task is one call into :mod:`router_model.pipeline`, imported inside the task, so parsing this
-file imports neither MLflow, scikit-learn, pandas nor ``router_model`` and touches no database.
+file imports neither MLflow, scikit-learn nor pandas and touches no database. Of ``router_model`` it
+imports only ``settings`` and ``errors`` (standard library only), for the params' ranges and the
+error policy.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from typing import Any
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+# Names, ranges and the error policy only: both modules import nothing beyond the standard library.
+from router_model.errors import is_permanent
+from router_model.settings import MIN_IMPROVEMENT_RANGE
 
 DAG_ID = "mushroom_router_retrain"
 
@@ -37,8 +43,10 @@ DOC_MD = f"""
   It is keyed by `<dag_id>/<run_id>`: clearing and re-running the same DAG run reuses that version.
 * **evaluate_against_champion** scores the new version and the current `champion` on the same
   held-out rows.
-* **gate** promotes only when the ROC-AUC of *each* route is at least the champion's plus
-  `min_improvement` (the first version always becomes champion).
+* **gate** promotes only when, on the new held-out rows *and* on the champion's own held-out rows
+  (stored with each version), the ROC-AUC of *each* route is at least the champion's plus
+  `min_improvement`. Each set needs enough rows of both classes; a synthetic-data version never
+  replaces a real-data champion unless `allow_synthetic` is set.
 * **promote** moves `champion` and updates the asset `{CHAMPION_ASSET.uri}`;
   **keep_challenger** gives the version the `challenger` alias. Both record the reason as the
   `gate_reason` tag on the version. Nothing before them touches `champion`. If another retrain
@@ -47,8 +55,8 @@ DOC_MD = f"""
   version to compare against) and is skipped, so the asset gets no event. One run at a time
   (`max_active_runs=1`).
 
-Bad data, missing Kaggle credentials and invalid `train_params` fail at once with a one-line reason;
-other errors (for example an unreachable tracking server) are retried.
+Bad data, missing Kaggle credentials and `train_params` outside their ranges fail at once with a
+one-line reason; other errors (for example an unreachable tracking server) are retried.
 
 Tasks pass file paths to each other: run them where they share `MUSHROOM_HOME` (LocalExecutor, or
 shared storage) and point every worker at the same `MLFLOW_TRACKING_URI`.
@@ -82,10 +90,18 @@ params = {
         description="Training file on the worker (CSV, Parquet or JSON); used by 'auto' and 'path'.",
     ),
     "min_improvement": Param(
-        0.0,
+        MIN_IMPROVEMENT_RANGE[0],
         type="number",
-        minimum=0,
-        description="How much higher each route's ROC-AUC must be than the champion's to promote.",
+        minimum=MIN_IMPROVEMENT_RANGE[0],
+        maximum=MIN_IMPROVEMENT_RANGE[1],
+        description="How much higher each route's ROC-AUC must be than the champion's to promote "
+        f"({MIN_IMPROVEMENT_RANGE[0]} to {MIN_IMPROVEMENT_RANGE[1]}).",
+    ),
+    "allow_synthetic": Param(
+        False,
+        type="boolean",
+        description="Let a version trained on synthetic data replace a champion trained on real data "
+        "(it must still pass the gate).",
     ),
     "train_params": Param(
         {},
@@ -100,23 +116,20 @@ params = {
 
 
 def fail_fast(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn errors that a retry cannot fix into ``AirflowFailException`` (no retries).
+    """Apply the package's error policy (:mod:`router_model.errors`) to a task.
 
-    Bad or missing data (``DataError``), a pipeline precondition (``PipelineError``) and invalid
-    parameters (``ValueError``) fail the task at once with their one-line message. An error marked
-    ``transient = True`` and every other error (network, tracking server) keep the normal retries.
+    A ``RouterError`` that is not transient (bad data, missing Kaggle credentials, a training
+    param out of range, a pipeline precondition) fails the task at once with its one-line message:
+    a retry cannot fix it. Transient ones and every other error (an unreachable tracking server,
+    a bug) keep the normal retries.
     """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (RuntimeError, ValueError) as err:
-            from router_model.data import DataError
-            from router_model.pipeline import PipelineError
-
-            permanent = isinstance(err, (DataError, PipelineError)) or type(err) is ValueError
-            if permanent and not getattr(err, "transient", False):
+        except Exception as err:
+            if is_permanent(err):
                 raise AirflowFailException(f"{type(err).__name__}: {err}") from err
             raise
 
@@ -181,7 +194,7 @@ def mushroom_router_retrain() -> None:
         """Decide; pushes the decision as XCom ``decision`` and follows ``promote`` or ``keep_challenger``."""
         from router_model import pipeline
 
-        decision = pipeline.decide(evaluation, float(params["min_improvement"]))
+        decision = pipeline.decide(evaluation, params["min_improvement"], params["allow_synthetic"])
         ti.xcom_push(key="decision", value=decision.as_dict())
         return "promote" if decision.promote else "keep_challenger"
 
@@ -193,13 +206,13 @@ def mushroom_router_retrain() -> None:
         Skipped (so the asset gets no event) when another retrain promoted a version after this
         one was evaluated: the new version is then ``challenger`` (see ``pipeline.apply_decision``).
         """
-        from router_model import pipeline, settings
+        from router_model import pipeline
 
-        alias, applied = pipeline.settle_decision(decision)
-        if alias != settings.CHAMPION:
-            raise AirflowSkipException(f"version {applied.version} is {alias}: {applied.reason}")
-        outlet_events[CHAMPION_ASSET].extra = {"version": decision["version"], "reason": decision["reason"]}
-        return alias
+        applied = pipeline.apply_decision(decision)
+        if not applied.promote:
+            raise AirflowSkipException(f"version {applied.version} is {applied.alias}: {applied.reason}")
+        outlet_events[CHAMPION_ASSET].extra = {"version": applied.version, "reason": applied.reason}
+        return applied.alias
 
     @task(execution_timeout=timedelta(minutes=10))
     @fail_fast
@@ -207,7 +220,7 @@ def mushroom_router_retrain() -> None:
         """Give the new version ``challenger`` (champion stays) and record the reason."""
         from router_model import pipeline
 
-        return pipeline.apply_decision(decision)
+        return pipeline.apply_decision(decision).alias
 
     fetched = fetch_data()
     validated = validate_data(fetched)

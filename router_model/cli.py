@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from router_model import settings
+from router_model.errors import RouterError
 
 _logger = logging.getLogger(__name__)
 
@@ -60,11 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="training hyperparameter override, e.g. --param lr_c=0.5 (repeatable)",
     )
+    low, high = settings.MIN_IMPROVEMENT_RANGE
     train.add_argument(
         "--min-improvement",
         type=float,
-        default=0.0,
-        help="ROC-AUC margin per route the new version needs over the champion (default 0)",
+        default=low,
+        help=f"ROC-AUC margin per route the new version needs over the champion ({low} to {high}, default {low})",
+    )
+    train.add_argument(
+        "--allow-synthetic",
+        action="store_true",
+        help="let a version trained on synthetic data replace a champion trained on real data "
+        "(it must still pass the gate)",
     )
 
     serve = sub.add_parser("serve", help="serve models:/mushroom-router@champion with mlflow models serve")
@@ -110,17 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from router_model import features as F
     from router_model import pipeline
 
     source = "synthetic" if args.synthetic else "kaggle" if args.kaggle else None
     outcome = pipeline.retrain(
-        path=args.data, source=source, train_params=dict(args.param), min_improvement=args.min_improvement
+        path=args.data,
+        source=source,
+        train_params=dict(args.param),
+        min_improvement=args.min_improvement,
+        allow_synthetic=args.allow_synthetic,
     )
     metrics = outcome["evaluation"]["candidate"]
     print(f"Trained on {outcome['data']['source']} data: {outcome['data']['path']}")
     if outcome["data"]["source"] == "synthetic":
         print("WARNING: synthetic data; this model says nothing about real mushrooms.")
-    for route in ("naive_bayes", "logistic_regression"):
+    if metrics is None:
+        print("  no held-out metrics: the held-out rows lack one of the classes")
+    for route in F.ROUTES if metrics else ():
         print(
             f"  {route:<20} ROC-AUC {metrics[f'{route}_roc_auc']:.4f}  accuracy {metrics[f'{route}_accuracy']:.4f}"
             f"  log-loss {metrics[f'{route}_log_loss']:.4f}  Brier {metrics[f'{route}_brier']:.4f}"
@@ -241,19 +256,21 @@ _COMMANDS = {
 }
 
 
-def _known_errors() -> tuple[type[Exception], ...]:
-    # Imported on the error path only: the pipeline imports MLflow (seconds), which `serve` does
+def _named_errors() -> tuple[type[Exception], ...]:
+    # Imported on the error path only: scoring and validation import pandas, which `serve` does
     # not need before it hands over to `mlflow models serve`.
-    from router_model.data import DataError
-    from router_model.pipeline import PipelineError
     from router_model.scoring import ScoringError
     from router_model.validation import InvalidInputError
 
-    return DataError, PipelineError, ScoringError, InvalidInputError, ValueError
+    return RouterError, ScoringError, InvalidInputError
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; known failures print one line to stderr and exit 2, never a traceback."""
+    """Run the CLI with the package's error policy (:mod:`router_model.errors`).
+
+    A named error prints one line to stderr and exits 2, never a traceback; anything else is a
+    bug, and keeps its traceback after a one-line hint.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -265,7 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except Exception as err:
-        if not isinstance(err, _known_errors()):
+        if not isinstance(err, _named_errors()):
+            print(
+                f"mushroom-router {args.command}: unexpected {type(err).__name__}, probably a bug; "
+                "the traceback follows (please report it with the command you ran)",
+                file=sys.stderr,
+            )
             raise
         print(f"mushroom-router {args.command}: error: {err}", file=sys.stderr)
         return 2

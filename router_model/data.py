@@ -24,6 +24,7 @@ import pandas as pd
 
 from router_model import features as F
 from router_model import settings, tables
+from router_model.errors import RouterError
 from router_model.validation import InvalidInputError, feature_matrix
 
 _logger = logging.getLogger(__name__)
@@ -37,14 +38,8 @@ SYNTHETIC_ROWS = 8000
 SYNTHETIC_SEED = 20240607
 
 
-class DataError(RuntimeError):
-    """The training data cannot be had or is not fit to train on; the message says why.
-
-    Attributes:
-        transient: Whether trying again later may help (a retrying scheduler reads it).
-    """
-
-    transient = False
+class DataError(RouterError):
+    """The training data cannot be had or is not fit to train on; the message says why."""
 
 
 class DataUnavailableError(DataError):

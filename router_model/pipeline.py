@@ -5,15 +5,19 @@ takes and returns small JSON-friendly values (paths, versions, metrics) and is s
 training with a ``retrain_key`` that is already registered returns that version instead of
 registering a duplicate, and alias moves are idempotent.
 
-The gate: a new version takes ``champion`` only when, on the same held-out rows, its ROC-AUC on
-*each* route is at least the current champion's plus ``min_improvement``. The first version is
-champion by default. Otherwise the new version gets ``challenger`` and the reason is recorded on
-it. Nothing before the final alias move touches ``champion``, so a failed retrain never moves it,
-and that move is a compare-and-set: if another retrain promoted a version after this one was
-evaluated, the new version gets ``challenger`` instead (see :func:`apply_decision`). Before any
-comparison, a version whose probabilities are not honest (held-out expected calibration error
-above :data:`GATE_MAX_ECE` plus twice its chance level on a route) is refused, however good its
-ROC-AUC (:func:`calibration_refusal`).
+The gate (:func:`decide`): a new version takes ``champion`` only when, on *every* yardstick, its
+ROC-AUC on *each* route is at least the current champion's plus ``min_improvement``. The
+yardsticks are the new file's held-out rows and the champion's own held-out rows, stored with it,
+so a retrain cannot choose the rows it is judged on; each needs enough rows of both classes, and a
+synthetic-data version never replaces a real-data champion unless explicitly allowed. The first
+version is champion if its held-out rows suffice. Otherwise the new version gets ``challenger``
+and the reason is recorded on it. Nothing before the final alias move touches ``champion``, so a
+failed retrain never moves it, and that move is a compare-and-set: if another retrain promoted a
+version after this one was evaluated, the new version gets ``challenger`` instead (see
+:func:`apply_decision`). Before the ROC-AUC
+comparisons, a version whose probabilities are not honest (expected calibration error on the new
+held-out rows above :data:`GATE_MAX_ECE` plus twice its chance level, on some route) is refused,
+however good its ROC-AUC (:func:`calibration_refusal`).
 """
 
 from __future__ import annotations
@@ -21,13 +25,19 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from router_model import data as data_mod
 from router_model import features as F
 from router_model import registry, settings
+from router_model.errors import ConfigError, RouterError
+from router_model.router import Router
 from router_model.train import TrainConfig, evaluate, train
 
 _logger = logging.getLogger(__name__)
@@ -42,7 +52,7 @@ GATE_METRIC = "roc_auc"
 GATE_MAX_ECE = 0.02
 
 
-class PipelineError(RuntimeError):
+class PipelineError(RouterError):
     """A retrain step cannot go on; the message says why."""
 
 
@@ -61,6 +71,11 @@ class GateDecision:
     reason: str
     version: int
     champion_version: int | None = None
+
+    @property
+    def alias(self) -> str:
+        """The alias the version holds once the decision is applied."""
+        return settings.CHAMPION if self.promote else settings.CHALLENGER
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -124,38 +139,139 @@ def train_and_register(
     return registry.log_router(result, tags, extra).as_dict()
 
 
+def check_min_improvement(value: float) -> float:
+    """Refuse a gate margin outside :data:`router_model.settings.MIN_IMPROVEMENT_RANGE`.
+
+    Returns:
+        ``value`` as a float.
+
+    Raises:
+        ConfigError: For NaN, a negative margin (it would promote a worse model) or one above
+            the range (it can never be met by a working model).
+    """
+    low, high = settings.MIN_IMPROVEMENT_RANGE
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not low <= number <= high:  # NaN fails both comparisons
+        raise ConfigError(
+            f"min_improvement is {value!r}; expected a ROC-AUC margin from {low} to {high} "
+            "(0 lets a version that matches the champion take over)"
+        )
+    return number
+
+
+def _yardstick(name: str, rows: pd.DataFrame, candidate: Router, champion: Router | None) -> dict[str, Any]:
+    """Score the candidate (and the champion) on one set of held-out rows."""
+    counts = rows[F.TARGET].value_counts()
+    found: dict[str, Any] = {
+        "name": name,
+        "rows": len(rows),
+        "edible": int(counts.get(F.LABEL_EDIBLE, 0)),
+        "poisonous": int(counts.get(F.LABEL_POISONOUS, 0)),
+        "candidate": None,
+        "champion": None,
+    }
+    if min(found["edible"], found["poisonous"]) > 0:  # ROC-AUC needs both classes
+        found["candidate"] = evaluate(candidate, rows)
+        found["champion"] = evaluate(champion, rows) if champion is not None else None
+    return found
+
+
+def _champion_holdout(version: int, tags: Mapping[str, str]) -> pd.DataFrame | None:
+    """The champion's own held-out rows: stored with it, else re-split from its file if unchanged.
+
+    Versions registered before the rows were stored with each version carry only the path and
+    sha256 of their training file; the split is deterministic, so the same file gives the same
+    rows.
+    """
+    stored = registry.holdout_frame(version)
+    if stored is not None:
+        return stored
+    path, sha = tags.get("data_path"), tags.get("data_sha256")
+    if path and sha and Path(path).is_file() and data_mod.file_sha256(path) == sha:
+        return data_mod.split(data_mod.load_training_frame(path))[1]
+    return None
+
+
 def evaluate_against_champion(version: int, path: str) -> dict[str, Any]:
-    """Score the candidate and the current champion on the same held-out rows.
+    """Score the candidate and the champion on yardsticks the candidate did not choose.
+
+    Two sets of held-out rows: the new training file's (as split for the candidate) and the
+    champion's own, stored with the champion when it was trained. A retrain therefore cannot
+    win by bringing rows that suit it: on the champion's rows the champion is judged where it
+    was trained to be good. When both versions were trained on the same file the two sets are the
+    same rows and are scored once.
 
     Args:
         version: Candidate version.
         path: The training file the candidate was trained on (its held-out split is used).
 
     Returns:
-        ``{"version", "candidate": metrics, "champion_version", "champion": metrics or None}``.
+        ``{"version", "data_source", "champion_version", "champion_data_source", "candidate",
+        "champion", "yardsticks"}``: ``candidate``/``champion`` are the metrics on the new
+        held-out rows, ``yardsticks`` a list of ``{"name", "rows", "edible", "poisonous",
+        "candidate", "champion"}`` (metrics ``None`` when a set lacks a class), or
+        ``{"name", "missing"}`` when the champion's rows cannot be had.
 
     Raises:
         PipelineError: If the file is not the one the candidate was trained on.
     """
-    c = registry.client()
-    candidate = c.get_model_version(settings.MODEL_NAME, str(version))
-    expected = candidate.tags.get("data_sha256")
+    tags = registry.version_tags(version)
+    expected = tags.get("data_sha256")
     actual = data_mod.file_sha256(path)
     if expected and expected != actual:
         raise PipelineError(
             f"{path} changed since version {version} was trained on it (sha256 {actual[:12]} != {expected[:12]})"
         )
     _, test = data_mod.split(data_mod.load_training_frame(path))
-    scores = {
+    candidate = registry.load_router(registry.version_uri(version))
+    found = registry.alias_version(settings.CHAMPION)
+    champion_version = int(found.version) if found is not None else None
+    if champion_version == int(version):
+        found = None  # a re-run after the promotion: nothing to compare with
+    champion = registry.load_router(registry.version_uri(champion_version)) if found is not None else None
+    yardsticks = [_yardstick(f"version {version}'s held-out rows", test, candidate, champion)]
+    if found is not None:
+        name = f"champion version {champion_version}'s held-out rows"
+        theirs = _champion_holdout(champion_version, found.tags)
+        if theirs is None:
+            yardsticks.append({"name": name, "missing": "not stored with it, and its training file is gone"})
+        elif not _same_rows(theirs, test):
+            yardsticks.append(_yardstick(name, theirs, candidate, champion))
+    return {
         "version": int(version),
-        "candidate": evaluate(registry.load_router(registry.version_uri(version)), test),
+        "data_source": tags.get("data_source"),
+        "champion_version": champion_version,
+        "champion_data_source": found.tags.get("data_source") if found is not None else None,
+        "candidate": yardsticks[0]["candidate"],
+        "champion": yardsticks[0]["champion"],
+        "yardsticks": yardsticks,
     }
-    champion = registry.alias_version(settings.CHAMPION)
-    scores["champion_version"] = int(champion.version) if champion else None
-    scores["champion"] = None
-    if champion is not None and int(champion.version) != int(version):
-        scores["champion"] = evaluate(registry.load_router(registry.version_uri(champion.version)), test)
-    return scores
+
+
+def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    columns = [*F.ALL_FEATURES, F.TARGET]
+    return len(a) == len(b) and bool(
+        (
+            pd.util.hash_pandas_object(a[columns], index=False).to_numpy()
+            == pd.util.hash_pandas_object(b[columns], index=False).to_numpy()
+        ).all()
+    )
+
+
+def _too_few(yardstick: Mapping[str, Any]) -> str | None:
+    """Why a yardstick cannot judge, or ``None`` when it can."""
+    if "missing" in yardstick:
+        return f"{yardstick['name']} are {yardstick['missing']}"
+    need = settings.MIN_HOLDOUT_ROWS_PER_CLASS
+    if min(yardstick["edible"], yardstick["poisonous"]) < need:
+        return (
+            f"{yardstick['name']} are too few to judge: {yardstick['edible']} edible and "
+            f"{yardstick['poisonous']} poisonous, the gate needs at least {need} of each"
+        )
+    return None
 
 
 def calibration_refusal(evaluation: dict[str, Any], max_ece: float = GATE_MAX_ECE) -> GateDecision | None:
@@ -183,35 +299,75 @@ def calibration_refusal(evaluation: dict[str, Any], max_ece: float = GATE_MAX_EC
     return GateDecision(False, reason, version, None if champion_version is None else int(champion_version))
 
 
-def decide(evaluation: dict[str, Any], min_improvement: float = 0.0) -> GateDecision:
+def decide(
+    evaluation: dict[str, Any], min_improvement: float = 0.0, allow_synthetic: bool = False
+) -> GateDecision:
     """Apply the gate to the output of :func:`evaluate_against_champion`.
 
+    The rule, in order: every yardstick needs at least
+    :data:`~router_model.settings.MIN_HOLDOUT_ROWS_PER_CLASS` rows of each class (the first
+    version too); the candidate's calibration must pass :func:`calibration_refusal`; a version
+    trained on synthetic data never replaces a champion trained on real
+    data unless ``allow_synthetic``; and on *every* yardstick, *each* route's ROC-AUC must be at
+    least the champion's plus ``min_improvement``.
+
     Args:
-        evaluation: Candidate and champion metrics on the same rows.
+        evaluation: Candidate and champion metrics per yardstick.
         min_improvement: How much higher each route's ROC-AUC must be than the champion's.
+        allow_synthetic: Let a synthetic-data version replace a real-data champion (it must still
+            pass every yardstick).
 
     Returns:
         The :class:`GateDecision`.
+
+    Raises:
+        ConfigError: If ``min_improvement`` is outside its range.
     """
+    min_improvement = check_min_improvement(min_improvement)
     version = int(evaluation["version"])
     champion_version = evaluation.get("champion_version")
+    if champion_version is not None and int(champion_version) == version:
+        return GateDecision(True, f"version {version} is already the champion", version, version)
+    yardsticks = evaluation["yardsticks"]
+    for yardstick in yardsticks:
+        why = _too_few(yardstick)
+        if why:
+            return GateDecision(
+                False, f"version {version} cannot be judged: {why}", version, champion_version
+            )
     if (refused := calibration_refusal(evaluation)) is not None:
         return refused
     if champion_version is None:
         return GateDecision(True, "first version: no champion yet", version, None)
-    if int(champion_version) == version:
-        return GateDecision(True, f"version {version} is already the champion", version, version)
-    candidate, champion = evaluation["candidate"], evaluation["champion"]
+    champion_version = int(champion_version)
+    synthetic = data_mod.SOURCE_SYNTHETIC
+    if (
+        evaluation.get("data_source") == synthetic
+        and evaluation.get("champion_data_source") not in (None, synthetic)
+        and not allow_synthetic
+    ):
+        return GateDecision(
+            False,
+            f"version {version} was trained on synthetic data and champion version {champion_version} on "
+            f"{evaluation['champion_data_source']} data: a synthetic model never replaces a real one "
+            "unless allowed (--allow-synthetic, DAG param allow_synthetic)",
+            version,
+            champion_version,
+        )
     parts, ok = [], True
-    for route in F.ROUTES:
-        key = f"{route}_{GATE_METRIC}"
-        need = champion[key] + min_improvement
-        passed = candidate[key] >= need
-        ok &= passed
-        parts.append(f"{route} ROC-AUC {candidate[key]:.4f} {'>=' if passed else '<'} {need:.4f}")
+    for yardstick in yardsticks:
+        candidate, champion = yardstick["candidate"], yardstick["champion"]
+        checks = []
+        for route in F.ROUTES:
+            key = f"{route}_{GATE_METRIC}"
+            need = champion[key] + min_improvement
+            passed = candidate[key] >= need
+            ok &= passed
+            checks.append(f"{route} ROC-AUC {candidate[key]:.4f} {'>=' if passed else '<'} {need:.4f}")
+        parts.append(f"on {yardstick['name']} ({yardstick['rows']}) " + ", ".join(checks))
     verdict = "beats or matches" if ok else "is worse than"
     reason = f"version {version} {verdict} champion version {champion_version}: " + "; ".join(parts)
-    return GateDecision(ok, reason, version, int(champion_version))
+    return GateDecision(ok, reason, version, champion_version)
 
 
 @contextlib.contextmanager
@@ -219,7 +375,7 @@ def promotion_lock() -> Iterator[None]:
     """Hold an exclusive lock on ``<data dir>/.promotion.lock`` for a read-compare-move of ``champion``.
 
     MLflow's registry has no conditional alias update, so this is what makes the compare-and-set
-    in :func:`settle_decision` atomic for every process that shares the data folder: the CLI, and
+    in :func:`apply_decision` atomic for every process that shares the data folder: the CLI, and
     Airflow tasks, which must share it anyway to pass files. Processes on other machines are not
     covered; between them a window of one registry call remains. If the lock file cannot be
     opened, the move goes ahead unlocked, with a warning.
@@ -260,16 +416,31 @@ def stale_reason(decision: GateDecision, current: int | None) -> str:
     )
 
 
-def settle_decision(decision: GateDecision | Mapping[str, Any]) -> tuple[str, GateDecision]:
-    """:func:`apply_decision`, also returning the decision that took effect.
+def apply_decision(decision: GateDecision | Mapping[str, Any]) -> GateDecision:
+    """Move the aliases as decided and record the reason on the version.
+
+    A promotion is a compare-and-set: right before moving ``champion`` the current champion is read
+    again, and if it is no longer the version the candidate was evaluated against (another retrain
+    or a manual promote moved it in the meantime), ``champion`` stays where it is and the candidate
+    gets ``challenger`` with the tag ``gate=superseded`` and a ``gate_reason`` saying which version
+    to compare against on a re-run. The read and the move happen under :func:`promotion_lock`, so
+    processes that share the data folder cannot interleave there; between machines that do not, a
+    window of one registry call remains (MLflow's registry has no conditional alias update). A
+    registry that cannot be reached raises; it is never read as "no champion".
+
+    Applying the same decision again is idempotent: a promoted version finds itself champion and
+    stays, a superseded or rejected one stays challenger, and the tags are rewritten unchanged.
+    The version is tagged with ``gate`` (``promoted``, ``rejected`` or ``superseded``),
+    ``gate_reason`` and ``gate_champion_version`` (the champion it was compared with, or
+    ``none``) after the alias move.
 
     Args:
-        decision: A :class:`GateDecision` or its ``as_dict()`` form.
+        decision: A :class:`GateDecision` or its ``as_dict()`` form (what a DAG task passes on).
 
     Returns:
-        The alias the version now holds, and the decision applied: the given one or, when the
-        champion moved since the evaluation, a rejection whose reason says so (what
-        :func:`retrain` reports).
+        The decision that took effect: the given one or, when the champion moved since the
+        evaluation, a rejection whose reason says so. Its :attr:`GateDecision.alias` is the alias
+        the version now holds.
     """
     if not isinstance(decision, GateDecision):
         decision = GateDecision(**decision)
@@ -303,35 +474,7 @@ def settle_decision(decision: GateDecision | Mapping[str, Any]) -> tuple[str, Ga
             "gate_champion_version": "none" if champion_version is None else champion_version,
         },
     )
-    return (settings.CHAMPION if decision.promote else settings.CHALLENGER), decision
-
-
-def apply_decision(decision: GateDecision | Mapping[str, Any]) -> str:
-    """Move the aliases as decided and record the reason on the version.
-
-    A promotion is a compare-and-set: right before moving ``champion`` the current champion is read
-    again, and if it is no longer the version the candidate was evaluated against (another retrain
-    or a manual promote moved it in the meantime), ``champion`` stays where it is and the candidate
-    gets ``challenger`` with the tag ``gate=superseded`` and a ``gate_reason`` saying which version
-    to compare against on a re-run. The read and the move happen under :func:`promotion_lock`, so
-    processes that share the data folder cannot interleave there; between machines that do not, a
-    window of one registry call remains (MLflow's registry has no conditional alias update). A
-    registry that cannot be reached raises; it is never read as "no champion".
-
-    Applying the same decision again is idempotent: a promoted version finds itself champion and
-    stays, a superseded or rejected one stays challenger, and the tags are rewritten unchanged.
-    The version is tagged with ``gate`` (``promoted``, ``rejected`` or ``superseded``),
-    ``gate_reason`` and ``gate_champion_version`` (the champion it was compared with, or
-    ``none``) after the alias move.
-
-    Args:
-        decision: A :class:`GateDecision` or its ``as_dict()`` form (what a DAG task passes on).
-
-    Returns:
-        The alias the version now holds (``champion`` or ``challenger``).
-    """
-    alias, _ = settle_decision(decision)
-    return alias
+    return decision
 
 
 def retrain(
@@ -340,23 +483,28 @@ def retrain(
     train_params: dict[str, Any] | None = None,
     min_improvement: float = 0.0,
     retrain_key: str | None = None,
+    allow_synthetic: bool = False,
 ) -> dict[str, Any]:
     """Run every step in one process (what ``mushroom-router train`` does).
 
     Returns:
         Data, registration, evaluation, the decision that took effect (see
-        :func:`settle_decision`) and the alias, as one dict.
+        :func:`apply_decision`) and the alias, as one dict.
+
+    Raises:
+        ConfigError: If ``min_improvement`` is out of range (checked before anything runs).
     """
+    check_min_improvement(min_improvement)
     fetched = fetch_data(source=source, path=path)
     summary = validate_data(fetched["path"])
     registered = train_and_register(fetched["path"], fetched["source"], train_params, retrain_key)
     evaluation = evaluate_against_champion(registered["version"], fetched["path"])
-    alias, decision = settle_decision(decide(evaluation, min_improvement))
+    decision = apply_decision(decide(evaluation, min_improvement, allow_synthetic))
     return {
         "data": fetched,
         "summary": summary,
         **registered,
         "evaluation": evaluation,
         "decision": decision.as_dict(),
-        "alias": alias,
+        "alias": decision.alias,
     }

@@ -15,7 +15,6 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from mlflow.types import ParamSchema, ParamSpec
 
 from router_model import features as F
 from router_model import settings
+from router_model.requirements import pinned_requirements
 from router_model.router import (
     CONFIG_PREFERRED,
     CONFIG_SAFE_FALSE_ALARM,
@@ -49,6 +49,11 @@ ENTRY_FILE = PACKAGE_DIR / "pyfunc_entry.py"
 
 TAG_RETRAIN_KEY = "retrain_key"
 TAG_RUN_ID = "run_id"
+TAG_HOLDOUT_ROWS = "holdout_rows"
+
+#: Each version's held-out rows, logged with its run: the gate scores later candidates on them,
+#: so a retrain cannot pick the rows it is judged on (see :mod:`router_model.pipeline`).
+HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
 
 
 def route_tag(key: str, route: str) -> str:
@@ -137,10 +142,8 @@ def git_commit() -> str | None:
 
 
 def pip_requirements() -> list[str]:
-    """Pinned runtime requirements of the logged router."""
-    return [
-        f"{name}=={package_version(name)}" for name in ("mlflow", "scikit-learn", "pandas", "numpy", "skops")
-    ]
+    """Pinned runtime requirements of the logged router, derived from the code it runs."""
+    return pinned_requirements(ENTRY_FILE)
 
 
 @contextlib.contextmanager
@@ -205,6 +208,37 @@ def tag_version(version: int | str, tags: dict[str, Any]) -> None:
 def version_uri(version: int | str) -> str:
     """``models:/mushroom-router/<version>``."""
     return f"models:/{settings.MODEL_NAME}/{version}"
+
+
+def version_tags(version: int | str) -> dict[str, str]:
+    """The tags of a registered version.
+
+    Raises:
+        MlflowException: If the version does not exist or the registry cannot answer.
+    """
+    return dict(client().get_model_version(settings.MODEL_NAME, str(version)).tags)
+
+
+def holdout_frame(version: int | str) -> pd.DataFrame | None:
+    """The held-out rows a version was evaluated on at training time (:data:`HOLDOUT_ARTIFACT`).
+
+    Returns:
+        The rows (every feature and ``class``), or ``None`` for a version logged before the rows
+        were stored with it.
+
+    Raises:
+        MlflowException: If the registry or the artifact store cannot answer.
+    """
+    c = client()
+    run_id = c.get_model_version(settings.MODEL_NAME, str(version)).run_id
+    folder = HOLDOUT_ARTIFACT.rsplit("/", 1)[0]
+    if not any(f.path == HOLDOUT_ARTIFACT for f in c.list_artifacts(run_id, folder)):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=HOLDOUT_ARTIFACT, dst_path=tmp
+        )
+        return pd.read_parquet(local)
 
 
 def load_router(model_uri: str) -> Router:
@@ -275,6 +309,9 @@ def log_router(
             mlflow.log_figure(figure, f"plots/{name}.png")
             plt.close(figure)
         with tempfile.TemporaryDirectory() as tmp:
+            holdout = Path(tmp) / Path(HOLDOUT_ARTIFACT).name
+            test.to_parquet(holdout, index=False)
+            mlflow.log_artifact(str(holdout), str(Path(HOLDOUT_ARTIFACT).parent))
             artifacts = {}
             for route, model in result.router.submodels.items():
                 path = str(Path(tmp) / submodel_filename(route))
@@ -300,7 +337,9 @@ def log_router(
             safe_tags[route_tag(CONFIG_SAFE_THRESHOLD, route)] = repr(found.threshold)
             safe_tags[route_tag(CONFIG_SAFE_FALSE_ALARM, route)] = repr(found.false_alarm_rate)
         version = mlflow.register_model(
-            info.model_uri, settings.MODEL_NAME, tags={**tags, **safe_tags, TAG_RUN_ID: run.info.run_id}
+            info.model_uri,
+            settings.MODEL_NAME,
+            tags={**tags, **safe_tags, TAG_RUN_ID: run.info.run_id, TAG_HOLDOUT_ROWS: str(len(test))},
         )
     registered = RegisteredRouter(run.info.run_id, version_uri(version.version), int(version.version))
     _logger.info("Registered %s (run %s)", registered.model_uri, registered.run_id)

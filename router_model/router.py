@@ -27,7 +27,7 @@ import contextlib
 import logging
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import mlflow.pyfunc
@@ -207,8 +207,10 @@ def assign_routes(
 
 
 def _scalar(value: Any) -> Any:
-    """Unwrap the 0-d arrays MLflow's JSON parser wraps ``instances``/``inputs`` values in."""
-    return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+    """Turn a NumPy array cell into Python values: a 0-d array (MLflow's parsers wrap single
+    values in them) into its value, a row of a 2-d column into a list (which the router refuses).
+    """
+    return value.tolist() if isinstance(value, np.ndarray) else value
 
 
 def _hashable(label: object) -> bool:
@@ -231,22 +233,71 @@ def hashable_labels(model_input: Any) -> None:
         )
 
 
-def as_frame(model_input: Any) -> pd.DataFrame:
-    """Accept the shapes MLflow hands to ``predict`` and return a DataFrame.
+def _is_column(value: object) -> bool:
+    """Whether a value of a mapping of columns holds one entry per row (a list or an array)."""
+    if isinstance(value, np.ndarray):
+        return value.ndim > 0
+    return isinstance(value, (list, tuple, pd.Series, pd.Index))
+
+
+def column_rows(columns: Mapping[Any, Any]) -> int | None:
+    """The number of rows in a mapping of columns, or ``None`` when it is a single record.
+
+    A mapping whose values are all lists (or arrays) holds one row per entry; one whose values
+    are all single values is one record. Anything between has no one reading, so it is refused
+    rather than broadcast or flattened into more or fewer rows than the client meant.
 
     Raises:
-        InvalidInputError: For input without column names (a bare array or list of lists).
+        InvalidInputError: Naming the columns when some hold lists and others single values, or
+            when the lists differ in length.
+    """
+    lengths = {label: len(value) for label, value in columns.items() if _is_column(value)}
+    if not lengths:
+        return None
+    singles = [label for label in columns if label not in lengths]
+    if singles:
+        raise InvalidInputError(
+            f"columns {few_labels(list(lengths))} hold lists but {few_labels(singles)} hold single "
+            "values; give every column as a list with one entry per row, or every column as a "
+            "single value (one record)"
+        )
+    if len(set(lengths.values())) > 1:
+        shown = few_labels([f"{label!r}: {n}" for label, n in lengths.items()], show=str)
+        raise InvalidInputError(
+            f"columns of different lengths ({shown}); every column needs one entry per row"
+        )
+    return next(iter(lengths.values()))
+
+
+def few_labels(labels: list[Any], limit: int = 8, show: Callable[[Any], str] = repr) -> str:
+    """Name the first ``limit`` labels of a list for an error message, and count the rest."""
+    shown = ", ".join(show(label) for label in labels[:limit])
+    return shown + (f" and {len(labels) - limit} more" if len(labels) > limit else "")
+
+
+def as_frame(model_input: Any) -> pd.DataFrame:
+    """Accept the shapes MLflow hands to ``predict`` and return a DataFrame, one row per input row.
+
+    Records (a list of mappings) give one row each; a mapping of columns gives one row per entry
+    (see :func:`column_rows`); a mapping of single values is one record.
+
+    Raises:
+        InvalidInputError: For input without column names (a bare array or list of lists), or a
+            mapping that is neither columns of one length nor one record.
     """
     if isinstance(model_input, pd.DataFrame):
         return model_input
-    # ValueError covers columns of different lengths and the UnicodeEncodeError of a lone
-    # surrogate (invalid UTF-8 that MLflow's JSON parser lets through) in a key or value.
+    # ValueError covers the UnicodeEncodeError of a lone surrogate (invalid UTF-8 that MLflow's
+    # JSON parser lets through) in a key or value.
     if isinstance(model_input, Mapping):
         values = dict(model_input)
+        rows = column_rows(values)
         try:
-            if all(np.ndim(v) == 0 for v in values.values()):  # one record
+            if rows is None:  # one record
                 return pd.DataFrame([{k: _scalar(v) for k, v in values.items()}])
-            return pd.DataFrame({k: [_scalar(x) for x in np.ravel(v)] for k, v in values.items()})
+            return pd.DataFrame(
+                {k: [_scalar(x) for x in v] for k, v in values.items()}, index=pd.RangeIndex(rows)
+            )
         except (ValueError, TypeError) as err:
             raise InvalidInputError(f"columns that do not form a table: {err}") from None
     if isinstance(model_input, list) and all(isinstance(r, Mapping) for r in model_input):

@@ -9,6 +9,12 @@
   body, or of any non-MLflow exception, and echoes the whole parsed input, or a whole undecodable
   body, in the message;
 * answers an unsupported content type with plain text, where every other error is JSON;
+* turns ``instances`` records into columns, so a batch mixing the two feature sets is merged
+  into fewer rows (``[NB, LR]`` got one answer) or refused (``[LR, NB, LR]``), and turns
+  ``instances``/``inputs`` columns into NumPy arrays, which fold a boolean into 1 and flatten
+  nested lists into extra rows;
+* scores a ``dataframe_split`` whose index is longer than its data with its rows repeated, the
+  last of a duplicated JSON key and the first of a duplicated CSV header, without a word;
 * reads and parses a body of any size (a 50 MB body takes about 1 GiB to parse);
 * serialises predictions with ``DataFrame.to_dict`` and ``json.dump``, whose pure-Python encoder
   took 83% of a 1,000-row router request (the router answers four fields a row, two of them
@@ -19,19 +25,23 @@ MLflow sets ``__pyfunc_model_path__`` for it). :func:`install` replaces the modu
 ``invocations`` with a guard around the original, and its ``predictions_to_json`` with one that
 writes the same JSON value five to ten times faster (orjson for the router's answer). ``app.py``
 builds the FastAPI app after the model has loaded, and its handler looks ``invocations`` up when
-called, so the guard is in place from the first request. Nothing else in MLflow changes; with an
-MLflow whose functions no longer have the expected signatures, :func:`install` logs a warning and
-changes nothing.
+called, so the guard is in place from the first request. The guard parses a JSON body itself
+(:func:`prepare`) and hands MLflow the parsed object, which its ``_decode_json_input`` takes as
+is. Nothing else in MLflow changes; with an MLflow whose functions no longer have the expected
+signatures or behaviour, :func:`install` logs a warning and changes nothing.
 """
 
 from __future__ import annotations
 
+import csv
 import functools
 import inspect
+import io
 import json
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -43,7 +53,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, INVALID_PARAMETER_VALUE
 from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
 
+from router_model import features as F
 from router_model import settings
+from router_model.router import column_rows, few_labels
+from router_model.validation import InvalidInputError
 
 _logger = logging.getLogger(__name__)
 
@@ -54,6 +67,10 @@ SERVER_MODEL_PATH_ENV = "__pyfunc_model_path__"
 MAX_MESSAGE_CHARS = 2000
 _INVOCATIONS_PARAMS = ["data", "content_type", "model", "input_schema"]
 _TO_JSON_PARAMS = ["raw_predictions", "output", "metadata"]
+#: MLflow's JSON request forms (its scoring protocol) and the content types the guard reads first.
+DF_RECORDS, DF_SPLIT, INSTANCES, INPUTS = "dataframe_records", "dataframe_split", "instances", "inputs"
+JSON_FORMS = (DF_RECORDS, DF_SPLIT, INSTANCES, INPUTS)
+JSON_TYPE, CSV_TYPE, PARQUET_TYPE = "application/json", "text/csv", "application/vnd.apache.parquet"
 _ECHO_PREFIX = "Failed to predict data '"
 _ECHO_SEPARATOR = "'. \nError: "
 _GUARDED = "_mushroom_router_guard"
@@ -86,8 +103,14 @@ def install(module: ModuleType | None = None, max_request_bytes: int | None = No
     found = {
         "invocations": list(inspect.signature(module.invocations).parameters),
         "predictions_to_json": list(inspect.signature(module.predictions_to_json).parameters),
+        "takes_parsed_json": _takes_parsed_json(module),
     }
-    if found != {"invocations": _INVOCATIONS_PARAMS, "predictions_to_json": _TO_JSON_PARAMS}:
+    expected = {
+        "invocations": _INVOCATIONS_PARAMS,
+        "predictions_to_json": _TO_JSON_PARAMS,
+        "takes_parsed_json": True,
+    }
+    if found != expected:
         _logger.warning("MLflow's scoring server is not the expected one (%s); serving it unchanged", found)
         return False
     module.invocations = guard(module.invocations, module.InvocationsResponse, limit)
@@ -96,12 +119,24 @@ def install(module: ModuleType | None = None, max_request_bytes: int | None = No
     return True
 
 
+def _takes_parsed_json(module: ModuleType) -> bool:
+    """Whether MLflow's JSON reader passes an already parsed object through (:func:`prepare`)."""
+    decode = getattr(module, "_decode_json_input", None)
+    probe: dict[str, Any] = {}
+    try:
+        return decode is not None and decode(probe) is probe
+    except Exception:  # any failure means "not the expected MLflow"
+        return False
+
+
 def guard(invocations: Callable[..., Any], response_type: type, max_request_bytes: int) -> Callable[..., Any]:
     """Wrap MLflow's ``invocations(data, content_type, model, input_schema)``.
 
     The wrapper refuses a missing content type (415) and an oversized body (413) before parsing,
-    turns the parser's uncaught errors into 400s, and answers every error as MLflow's JSON
-    ``{"error_code", "message"}`` with no stack trace and a bounded message.
+    reads JSON and CSV bodies first (:func:`prepare`: one row per instance, no duplicated keys or
+    columns, a ``dataframe_split`` index as long as its data), turns the parser's uncaught errors
+    into 400s, and answers every error as MLflow's JSON ``{"error_code", "message"}`` with no
+    stack trace and a bounded message.
     """
 
     def refuse(status: int, message: str, error_code: str = "BAD_REQUEST") -> Any:
@@ -120,7 +155,13 @@ def guard(invocations: Callable[..., Any], response_type: type, max_request_byte
                 "RESOURCE_EXHAUSTED",
             )
         try:
-            result = invocations(data, content_type, model, input_schema)
+            body = prepare(data, content_type)
+        except InvalidInputError as err:
+            raise MlflowException(
+                _bounded(f"Invalid input: {err}"), error_code=INVALID_PARAMETER_VALUE
+            ) from None
+        try:
+            result = invocations(body, content_type, model, input_schema)
         except MlflowException as err:
             raise clean_error(err) from None
         except (ValueError, RecursionError, TypeError) as err:
@@ -135,6 +176,148 @@ def guard(invocations: Callable[..., Any], response_type: type, max_request_byte
 
     setattr(guarded, _GUARDED, True)
     return guarded
+
+
+def _media_type(content_type: str) -> str | None:
+    """The media type MLflow reads ``content_type`` as, or ``None`` when it answers 415 to it."""
+    mime, *parameters = (part.strip() for part in content_type.split(";"))
+    for parameter in parameters:
+        key, _, value = parameter.partition("=")
+        if key != "charset" or value.lower() != "utf-8":
+            return None
+    return mime
+
+
+def prepare(data: bytes, content_type: str) -> Any:
+    """Read a JSON or CSV body before MLflow does, and hand MLflow what it should have read.
+
+    MLflow's own parsing loses or invents rows and values without a word:
+
+    * ``instances`` records become columns (``{"col": array}``), so records of different
+      feature sets merge into fewer rows or are refused; ``instances``/``inputs`` columns become
+      NumPy arrays, which fold a boolean among integers into 1 and flatten nested lists into
+      extra rows. Here both forms become ``dataframe_records``, one record per instance (a
+      mapping of columns is read by :func:`router_model.router.column_rows`).
+    * ``json.loads`` keeps the last of a duplicated key and pandas renames a duplicated CSV
+      header ``cap-shape.1`` (and scores the first); both are refused here, naming the key, and
+      so is a Parquet schema naming a feature twice.
+    * a ``dataframe_split`` index longer than its data makes pandas repeat the rows; refused.
+
+    Returns:
+        What to pass to MLflow's ``invocations`` as ``data``: the parsed JSON object (its
+        ``_decode_json_input`` takes a dict as is, so the body is parsed once), the decoded CSV
+        text, or the body unchanged (other types, and bodies MLflow's parser refuses itself).
+
+    Raises:
+        InvalidInputError: On a duplicated key or feature column, an index that does not match
+            the data, or ``instances``/``inputs`` columns that do not form a table.
+    """
+    mime = _media_type(content_type)
+    if mime == JSON_TYPE:
+        return _prepare_json(data)
+    if mime == CSV_TYPE:
+        return _prepare_csv(data)
+    if mime == PARQUET_TYPE:
+        _refuse_duplicated_features(_parquet_columns(data), "the Parquet schema")
+    return data
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` that refuses a JSON object giving a key twice."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        twice = [key for key, n in Counter(key for key, _ in pairs).items() if n > 1]
+        raise InvalidInputError(
+            f"a JSON object gives {few_labels(twice)} more than once; give each column and param once"
+        )
+    return obj
+
+
+def _prepare_json(data: bytes) -> Any:
+    try:
+        parsed = json.loads(data, object_pairs_hook=_unique_keys)
+    except InvalidInputError:
+        raise
+    except (ValueError, RecursionError, TypeError):
+        return data  # not JSON: MLflow's parser gives its own answer, which the guard cleans
+    if not isinstance(parsed, dict):
+        return data
+    forms = [key for key in JSON_FORMS if key in parsed]
+    if len(forms) != 1:  # MLflow refuses it, naming the keys
+        return parsed
+    form = forms[0]
+    if form == DF_SPLIT:
+        _check_split(parsed[form])
+    elif form in (INSTANCES, INPUTS):
+        records = _one_record_per_row(parsed[form])
+        if records is not None:
+            del parsed[form]
+            parsed[DF_RECORDS] = records
+    return parsed
+
+
+def _one_record_per_row(value: Any) -> list[Any] | None:
+    """``instances``/``inputs`` as records, one per row; ``None`` for shapes without columns."""
+    if isinstance(value, list) and all(isinstance(row, dict) for row in value):
+        return value
+    if isinstance(value, dict):
+        if column_rows(value) is None:
+            return [value]
+        labels = list(value)
+        return [dict(zip(labels, row, strict=True)) for row in zip(*value.values(), strict=True)]
+    return None
+
+
+def _check_split(split: Any) -> None:
+    if not isinstance(split, dict):
+        return
+    index, data = split.get("index"), split.get("data")
+    if isinstance(index, list) and isinstance(data, list) and len(index) != len(data):
+        raise InvalidInputError(
+            f"dataframe_split gives an index of length {len(index)} for data of length "
+            f"{len(data)}; give one index label per data row, or no index"
+        )
+
+
+def _prepare_csv(data: bytes) -> str | bytes:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data  # MLflow's parser answers
+    _refuse_duplicated_features(_csv_header(text), "the CSV header")
+    return text
+
+
+def _refuse_duplicated_features(names: list[str], where: str) -> None:
+    """Refuse a table naming a feature column twice (pandas would rename the copy ``<name>.1``)."""
+    named = Counter(name for name in names if F.canonical_name(name) in F.ALL_FEATURES)
+    twice = [name for name, n in named.items() if n > 1]
+    if twice:
+        raise InvalidInputError(
+            f"{where} gives {few_labels(twice)} more than once; give each feature column once"
+        )
+
+
+def _parquet_columns(data: bytes) -> list[str]:
+    """Column names from a Parquet footer (no data read); none when it is not Parquet."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(io.BytesIO(data)).names
+    except Exception:  # pyarrow's errors are many; MLflow's own parser answers them
+        return []
+
+
+def _csv_header(text: str) -> list[str]:
+    """The header row as pandas' ``read_csv`` takes it: the first line that is not blank."""
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")))
+    try:
+        for row in reader:
+            if len(row) > 1 or (row and row[0].strip()):
+                return row
+    except csv.Error:
+        pass  # MLflow's parser answers
+    return []
 
 
 def clean_error(err: MlflowException) -> MlflowException:

@@ -29,6 +29,14 @@ DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 TEST_SIZE = 0.2
 SPLIT_SEED = 42
 
+#: The gate's ``min_improvement`` (ROC-AUC margin per route over the champion) must lie in this
+#: closed range: a negative margin would promote a worse model, and ROC-AUC gains beyond 0.1 over a
+#: working champion are not a margin but a different problem.
+MIN_IMPROVEMENT_RANGE = (0.0, 0.1)
+#: Each yardstick of the gate needs at least this many held-out rows of *each* class: ROC-AUC on a
+#: handful of rows is noise (a 20-row file held out 4 rows and "matched" a champion at 1.0000).
+MIN_HOLDOUT_ROWS_PER_CLASS = 50
+
 
 def env(name: str, default: str | None = None) -> str | None:
     """Read an environment variable, treating an empty value as unset.

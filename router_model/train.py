@@ -17,12 +17,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.special import expit
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
@@ -40,6 +43,7 @@ from router_model.calibration import (
     log_odds,
     safe_threshold,
 )
+from router_model.errors import ConfigError
 from router_model.router import Router
 from router_model.transformers import BinCross, OneHotCodes
 
@@ -48,19 +52,78 @@ _logger = logging.getLogger(__name__)
 METRICS = ("roc_auc", "accuracy", "log_loss", "brier", *CALIBRATION_METRICS)
 
 
+#: Largest number of quantile bins per continuous feature: crossed in triples, more bins than this
+#: make millions of codes that the training rows cannot fill.
+MAX_BINS = 256
+
+#: What each training param accepts: ``(kind, low, high, low_inclusive, what it is)``.
+_PARAM_RANGES: dict[str, tuple[type, float, float, bool, str]] = {
+    "nb_bins": (int, 2, MAX_BINS, True, "quantile bins per continuous naive Bayes feature"),
+    "nb_alpha": (float, 0, 1_000_000, False, "Laplace smoothing of CategoricalNB"),
+    "lr_bins": (int, 2, MAX_BINS, True, "quantile bins per continuous logistic regression feature"),
+    "lr_c": (float, 0, 1_000_000, False, "inverse regularisation strength of LogisticRegression"),
+    "lr_max_iter": (int, 1, 1_000_000, True, "iteration cap of the liblinear solver"),
+}
+_ORDER_PARAMS = ("nb_orders", "lr_orders")
+
+
+def _expected(key: str) -> str:
+    if key in _ORDER_PARAMS:
+        return "comma-separated cross orders from 1 to 4, like '1,2' (1 singles, 2 pairs, 3 triples)"
+    kind, low, high, inclusive, what = _PARAM_RANGES[key]
+    noun = "a whole number" if kind is int else "a number"
+    bounds = f"from {low:,} to {high:,}" if inclusive else f"above {low:,} and up to {high:,}"
+    return f"{noun} {bounds} ({what})"
+
+
+def _parse_param(key: str, raw: Any) -> Any:
+    """One training param from a CLI string or a JSON value, or ``ConfigError`` naming it."""
+
+    def refuse() -> ConfigError:
+        return ConfigError(f"training param {key}={raw!r} is not valid; expected {_expected(key)}")
+
+    if isinstance(raw, bool):  # a JSON true is no number, and no order list
+        raise refuse()
+    if key in _ORDER_PARAMS:
+        if isinstance(raw, int) or (isinstance(raw, float) and raw.is_integer()):
+            raw = str(int(raw))
+        if not isinstance(raw, str):
+            raise refuse()
+        try:
+            orders = parse_orders(raw)
+        except ValueError:
+            raise refuse() from None
+        if not orders or not all(1 <= k <= 4 for k in orders):
+            raise refuse()
+        return ",".join(str(k) for k in orders)
+    kind, low, high, inclusive, _ = _PARAM_RANGES[key]
+    try:
+        number = float(raw.strip()) if isinstance(raw, str) else float(raw)
+    except (TypeError, ValueError):
+        raise refuse() from None
+    above_low = number >= low if inclusive else number > low
+    if not (above_low and number <= high) or (kind is int and not number.is_integer()):
+        raise refuse()  # NaN fails the range, 2.7 is no whole number
+    return kind(number)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyperparameters of both sub-models (logged as MLflow params).
+
+    Every value is checked against its meaningful range when the config is built, so a bad
+    param fails before anything is trained or registered (``ConfigError`` naming it).
 
     Attributes:
         nb_bins: Quantile bins per continuous NB feature.
         nb_orders: Crosses the NB sees, comma-separated (1 singles, 2 pairs, 3 triples). Triples
             alone work best: adding lower orders makes naive Bayes count the same evidence twice.
-        nb_alpha: Laplace smoothing of ``CategoricalNB``.
+        nb_alpha: Laplace smoothing of ``CategoricalNB`` (> 0: 0 gives unseen codes no
+            probability at all).
         lr_bins: Quantile bins per continuous LR feature.
         lr_orders: Crosses the LR sees, one-hot encoded.
         lr_c: Inverse regularisation strength of ``LogisticRegression``.
-        lr_max_iter: Solver iteration cap.
+        lr_max_iter: Solver iteration cap; a fit that does not converge within it fails.
     """
 
     nb_bins: int = 32
@@ -71,31 +134,23 @@ class TrainConfig:
     lr_c: float = 1.0
     lr_max_iter: int = 3000
 
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, _parse_param(field.name, getattr(self, field.name)))
+
     @classmethod
-    def from_mapping(cls, values: dict[str, Any] | None) -> TrainConfig:
-        """Build a config from strings or values, naming any unknown or ill-typed key.
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> TrainConfig:
+        """Build a config from CLI strings or JSON values, naming any unknown or invalid key.
 
         Raises:
-            ValueError: On an unknown key or a value of the wrong type.
+            ConfigError: On an unknown key or a value outside its range.
         """
         values = dict(values or {})
-        known = {f.name: f for f in dataclasses.fields(cls)}
+        known = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ValueError(f"unknown training param(s) {unknown}; expected some of {sorted(known)}")
-        parsed: dict[str, Any] = {}
-        for key, raw in values.items():
-            kind = type(getattr(cls(), key))
-            try:
-                if kind is bool and isinstance(raw, str):
-                    if raw.lower() not in ("true", "false", "1", "0"):
-                        raise ValueError(raw)
-                    parsed[key] = raw.lower() in ("true", "1")
-                else:
-                    parsed[key] = kind(raw)
-            except (TypeError, ValueError):
-                raise ValueError(f"training param {key}={raw!r} is not a valid {kind.__name__}") from None
-        return cls(**parsed)
+            raise ConfigError(f"unknown training param(s) {unknown}; expected some of {sorted(known)}")
+        return cls(**values)
 
 
 @dataclass
@@ -152,7 +207,15 @@ def fit_logistic_regression(X: np.ndarray, y: np.ndarray, config: TrainConfig) -
     onehot = OneHotCodes(tuple(codes.cardinalities_))
     encoded = onehot.fit_transform(codes.transform(X))
     lr = LogisticRegression(C=config.lr_c, solver="liblinear", max_iter=config.lr_max_iter)
-    lr.fit(encoded, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        try:
+            lr.fit(encoded, y)
+        except ConvergenceWarning:
+            raise ConfigError(
+                f"logistic regression did not converge within lr_max_iter={config.lr_max_iter} "
+                f"iterations; raise it (default {TrainConfig.lr_max_iter})"
+            ) from None
     return Pipeline([("codes", codes), ("onehot", onehot), ("logistic_regression", lr)])
 
 

@@ -47,7 +47,8 @@ def test_train_then_weaker_train_says_why_it_is_challenger(run_cli, cli_home, tm
     )
     assert weak.returncode == 0, weak.stderr
     assert (
-        "Alias: challenger - version 2 is worse than champion version 1: naive_bayes ROC-AUC" in weak.stdout
+        "Alias: challenger - version 2 is worse than champion version 1: "
+        "on version 2's held-out rows (400) naive_bayes ROC-AUC" in weak.stdout
     )
     status = run_cli("status", env=cli_home)
     assert "@champion -> version 1" in status.stdout and "@challenger -> version 2" in status.stdout
@@ -71,6 +72,11 @@ def test_train_synthetic_warns(run_cli, cli_home):
         ),
         (["train", "--kaggle"], "mushroom-router train: error: no Kaggle credentials"),
         (["train", "--synthetic", "--param", "depth=3"], "unknown training param(s) ['depth']"),
+        (
+            ["train", "--synthetic", "--min-improvement", "-1"],
+            "mushroom-router train: error: min_improvement is -1.0; expected a ROC-AUC margin from 0.0 to 0.1",
+        ),
+        (["train", "--synthetic", "--min-improvement", "nan"], "error: min_improvement is nan; expected"),
         (
             ["predict", "/no/such.csv"],
             "mushroom-router predict: error: cannot load models:/mushroom-router@champion",

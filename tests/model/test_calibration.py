@@ -221,6 +221,28 @@ def miscalibrated(router: Router, slope: float) -> Router:
     )
 
 
+def evaluation(trained, version, candidate, champion_version=None, champion=None) -> dict:
+    """What :func:`pipeline.evaluate_against_champion` returns, on the trained fixture's held-out rows."""
+    counts = trained.test[F.TARGET].value_counts()
+    yardstick = {
+        "name": f"version {version}'s held-out rows",
+        "rows": len(trained.test),
+        "edible": int(counts[0]),
+        "poisonous": int(counts[1]),
+        "candidate": candidate,
+        "champion": champion,
+    }
+    return {
+        "version": version,
+        "data_source": "path",
+        "champion_version": champion_version,
+        "champion_data_source": "path" if champion_version else None,
+        "candidate": candidate,
+        "champion": champion,
+        "yardsticks": [yardstick],
+    }
+
+
 @pytest.mark.parametrize("slope", [3.0, 0.25])  # over- and under-confident
 def test_gate_refuses_a_miscalibrated_version_however_good_its_auc(trained, slope):
     honest = evaluate(trained.router, trained.test)
@@ -228,18 +250,18 @@ def test_gate_refuses_a_miscalibrated_version_however_good_its_auc(trained, slop
     for route in F.ROUTES:
         # Equal up to ties that rounding makes or breaks (P = 1.0 once the log-odds pass 37).
         assert bad[f"{route}_roc_auc"] == pytest.approx(honest[f"{route}_roc_auc"], abs=1e-3)
-    against_champion = {"version": 2, "candidate": bad, "champion_version": 1, "champion": honest}
-    decision = pipeline.decide(against_champion)
+    decision = pipeline.decide(evaluation(trained, 2, bad, 1, honest))
     assert not decision.promote
     assert decision.reason.startswith("version 2 is miscalibrated on held-out rows: naive_bayes ECE")
-    first = pipeline.decide({"version": 1, "candidate": bad, "champion_version": None, "champion": None})
+    first = pipeline.decide(evaluation(trained, 1, bad))
     assert not first.promote and "miscalibrated" in first.reason
 
 
 def test_gate_passes_the_calibrated_version(trained):
     honest = evaluate(trained.router, trained.test)
     assert pipeline.calibration_refusal({"version": 1, "candidate": honest}) is None
-    assert pipeline.decide({"version": 1, "candidate": honest, "champion_version": None}).promote
+    assert pipeline.decide(evaluation(trained, 1, honest)).promote
+    assert pipeline.decide(evaluation(trained, 2, honest, 1, honest)).promote
 
 
 @pytest.mark.parametrize(

@@ -98,9 +98,9 @@ def test_second_promotion_over_the_same_champion_becomes_challenger_and_says_why
     assert (a.promote, a.version, a.champion_version) == (True, 2, 1)
     assert (b.promote, b.version, b.champion_version) == (True, 3, 1)
 
-    assert pipeline.apply_decision(a) == "champion"
+    assert pipeline.apply_decision(a).alias == "champion"
     with caplog.at_level("WARNING", logger="router_model.pipeline"):
-        assert pipeline.apply_decision(b.as_dict()) == "challenger"
+        assert pipeline.apply_decision(b.as_dict()).alias == "challenger"
 
     after = state()
     assert (after["champion"], after["challenger"]) == (2, 3)
@@ -119,7 +119,7 @@ def test_second_promotion_over_the_same_champion_becomes_challenger_and_says_why
         (a.as_dict(), "champion"),
         (b, "challenger"),
     ):
-        assert pipeline.apply_decision(decision) == expected
+        assert pipeline.apply_decision(decision).alias == expected
         assert state() == after
 
     # A re-run compares against the new champion and applies normally.
@@ -134,7 +134,8 @@ def test_retrain_reports_the_decision_that_took_effect(small_csv: str) -> None:
     winner = pipeline.retrain(path=small_csv)  # finishes while `stale` waits to be applied
     assert winner["alias"] == "champion"
 
-    alias_name, applied = pipeline.settle_decision(stale)
+    applied = pipeline.apply_decision(stale)
+    alias_name = applied.alias
 
     assert alias_name == "challenger"
     assert applied == pipeline.GateDecision(False, applied.reason, stale.version, 1)
@@ -174,8 +175,8 @@ def test_apply_decision_rereads_the_champion(
         registry.set_alias(settings.CHAMPION, current)
     decision = pipeline.GateDecision(promote, "the gate's reason", 4, evaluated)
 
-    assert pipeline.apply_decision(decision) == expected
-    assert pipeline.apply_decision(decision) == expected  # idempotent
+    assert pipeline.apply_decision(decision).alias == expected
+    assert pipeline.apply_decision(decision).alias == expected  # idempotent
 
     assert alias("champion") == champion_after
     assert alias("challenger") == (4 if expected == "challenger" else None)
@@ -197,7 +198,9 @@ def test_promotion_takes_challenger_off_the_new_champion(small_csv: str) -> None
     registry.set_alias(settings.CHAMPION, first)
     registry.set_alias(settings.CHALLENGER, second)
 
-    assert pipeline.apply_decision(pipeline.GateDecision(True, "better now", second, first)) == "champion"
+    assert (
+        pipeline.apply_decision(pipeline.GateDecision(True, "better now", second, first)).alias == "champion"
+    )
 
     assert (alias("champion"), alias("challenger")) == (second, None)
 
@@ -215,7 +218,7 @@ def test_a_promotion_waits_for_another_processs_compare_and_set(small_csv: str) 
         assert not waiting.done(), "apply_decision did not wait for the promotion lock"
         assert alias("champion") == 1
         registry.set_alias(settings.CHAMPION, a.version)
-    assert waiting.result(timeout=60) == "challenger"
+    assert waiting.result(timeout=60).alias == "challenger"
     assert (alias("champion"), alias("challenger")) == (a.version, b.version)
     assert version_tags()[b.version]["gate"] == "superseded"
 

@@ -1,5 +1,7 @@
 """Routing, output contract, params and threshold semantics of the in-memory Router."""
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -139,16 +141,84 @@ def test_assign_routes_without_both_sets_uses_the_other():
 
 
 @pytest.mark.parametrize(
-    "given",
+    ("given", "expected"),
     [
-        {"cap-diameter": 1, "cap-shape": 1},
-        {"cap-diameter": [1, 2], "cap-shape": [1, 2]},
-        [{"cap-diameter": np.array(1)}, {"cap-shape": 2}],
+        ({"cap-diameter": 1, "cap-shape": 2}, {"cap-diameter": [1], "cap-shape": [2]}),
+        ({"cap-diameter": np.array(1.5), "cap-shape": 2}, {"cap-diameter": [1.5], "cap-shape": [2]}),
+        ({"cap-diameter": [1, 2], "cap-shape": (3, 4)}, {"cap-diameter": [1, 2], "cap-shape": [3, 4]}),
+        (
+            {"cap-diameter": np.array([1, 2]), "cap-shape": pd.Series([3, 4])},
+            {"cap-diameter": [1, 2], "cap-shape": [3, 4]},
+        ),
+        ({"cap-diameter": [], "cap-shape": []}, {"cap-diameter": [], "cap-shape": []}),
+        (
+            [{"cap-diameter": np.array(1)}, {"cap-shape": 2}],
+            {"cap-diameter": [1, None], "cap-shape": [None, 2]},
+        ),
+        ([], {}),
+    ],
+    ids=[
+        "one-record",
+        "one-record-0d-array",
+        "columns",
+        "array-columns",
+        "empty-columns",
+        "records",
+        "no-records",
     ],
 )
-def test_as_frame_accepts_mlflow_shapes(given):
-    frame = as_frame(given)
-    assert isinstance(frame, pd.DataFrame) and len(frame) in (1, 2)
+def test_as_frame_gives_one_row_per_input_row(given, expected):
+    pd.testing.assert_frame_equal(as_frame(given), pd.DataFrame(expected), check_dtype=False)
+
+
+def test_as_frame_keeps_a_2d_column_one_row_per_entry(router):
+    """A column of lists is one list per row (refused by the router), never flattened into more rows."""
+    given = {c: np.array([[1, 2], [3, 4]]) for c in F.NB_FEATURES}
+    assert len(as_frame(given)) == 2
+    with pytest.raises(InvalidInputError, match="row 0, column 'cap-diameter': got a list"):
+        router.predict(given)
+
+
+@pytest.mark.parametrize(
+    ("given", "match"),
+    [
+        (
+            {"cap-diameter": [1, 2], "cap-shape": 1},
+            r"columns 'cap-diameter' hold lists but 'cap-shape' hold single values",
+        ),
+        ({"cap-diameter": [1], "cap-shape": 1}, r"columns 'cap-diameter' hold lists but 'cap-shape' hold"),
+        (
+            {"cap-diameter": [1, 2], "cap-shape": [1], "season": [0.5, 0.5]},
+            r"columns of different lengths \('cap-diameter': 2, 'cap-shape': 1, 'season': 2\)",
+        ),
+    ],
+    ids=["list-and-single-value", "one-entry-list-and-single-value", "different-lengths"],
+)
+def test_as_frame_refuses_columns_that_are_not_a_table(given, match):
+    with pytest.raises(InvalidInputError, match=match):
+        as_frame(given)
+
+
+#: Rows of each kind, for batches mixing them in every order.
+KINDS = {
+    "nb": F.example_rows()[0],
+    "lr": F.example_rows()[1],
+    "both": F.example_rows()[0] | F.example_rows()[1],
+}
+ORDERS = [order for n in (1, 2, 3) for order in itertools.product(KINDS, repeat=n)]
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=["-".join(o) for o in ORDERS])
+def test_records_and_columns_give_one_answer_per_row_in_order(router, order):
+    records = [KINDS[kind] for kind in order]
+    frame = pd.DataFrame(records)
+    columns = {c: [r.get(c) for r in records] for c in frame.columns}
+    expected = router.predict(frame)
+    assert len(expected) == len(order)
+    routes = {"nb": F.NAIVE_BAYES, "lr": F.LOGISTIC_REGRESSION, "both": router.preferred}
+    assert expected["model"].tolist() == [routes[kind] for kind in order]
+    pd.testing.assert_frame_equal(router.predict(records), expected)
+    pd.testing.assert_frame_equal(router.predict(columns), expected)
 
 
 def test_as_frame_refuses_unnamed_arrays():

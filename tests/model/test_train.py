@@ -3,6 +3,7 @@
 import pytest
 
 from router_model import features as F
+from router_model.errors import ConfigError
 from router_model.train import METRICS, TrainConfig, parse_orders, train
 
 
@@ -46,18 +47,58 @@ def test_weak_setting_is_worse_on_both_routes(trained, synthetic_frame):
     ("values", "message"),
     [
         ({"depth": 3}, r"unknown training param\(s\) \['depth'\]"),
-        ({"lr_c": "strong"}, r"training param lr_c='strong' is not a valid float"),
-        ({"nb_bins": "x"}, r"nb_bins='x' is not a valid int"),
+        ({"lr_c": "strong"}, r"training param lr_c='strong' is not valid; expected a number above 0"),
+        ({"lr_c": -1}, r"lr_c=-1 is not valid; expected a number above 0 and up to 1,000,000"),
+        ({"lr_c": 0}, r"lr_c=0 is not valid"),
+        ({"lr_c": float("nan")}, r"lr_c=nan is not valid"),
+        ({"nb_alpha": 0}, r"nb_alpha=0 is not valid; expected a number above 0 .*Laplace smoothing"),
+        ({"nb_alpha": -1}, r"nb_alpha=-1 is not valid"),
+        ({"nb_bins": "x"}, r"nb_bins='x' is not valid; expected a whole number from 2 to 256"),
+        ({"nb_bins": 2.7}, r"nb_bins=2.7 is not valid; expected a whole number"),
+        ({"nb_bins": "2.7"}, r"nb_bins='2.7' is not valid"),
+        ({"nb_bins": True}, r"nb_bins=True is not valid"),
+        ({"lr_bins": 1}, r"lr_bins=1 is not valid; expected a whole number from 2 to 256"),
+        ({"lr_bins": 257}, r"lr_bins=257 is not valid"),
+        ({"lr_max_iter": 0}, r"lr_max_iter=0 is not valid; expected a whole number from 1"),
+        (
+            {"nb_orders": "5"},
+            r"nb_orders='5' is not valid; expected comma-separated cross orders from 1 to 4",
+        ),
+        ({"nb_orders": ""}, r"nb_orders='' is not valid"),
+        ({"lr_orders": "pairs"}, r"lr_orders='pairs' is not valid"),
+        ({"lr_orders": True}, r"lr_orders=True is not valid"),
     ],
 )
 def test_bad_train_params_are_named(values, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         TrainConfig.from_mapping(values)
 
 
-def test_train_params_from_strings():
-    config = TrainConfig.from_mapping({"lr_c": "0.5", "nb_bins": "8", "nb_orders": "2,3"})
-    assert (config.lr_c, config.nb_bins, parse_orders(config.nb_orders)) == (0.5, 8, (2, 3))
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"lr_c": "0.5", "nb_bins": "8", "nb_orders": "2,3"},
+            {"lr_c": 0.5, "nb_bins": 8, "nb_orders": "2,3"},
+        ),
+        # JSON numbers from the DAG's params: a whole float is a whole number, an order a number.
+        (
+            {"nb_bins": 8.0, "lr_orders": 3, "lr_max_iter": " 10 "},
+            {"nb_bins": 8, "lr_orders": "3", "lr_max_iter": 10},
+        ),
+        ({"nb_orders": "3,1,3"}, {"nb_orders": "1,3"}),
+    ],
+)
+def test_train_params_from_strings_and_json_values(values, expected):
+    config = TrainConfig.from_mapping(values)
+    assert {key: getattr(config, key) for key in expected} == expected
+    assert all(type(getattr(config, key)) is type(value) for key, value in expected.items())
+
+
+def test_a_logistic_regression_that_does_not_converge_fails_instead_of_registering(synthetic_frame):
+    """lr_max_iter=0 used to register a model with ROC-AUC 0.5; a cap too low to converge now fails."""
+    with pytest.raises(ConfigError, match=r"did not converge within lr_max_iter=2 iterations; raise it"):
+        train(synthetic_frame, TrainConfig(lr_max_iter=2))
 
 
 def test_parse_orders_refuses_garbage():

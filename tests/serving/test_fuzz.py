@@ -1,19 +1,22 @@
 """Property-based fuzzing of a real `mlflow models serve` of the router (hypothesis, derandomized).
 
 Every answer to a generated body must be 2xx for valid input and 4xx otherwise, never 5xx; a 4xx
-is JSON with a ``message``; no answer carries a ``stack_trace``, a traceback or a server path.
-MLflow 3.17's own scoring server fails several of these rules (500s before the model is reached,
-``stack_trace`` on CSV/Parquet parse errors, plain-text 415s); the router's
-:mod:`router_model.server_guard` fixes them inside the server, and ``test_fixed_regressions``
-keeps one reproducer of each.
+is JSON with a ``message``; no answer carries a ``stack_trace``, a traceback or a server path. A
+valid batch gets one answer per row, in order, equal to the served model's ``Router.predict`` run
+in this process on the same rows, in every envelope (``instances`` and ``inputs`` as records with
+each row's own keys, and as columns).
 
-Inputs that are still wrongly answered are pinned as strict xfails in ``test_known_failures``
-with a one-line reproducer each; the main fuzzers leave exactly those shapes out, so they stay
-green while the reproducers say what is still broken.
+MLflow 3.17's own scoring server fails several of these rules (500s before the model is reached,
+``stack_trace`` on CSV/Parquet parse errors, plain-text 415s, ``instances`` records of different
+feature sets merged into fewer rows, booleans folded into 1); the router's
+:mod:`router_model.server_guard` fixes them inside the server, and ``test_fixed_regressions``
+keeps one reproducer of each. No input shape is known to be answered wrongly now; a new one gets
+a one-line reproducer there once fixed.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -70,7 +73,16 @@ LEAKS = ("Traceback", 'File "', '.py", line', "site-packages", "/work/", str(REP
 #: UTF-8 bytes of a lone surrogate (U+D800): invalid UTF-8 that Python's json.loads still decodes.
 SURROGATE = b"\xed\xa0\x80"
 
-ENVELOPES = ("dataframe_records", "dataframe_split", "instances", "inputs_records", "inputs_columns", "csv")
+#: Request forms; ``csv`` stays last (some strategies take the JSON ones as ``ENVELOPES[:-1]``).
+ENVELOPES = (
+    "dataframe_records",
+    "dataframe_split",
+    "instances",
+    "instances_columns",
+    "inputs_records",
+    "inputs_columns",
+    "csv",
+)
 
 # --------------------------------------------------------------------------------------------
 # Sending and checking one body
@@ -160,11 +172,10 @@ def encode(rows: list[dict], envelope: str, params: dict | None = None) -> tuple
             "dataframe_split": {"columns": columns, "data": [[r.get(c) for c in columns] for r in rows]}
         }
     elif envelope in ("instances", "inputs_records"):
-        # MLflow turns these records into columns: every record must carry every key.
-        full = [{c: row.get(c) for c in columns} for row in rows]
-        payload = {envelope.split("_")[0]: full}
-    elif envelope == "inputs_columns":
-        payload = {"inputs": {c: [r.get(c) for r in rows] for c in columns}}
+        # Each record with its own keys: MLflow alone merged records of different feature sets.
+        payload = {envelope.split("_")[0]: rows}
+    elif envelope in ("instances_columns", "inputs_columns"):
+        payload = {envelope.split("_")[0]: {c: [r.get(c) for r in rows] for c in columns}}
     else:
         raise ValueError(envelope)
     if params is not None:
@@ -241,13 +252,9 @@ def bad_value(column: str, envelope: str) -> st.SearchStrategy:
             st.floats(-1e300, -1e-300, allow_nan=False),
             st.integers(-(10**30), -1),
         ]
-    if envelope not in ("instances", "inputs_columns"):
-        # MLflow's instances/inputs-columns parser folds a boolean among numbers into 1/0
-        # before the router sees it (see test_known_failures); everywhere else it is refused.
-        options.append(st.booleans())
-    if envelope in ("dataframe_records", "dataframe_split", "inputs_records"):
+    options.append(st.booleans())
+    if envelope != "csv":  # in CSV these are just text
         options.append(st.dictionaries(TEXT, st.integers(), min_size=1, max_size=2))
-    if envelope in ("dataframe_records", "dataframe_split"):
         options.append(st.lists(st.integers(0, 5), max_size=3))
     return st.one_of(options)
 
@@ -390,10 +397,15 @@ def broken_request(draw) -> tuple[str | bytes, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_predictions(response: requests.Response, rows: list[dict], params: dict | None, what: str) -> None:
+def _check_predictions(
+    response: requests.Response, rows: list[dict], params: dict | None, what: str, expected: pd.DataFrame
+) -> None:
     assert response.status_code == 200, f"{what}: {response.text[:600]}"
-    out = pd.DataFrame(response.json()["predictions"])
+    answered = response.json()["predictions"]
+    out = pd.DataFrame(answered)
     assert len(out) == len(rows), what
+    in_process = expected.astype({"prediction": str, "model": str}).to_dict("records")
+    assert answered == in_process, f"answers differ from Router.predict in process; {what}"
     assert out.columns.tolist() == list(F.OUTPUT_COLUMNS), what
     assert set(out["prediction"]) <= set(F.LABELS.values()), what
     assert out["poisonous_probability"].between(0, 1).all(), what
@@ -410,29 +422,30 @@ def _check_predictions(response: requests.Response, rows: list[dict], params: di
 
 @settings(FUZZ, max_examples=300)
 @given(data=st.data())
-def test_fuzz_valid_inputs_are_answered_row_for_row(server, data):
-    """In-domain rows of both feature sets, every envelope, mixed spellings -> 200, row for row."""
+def test_fuzz_valid_inputs_are_answered_row_for_row(server, served_router, data):
+    """In-domain rows of both feature sets, every envelope, mixed spellings -> 200, row for row,
+    the same answers as the served model's Router in process."""
     rows = data.draw(st.lists(good_row(), min_size=1, max_size=12), label="rows")
     params = data.draw(PARAMS, label="params")
     csv_rows = [{k: v for k, v in row.items() if not k.startswith("x-")} for row in rows]
     for envelope in ENVELOPES:
-        body, content_type = (
-            encode(csv_rows, envelope) if envelope == "csv" else encode(rows, envelope, params)
-        )
+        if envelope == "csv":
+            body, content_type = encode(csv_rows, envelope)
+            expected = served_router.predict(pd.read_csv(io.StringIO(body)))
+        else:
+            body, content_type = encode(rows, envelope, params)
+            expected = served_router.predict(pd.DataFrame(rows), params)
         response = send(server, body, content_type)
         FIGURES["valid_bodies"] += 1
-        _check_predictions(response, rows, None if envelope == "csv" else params, f"{envelope}: {body[:600]}")
+        what = f"{envelope}: {body[:600]}"
+        _check_predictions(response, rows, None if envelope == "csv" else params, what, expected)
     FINISHED.add("valid")
 
 
 def envelopes_for(value: object) -> tuple[str, ...]:
     """The envelopes that carry ``value`` into the router unchanged (see :func:`bad_value`)."""
-    if isinstance(value, bool):
-        return tuple(e for e in ENVELOPES if e not in ("instances", "inputs_columns"))
-    if isinstance(value, dict):
-        return ("dataframe_records", "dataframe_split", "inputs_records")
-    if isinstance(value, list):
-        return ("dataframe_records", "dataframe_split")
+    if isinstance(value, (dict, list)):
+        return ENVELOPES[:-1]  # in CSV a dict or list is only text
     return ENVELOPES
 
 
@@ -538,49 +551,7 @@ def test_unsupported_content_types_get_415(server):
         assert send(server, body, content_type).status_code == 415, content_type
 
 
-# --------------------------------------------------------------------------------------------
-# Known failures: each a one-line reproducer, strict so a fix turns it into a failure to remove.
-# --------------------------------------------------------------------------------------------
-
-NB_ROW = F.example_rows()[0]
-KNOWN_FAILURES = {
-    # MLflow folds a boolean among integers of one instances column into 1 before the router sees
-    # it: README says booleans are refused, this one is scored.
-    "boolean_folded_to_int_by_instances": (
-        json.dumps({"instances": [NB_ROW, NB_ROW | {"gill-color": True}]}),
-        JSON,
-        "accepted",
-    ),
-}
-
-
-KNOWN_FAILURE_REASONS = {
-    "accepted": "KNOWN FAILURE: MLflow folds the boolean into an integer before the router can refuse it",
-}
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_FAILURE_REASONS[kind]))
-        for name, (_, _, kind) in KNOWN_FAILURES.items()
-    ],
-)
-def test_known_failures(server, case):
-    body, content_type, _ = KNOWN_FAILURES[case]
-    before = FIGURES.copy()  # kept out of the fuzz figures
-    try:
-        _known_failure(server, case, body, content_type)
-    finally:
-        FIGURES.clear()
-        FIGURES.update(before)
-        FIGURES["known_failure_bodies"] += 1
-
-
-def _known_failure(server, case, body, content_type):
-    response = send(server, body, content_type)
-    assert response.status_code == 400, "a boolean was scored as 1"
-
+NB_ROW, LR_ROW = F.example_rows()
 
 #: Inputs once answered wrongly, by the router (fixed in router_model.router) or by MLflow's own
 #: scoring server (fixed by router_model.server_guard): body, content type, the status it must get.
@@ -624,6 +595,53 @@ REGRESSIONS = {
     # every CSV/Parquet body for it too).
     "malformed_csv": ('a,b\n"unterminated', CSV, 400),
     "malformed_parquet": (b"PAR1 not parquet", PARQUET, 400),
+    # MLflow's instances/inputs columns are NumPy arrays: a boolean among integers became 1 and
+    # was scored (it was a strict xfail here); the guard hands MLflow records instead.
+    "boolean_among_integers_in_instances": (
+        json.dumps({"instances": [NB_ROW, NB_ROW | {"gill-color": True}]}),
+        JSON,
+        400,
+    ),
+    "boolean_among_integers_in_inputs_columns": (
+        json.dumps({"inputs": {c: [v, True if c == "gill-color" else v] for c, v in NB_ROW.items()}}),
+        JSON,
+        400,
+    ),
+    # json.loads keeps the last of a duplicated key: scored the second cap-shape silently.
+    "duplicated_json_key": (
+        '{"dataframe_records": [{"cap-shape": 1, "cap-shape": 2, "cap-diameter": 3, '
+        '"gill-attachment": 1, "gill-color": 1}]}',
+        JSON,
+        400,
+    ),
+    # pandas renamed the copy cap-shape.1 and the router scored the first value silently.
+    "duplicated_csv_header": (
+        "cap-shape,cap-shape,cap-diameter,gill-attachment,gill-color\n1,2,3,1,1\n",
+        CSV,
+        400,
+    ),
+    # pandas repeated the single data row for each index label: 3 answers for 1 row.
+    "split_index_longer_than_data": (
+        json.dumps(
+            {
+                "dataframe_split": {
+                    "columns": list(NB_ROW),
+                    "data": [list(NB_ROW.values())],
+                    "index": [0, 1, 2],
+                }
+            }
+        ),
+        JSON,
+        400,
+    ),
+}
+
+#: Valid bodies once answered with fewer or more predictions than rows: body, rows sent.
+ROW_COUNT_REGRESSIONS = {
+    # MLflow made instances records into columns: one merged answer for two rows...
+    "instances_nb_then_lr": (json.dumps({"instances": [NB_ROW, LR_ROW]}), 2),
+    # ... and a 400 (columns of different lengths) for three.
+    "instances_lr_nb_lr": (json.dumps({"instances": [LR_ROW, NB_ROW, LR_ROW]}), 3),
 }
 
 
@@ -632,6 +650,15 @@ def test_fixed_regressions(server, case):
     body, content_type, expected = REGRESSIONS[case]
     response = send(server, body, content_type)  # also: JSON, no stack_trace, no leak
     assert response.status_code == expected, response.text[:300]
+
+
+@pytest.mark.parametrize("case", list(ROW_COUNT_REGRESSIONS))
+def test_fixed_row_count_regressions(server, served_router, case):
+    body, rows = ROW_COUNT_REGRESSIONS[case]
+    records = json.loads(body)["instances"]
+    response = send(server, body, JSON)
+    _check_predictions(response, records, None, case, served_router.predict(records))
+    assert len(response.json()["predictions"]) == rows
 
 
 # --------------------------------------------------------------------------------------------

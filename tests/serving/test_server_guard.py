@@ -8,6 +8,7 @@ these tests pin each rule on its own and prove the fast serialiser writes MLflow
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import types
 
@@ -23,6 +24,8 @@ from router_model import server_guard
 
 JSON = "application/json"
 CSV = "text/csv"
+PARQUET = "application/vnd.apache.parquet"
+NB, LR = F.example_rows()
 
 
 @pytest.fixture(scope="module")
@@ -187,11 +190,152 @@ def test_every_refusal_is_json_without_trace_or_echo(guarded, body, content_type
     assert len(answer["message"]) <= server_guard.MAX_MESSAGE_CHARS + 50
 
 
+def _parquet(columns: list[str], row: list[float]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = io.BytesIO()
+    pq.write_table(pa.table([pa.array([v]) for v in row], names=columns), out)
+    return out.getvalue()
+
+
+NB_HEADER = ",".join(NB)
+NB_VALUES = ",".join(str(v) for v in NB.values())
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (
+            '{"dataframe_records": [{"cap-shape": 1, "cap-shape": 2, "cap-diameter": 3, '
+            '"gill-attachment": 1, "gill-color": 1}]}',
+            JSON,
+            "a JSON object gives 'cap-shape' more than once",
+        ),
+        (
+            '{"inputs": {"cap-shape": [1], "cap-diameter": [3], "cap-shape": [2]}}',
+            JSON,
+            "a JSON object gives 'cap-shape' more than once",
+        ),
+        (
+            json.dumps({"dataframe_records": [NB]})[:-1]
+            + ', "params": {"threshold": 0.1, "threshold": 0.9}}',
+            JSON,
+            "a JSON object gives 'threshold' more than once",
+        ),
+        (f"cap-shape,{NB_HEADER}\n2,{NB_VALUES}\n", CSV, "the CSV header gives 'cap-shape' more than once"),
+        (
+            f"\ufeff\n{NB_HEADER},gill_color,gill_color\n{NB_VALUES},1,2\n",
+            CSV,
+            "the CSV header gives 'gill_color' more than once",
+        ),
+        (
+            _parquet(["cap-shape", *NB], [2.0, *NB.values()]),
+            PARQUET,
+            "the Parquet schema gives 'cap-shape' more than once",
+        ),
+        (
+            json.dumps(
+                {"dataframe_split": {"columns": list(NB), "data": [list(NB.values())], "index": [0, 1, 2]}}
+            ),
+            JSON,
+            "dataframe_split gives an index of length 3 for data of length 1",
+        ),
+        (
+            json.dumps(
+                {"dataframe_split": {"columns": list(NB), "data": [list(NB.values())] * 2, "index": [7]}}
+            ),
+            JSON,
+            "dataframe_split gives an index of length 1 for data of length 2",
+        ),
+        (
+            json.dumps({"inputs": {"cap-shape": [1, 2], "cap-diameter": [3]}}),
+            JSON,
+            "columns of different lengths ('cap-shape': 2, 'cap-diameter': 1)",
+        ),
+        (
+            json.dumps({"instances": {"cap-shape": [1], "cap-diameter": 3}}),
+            JSON,
+            "columns 'cap-shape' hold lists but 'cap-diameter' hold single values",
+        ),
+        (
+            json.dumps({"instances": [NB, NB | {"gill-color": True}]}),
+            JSON,
+            "row 1, column 'gill-color': got the boolean True",
+        ),
+        (
+            json.dumps({"inputs": {c: [v, v] for c, v in NB.items()} | {"gill-color": [1, True]}}),
+            JSON,
+            "row 1, column 'gill-color': got the boolean True",
+        ),
+        (
+            json.dumps({"inputs": {c: [[v, v], [v, v]] for c, v in NB.items()}}),
+            JSON,
+            "row 0, column 'cap-diameter': got a list",
+        ),
+    ],
+    ids=[
+        "duplicated-json-key-in-a-record",
+        "duplicated-json-key-in-columns",
+        "duplicated-param",
+        "duplicated-csv-header",
+        "duplicated-csv-header-after-bom-and-blank-line",
+        "duplicated-parquet-column",
+        "split-index-longer-than-data",
+        "split-index-shorter-than-data",
+        "inputs-columns-of-different-lengths",
+        "instances-lists-and-single-values",
+        "boolean-in-instances-records",
+        "boolean-among-integers-in-inputs-columns",
+        "nested-lists-in-inputs-columns",
+    ],
+)
+def test_ambiguous_bodies_are_refused_naming_the_problem(guarded, body, content_type, message):
+    """Bodies MLflow alone would score with values or rows the client did not send."""
+    got, mimetype, answer = respond(guarded, body, content_type)
+    assert (got, mimetype) == (400, JSON), answer
+    assert answer["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert message in answer["message"]
+    assert "stack_trace" not in answer and "Failed to predict data" not in answer["message"]
+
+
+#: One row of each kind; batches below mix them in every order up to three rows.
+KINDS = {"nb": NB, "lr": LR, "both": NB | LR}
+ORDERS = [order for n in (1, 2, 3) for order in itertools.product(KINDS, repeat=n)]
+
+
+def _in_every_json_form(records: list[dict]) -> dict[str, dict]:
+    columns = list(dict.fromkeys(c for r in records for c in r))
+    as_columns = {c: [r.get(c) for r in records] for c in columns}
+    return {
+        "instances-records": {"instances": records},
+        "instances-columns": {"instances": as_columns},
+        "inputs-records": {"inputs": records},
+        "inputs-columns": {"inputs": as_columns},
+        "dataframe-records": {"dataframe_records": records},
+        "dataframe-split": {
+            "dataframe_split": {"columns": columns, "data": [[r.get(c) for c in columns] for r in records]}
+        },
+    }
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=["-".join(o) for o in ORDERS])
+def test_every_json_form_gives_one_answer_per_row_as_in_process(guarded, pyfunc_model, order):
+    """``{"instances": [NB, LR]}`` was one answer and ``[LR, NB, LR]`` a 400 (MLflow merged the rows)."""
+    records = [KINDS[kind] for kind in order]
+    expected = pyfunc_model.unwrap_python_model().router.predict(pd.DataFrame(records))
+    expected = expected.astype({"prediction": str, "model": str}).to_dict("records")
+    for form, payload in _in_every_json_form(records).items():
+        got, _, answer = respond(guarded, json.dumps(payload), JSON)
+        assert (got, answer.get("predictions")) == (200, expected), form
+
+
 def test_install_patches_once_and_only_a_matching_mlflow(monkeypatch, caplog):
     module = types.SimpleNamespace(
         invocations=scoring_server.invocations,
         predictions_to_json=scoring_server.predictions_to_json,
         InvocationsResponse=scoring_server.InvocationsResponse,
+        _decode_json_input=scoring_server._decode_json_input,
     )
     assert server_guard.install(module, max_request_bytes=10)
     first = module.invocations
@@ -204,6 +348,19 @@ def test_install_patches_once_and_only_a_matching_mlflow(monkeypatch, caplog):
     assert not server_guard.install(other, max_request_bytes=10)
     assert other.invocations is before
     assert "not the expected one" in caplog.text
+
+
+def test_install_needs_an_mlflow_that_takes_the_parsed_json(caplog):
+    """The guard hands MLflow the body it parsed; an MLflow that only reads text is left unguarded."""
+    module = types.SimpleNamespace(
+        invocations=scoring_server.invocations,
+        predictions_to_json=scoring_server.predictions_to_json,
+        InvocationsResponse=scoring_server.InvocationsResponse,
+        _decode_json_input=lambda text: json.loads(text),
+    )
+    assert not server_guard.install(module, max_request_bytes=10)
+    assert module.invocations is scoring_server.invocations
+    assert "'takes_parsed_json': False" in caplog.text
 
 
 @pytest.mark.parametrize(("value", "expected"), [("", 16 * 1024 * 1024), ("1024", 1024), (" 7 ", 7)])

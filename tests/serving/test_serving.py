@@ -1,6 +1,7 @@
 """A real `mlflow models serve` of models:/mushroom-router@champion, answering HTTP on 127.0.0.1."""
 
 import io
+import itertools
 import json
 
 import pandas as pd
@@ -72,6 +73,120 @@ def test_every_request_form_routes_a_mixed_batch(server, body):
     out = predictions(post(server, body))
     assert out.columns.tolist() == list(F.OUTPUT_COLUMNS)
     assert out["model"].tolist() == [F.NAIVE_BAYES, F.LOGISTIC_REGRESSION]
+
+
+#: One row of each kind; the batches below mix them in every order up to three rows.
+KINDS = {"nb": NB, "lr": LR, "both": NB | LR}
+ORDERS = [order for n in (1, 2, 3) for order in itertools.product(KINDS, repeat=n)]
+FORMS = (
+    "dataframe_split",
+    "dataframe_records",
+    "instances_records",
+    "instances_columns",
+    "inputs_records",
+    "inputs_columns",
+    "csv",
+    "parquet",
+)
+
+
+def encode(records: list[dict], form: str) -> tuple[str | bytes, str]:
+    """``records`` (absent key = not given) in one request form; returns (body, content type)."""
+    columns = list(dict.fromkeys(c for r in records for c in r))
+    as_columns = {c: [r.get(c) for r in records] for c in columns}
+    if form in ("csv", "parquet"):
+        frame = pd.DataFrame(records, columns=columns)
+        if form == "csv":
+            return frame.to_csv(index=False), "text/csv"
+        return frame.to_parquet(index=False), "application/vnd.apache.parquet"
+    key, _, shape = form.rpartition("_")
+    if key == "dataframe":
+        key = form
+        payload = (
+            records
+            if shape == "records"
+            else {"columns": columns, "data": [[r.get(c) for c in columns] for r in records]}
+        )
+    else:
+        payload = records if shape == "records" else as_columns
+    return json.dumps({key: payload}), "application/json"
+
+
+def as_read(body: str | bytes, form: str, records: list[dict]) -> pd.DataFrame:
+    """The rows as the server's parser reads them (CSV and Parquet through pandas)."""
+    if form == "csv":
+        return pd.read_csv(io.StringIO(body))
+    if form == "parquet":
+        return pd.read_parquet(io.BytesIO(body))
+    return pd.DataFrame(records)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_one_answer_per_row_in_order_equal_to_in_process_in_every_form(server, served_router, form):
+    """Batches of both routes in every order; ``instances`` once merged [NB, LR] into one answer."""
+    routes = {"nb": F.NAIVE_BAYES, "lr": F.LOGISTIC_REGRESSION, "both": served_router.preferred}
+    for order in ORDERS:
+        records = [KINDS[kind] for kind in order]
+        body, content_type = encode(records, form)
+        response = post(server, body, content_type)
+        assert response.status_code == 200, (order, response.text)
+        answered = response.json()["predictions"]
+        expected = served_router.predict(as_read(body, form, records))
+        assert [a["model"] for a in answered] == [routes[kind] for kind in order], order
+        assert answered == expected.astype({"prediction": str, "model": str}).to_dict("records"), order
+
+
+def _parquet_with_columns(columns: list[str], values: list[float]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = io.BytesIO()
+    pq.write_table(pa.table([pa.array([v]) for v in values], names=columns), out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "fragments"),
+    [
+        (
+            '{"dataframe_records": [{"cap-shape": 1, "cap-shape": 2, "cap-diameter": 3, '
+            '"gill-attachment": 1, "gill-color": 1}]}',
+            "application/json",
+            ["a JSON object gives 'cap-shape' more than once"],
+        ),
+        (
+            f"cap-shape,{','.join(NB)}\n2,{','.join(str(v) for v in NB.values())}\n",
+            "text/csv",
+            ["the CSV header gives 'cap-shape' more than once"],
+        ),
+        (
+            _parquet_with_columns(["gill-color", *NB], [2, *NB.values()]),
+            "application/vnd.apache.parquet",
+            ["the Parquet schema gives 'gill-color' more than once"],
+        ),
+        (
+            json.dumps(
+                {"dataframe_split": {"columns": list(NB), "data": [list(NB.values())], "index": [0, 1, 2]}}
+            ),
+            "application/json",
+            ["index of length 3", "data of length 1"],
+        ),
+        (
+            json.dumps({"instances": {"cap-shape": [1, 2], "cap-diameter": [3]}}),
+            "application/json",
+            ["columns of different lengths ('cap-shape': 2, 'cap-diameter': 1)"],
+        ),
+    ],
+    ids=[
+        "duplicated-json-key",
+        "duplicated-csv-header",
+        "duplicated-parquet-column",
+        "split-index-too-long",
+        "instances-columns-of-different-lengths",
+    ],
+)
+def test_ambiguous_requests_are_refused_naming_the_problem(server, body, content_type, fragments):
+    assert_clean_error(post(server, body, content_type), *fragments)
 
 
 def test_same_answer_from_every_form(server):

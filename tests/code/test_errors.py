@@ -1,0 +1,54 @@
+"""The one error policy (router_model.errors), as the CLI applies it."""
+
+import pytest
+
+from router_model import cli
+from router_model.data import DataError, DataUnavailableError
+from router_model.errors import ConfigError, RouterError, is_permanent
+from router_model.pipeline import PipelineError
+from router_model.scoring import ScoringError
+from router_model.validation import InvalidInputError
+
+
+@pytest.mark.parametrize(
+    ("err", "permanent"),
+    [
+        (ConfigError("lr_c=-1"), True),
+        (DataError("no rows"), True),
+        (PipelineError("file changed"), True),
+        (DataUnavailableError("Kaggle is down"), False),
+        (ValueError("a bug"), False),
+        (KeyError("a bug"), False),
+    ],
+)
+def test_which_errors_are_permanent(err, permanent):
+    assert is_permanent(err) is permanent
+
+
+@pytest.mark.parametrize("kind", [DataError, PipelineError, ConfigError, DataUnavailableError])
+def test_every_package_error_shares_the_base(kind):
+    assert issubclass(kind, RouterError)
+
+
+@pytest.mark.parametrize(
+    "err", [ConfigError("training param lr_c=-1 is not valid"), ScoringError("x"), InvalidInputError("row 0")]
+)
+def test_named_errors_are_one_line_and_exit_2(monkeypatch, capsys, err):
+    def fail(_args):
+        raise err
+
+    monkeypatch.setitem(cli._COMMANDS, "status", fail)
+    assert cli.main(["status"]) == 2
+    assert capsys.readouterr().err == f"mushroom-router status: error: {err}\n"
+
+
+def test_a_bug_keeps_its_traceback_after_a_hint(monkeypatch, capsys):
+    """A plain ValueError used to exit 2 with one line, hiding a real bug's trace."""
+
+    def fail(_args):
+        raise ValueError("unexpected shape (3,)")
+
+    monkeypatch.setitem(cli._COMMANDS, "status", fail)
+    with pytest.raises(ValueError, match=r"unexpected shape \(3,\)"):
+        cli.main(["status"])
+    assert "unexpected ValueError, probably a bug; the traceback follows" in capsys.readouterr().err
