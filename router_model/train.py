@@ -249,6 +249,10 @@ def binary_metrics(
     }
 
 
+#: The map that leaves a model's probabilities as they are (slope 1, intercept 0).
+IDENTITY_MAP = (1.0, 0.0)
+
+
 def calibrate(
     submodels: dict[str, Pipeline], maps: dict[str, tuple[float, float]]
 ) -> dict[str, LogOddsCalibrated]:
@@ -271,8 +275,10 @@ def fit_calibrated(
         final_rows: Rows of the returned models (default ``fit_rows`` and ``val_rows`` together).
 
     Returns:
-        The calibrated final models, the ``(slope, intercept)`` per route, and the calibrated
-        P(poisonous) of the validation models on ``val_rows`` per route.
+        The calibrated final models, the ``(slope, intercept)`` per route (:data:`IDENTITY_MAP`,
+        with a warning, when ``val_rows`` cannot fit one: a single class, or a model that ranks
+        them no better than chance), and the calibrated P(poisonous) of the validation models on
+        ``val_rows`` per route.
     """
     if final_rows is None:
         final_rows = pd.concat([fit_rows, val_rows])
@@ -281,7 +287,14 @@ def fit_calibrated(
     val_scores: dict[str, np.ndarray] = {}
     for route, model in fit_submodels(fit_rows, config).items():
         z = log_odds(model, val_rows[list(F.ROUTE_FEATURES[route])].to_numpy(np.float64))
-        maps[route] = fit_log_odds_map(z, y_val)
+        try:
+            maps[route] = fit_log_odds_map(z, y_val)
+        except ValueError as err:
+            # A handful of validation rows (a tiny file) cannot fit a map; the gate refuses such
+            # versions anyway ("too few to judge"), so training goes on with the model's own
+            # probabilities rather than failing.
+            _logger.warning("No calibration map for %s (%s); keeping its own probabilities", route, err)
+            maps[route] = IDENTITY_MAP
         slope, intercept = maps[route]
         val_scores[route] = expit(slope * z + intercept)
     return calibrate(fit_submodels(final_rows, config), maps), maps, val_scores

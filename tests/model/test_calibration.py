@@ -333,3 +333,12 @@ def test_retrain_with_a_miscalibrated_map_registers_it_as_challenger_not_champio
     assert outcome["decision"]["reason"].startswith("version 1 is miscalibrated on held-out rows")
     assert registry.alias_version(settings.CHAMPION) is None
     assert registry.client().get_model_version(settings.MODEL_NAME, "1").tags["gate"] == "rejected"
+
+
+def test_a_tiny_file_trains_with_the_identity_map_instead_of_failing(caplog):
+    from router_model import data
+    from router_model.train import IDENTITY_MAP, train
+
+    result = train(data.validate_training_frame(data.make_synthetic(20, seed=1)))
+    assert IDENTITY_MAP in result.calibration.values()
+    assert "No calibration map for" in caplog.text
