@@ -342,3 +342,19 @@ def test_a_tiny_file_trains_with_the_identity_map_instead_of_failing(caplog):
     result = train(data.validate_training_frame(data.make_synthetic(20, seed=1)))
     assert IDENTITY_MAP in result.calibration.values()
     assert "No calibration map for" in caplog.text
+
+
+@pytest.mark.parametrize(("given", "parsed"), [("safe", "safe"), ("SAFE", "safe"), ("0.07", 0.07)])
+def test_predict_cli_takes_a_number_or_safe(given, parsed):
+    from router_model.cli import build_parser
+
+    assert build_parser().parse_args(["predict", "in.csv", "--threshold", given]).threshold == parsed
+
+
+def test_predict_cli_refuses_another_word(capsys):
+    from router_model.cli import build_parser
+
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["predict", "in.csv", "--threshold", "careful"])
+    assert stopped.value.code == 2
+    assert "expected a number in [0, 1] or 'safe', got 'careful'" in capsys.readouterr().err
