@@ -1,4 +1,4 @@
-"""``mushroom-router`` command line: train, serve, supervise, predict, promote, status.
+"""``mushroom-router`` command line: train, serve, supervise, predict, monitor, promote, status.
 
 This is the only module that prints; everything it does is a call into the pipeline, serving and
 scoring modules, the same calls the Airflow DAG makes.
@@ -10,6 +10,7 @@ import argparse
 import logging
 import signal
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from router_model import settings
@@ -33,6 +34,16 @@ def _key_value(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     key, value = text.split("=", 1)
     return key.strip(), value.strip()
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO time like 2026-12-01T00:00:00+00:00, got {text!r}"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_threshold,
         default=0.5,
         help="poisonous when P(poisonous) >= this; 'safe': each route's recorded safe threshold",
+    )
+
+    monitor = sub.add_parser(
+        "monitor", help="compare the rows the model server logged with the champion's reference (drift)"
+    )
+    monitor.add_argument(
+        "--since",
+        type=_timestamp,
+        metavar="ISO",
+        help="window start, e.g. 2026-12-01T00:00:00+00:00 (default: where the previous run ended)",
     )
 
     promote = sub.add_parser("promote", help="move the champion alias to a version by hand")
@@ -199,10 +220,26 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    from router_model import monitoring
+
+    outcome = monitoring.run_monitor(since=args.since)
+    window = f"{outcome['window_start'] or 'the start'} to {outcome['window_end']}"
+    if outcome["status"] == monitoring.STATUS_TOO_FEW:
+        print(f"Too few logged rows to judge ({outcome['rows']} from {window}); nothing logged.")
+        return 0
+    verdict = f"DRIFT in {', '.join(outcome['drifted'])}" if outcome["drift_detected"] else "no drift"
+    print(f"{verdict}: {outcome['rows']} rows from {window}, champion version {outcome['champion_version']}")
+    for name, value in sorted(outcome["psi"].items(), key=lambda item: -item[1]):
+        print(f"  PSI {value:.4f}  {name}")
+    print(f"Logged run {outcome['run_id']} in {settings.MONITORING_EXPERIMENT}")
+    return 0
+
+
 def _promote(args: argparse.Namespace) -> int:
     from router_model import registry
 
-    registry.set_alias(settings.CHAMPION, args.version)
+    registry.promote(args.version)
     print(f"{settings.MODEL_NAME}@{settings.CHAMPION} -> version {args.version}")
     return 0
 
@@ -251,6 +288,7 @@ _COMMANDS = {
     "serve": _serve,
     "supervise": _supervise,
     "predict": _predict,
+    "monitor": _monitor,
     "promote": _promote,
     "status": _status,
 }

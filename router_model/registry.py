@@ -27,8 +27,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec
 
+from router_model import drift, settings
 from router_model import features as F
-from router_model import settings
+from router_model.errors import RouterError
 from router_model.requirements import pinned_requirements
 from router_model.router import (
     CONFIG_PREFERRED,
@@ -54,6 +55,8 @@ TAG_HOLDOUT_ROWS = "holdout_rows"
 #: Each version's held-out rows, logged with its run: the gate scores later candidates on them,
 #: so a retrain cannot pick the rows it is judged on (see :mod:`router_model.pipeline`).
 HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
+#: Each version's reference distribution for the drift monitor (:mod:`router_model.drift`).
+DRIFT_REFERENCE_ARTIFACT = "monitoring/reference.json"
 
 
 def route_tag(key: str, route: str) -> str:
@@ -188,6 +191,51 @@ def set_alias(alias: str, version: int | str) -> None:
     _logger.info("%s@%s -> version %s", settings.MODEL_NAME, alias, version)
 
 
+class RegistryError(RouterError):
+    """The registry has no such model or version; the message says what it has instead."""
+
+
+def _version_list(versions: list[int]) -> str:
+    """``1-3, 5, 7-9``: registered versions, runs of consecutive numbers shortened."""
+    runs: list[list[int]] = []
+    for v in versions:
+        if runs and v == runs[-1][-1] + 1:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def promote(version: int, alias: str = settings.CHAMPION) -> None:
+    """Point ``alias`` at ``version`` by hand, after checking that the version exists.
+
+    MLflow would refuse a missing version too, but with a traceback-sized error; a person typing
+    ``promote 99`` needs to hear which versions there are.
+
+    Raises:
+        RegistryError: If ``version`` is not a positive number, no router is registered, or it
+            has no such version.
+        MlflowException: If the registry cannot answer (for example the server is unreachable).
+    """
+    if version < 1:
+        raise RegistryError(f"version must be a positive integer, got {version}")
+    c = client()
+    found = None
+    with _absent_is_fine():
+        found = c.get_model_version(settings.MODEL_NAME, str(version))
+    if found is None:
+        registered = sorted(int(v.version) for v in c.search_model_versions(f"name='{settings.MODEL_NAME}'"))
+        if not registered:
+            raise RegistryError(
+                f"no {settings.MODEL_NAME} is registered in "
+                f"{settings.redacted(settings.tracking_uri())}; train one first"
+            )
+        raise RegistryError(
+            f"{settings.MODEL_NAME} has no version {version}; registered versions: {_version_list(registered)}"
+        )
+    set_alias(alias, version)
+
+
 def delete_alias(alias: str) -> None:
     """Remove ``alias`` if it exists.
 
@@ -239,6 +287,20 @@ def holdout_frame(version: int | str) -> pd.DataFrame | None:
             run_id=run_id, artifact_path=HOLDOUT_ARTIFACT, dst_path=tmp
         )
         return pd.read_parquet(local)
+
+
+def drift_reference(version: int | str) -> dict[str, Any] | None:
+    """A version's drift reference (:data:`DRIFT_REFERENCE_ARTIFACT`), ``None`` if it has none.
+
+    Raises:
+        MlflowException: If the registry or the artifact store cannot answer.
+    """
+    c = client()
+    run_id = c.get_model_version(settings.MODEL_NAME, str(version)).run_id
+    folder = DRIFT_REFERENCE_ARTIFACT.rsplit("/", 1)[0]
+    if not any(f.path == DRIFT_REFERENCE_ARTIFACT for f in c.list_artifacts(run_id, folder)):
+        return None
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{DRIFT_REFERENCE_ARTIFACT}")
 
 
 def load_router(model_uri: str) -> Router:
@@ -308,6 +370,7 @@ def log_router(
         ):
             mlflow.log_figure(figure, f"plots/{name}.png")
             plt.close(figure)
+        mlflow.log_dict(drift.reference_profile(test, scores), DRIFT_REFERENCE_ARTIFACT)
         with tempfile.TemporaryDirectory() as tmp:
             holdout = Path(tmp) / Path(HOLDOUT_ARTIFACT).name
             test.to_parquet(holdout, index=False)

@@ -26,8 +26,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
@@ -69,6 +71,10 @@ SAFE = "safe"
 _ROUTE_INDEX = {route: i for i, route in enumerate(F.ROUTES)}
 _COLUMN_INDEX = {route: [F.ALL_FEATURES.index(c) for c in F.ROUTE_FEATURES[route]] for route in F.ROUTES}
 _NO_ROUTE = -1
+#: What :meth:`Router.predict` tells an observer: the feature matrix, route indices into
+#: ``features.ROUTES``, P(poisonous) per row, and the threshold applied (per row, as an array, for
+#: ``"threshold": "safe"``, which only in-process callers can send).
+Observer = Callable[[np.ndarray, np.ndarray, np.ndarray, float | np.ndarray], None]
 _ROUTE_DTYPE = pd.CategoricalDtype(list(F.ROUTES))
 _LABEL_DTYPE = pd.CategoricalDtype([F.LABELS[F.LABEL_EDIBLE], F.LABELS[F.LABEL_POISONOUS]])
 
@@ -342,7 +348,11 @@ class Router:
         self._scorers = {route: compile_scorer(model) for route, model in self.submodels.items()}
 
     def predict(
-        self, frame: Any, params: Mapping[str, Any] | None = None, on_error: str = "raise"
+        self,
+        frame: Any,
+        params: Mapping[str, Any] | None = None,
+        on_error: str = "raise",
+        observe: Observer | None = None,
     ) -> pd.DataFrame:
         """Score rows.
 
@@ -352,6 +362,8 @@ class Router:
             on_error: ``"raise"`` (the server's contract: one bad row fails the batch) or
                 ``"mark"`` (batch scoring: bad rows get empty predictions and a message in an
                 ``error`` column, the other rows are scored).
+            observe: Called with ``(matrix, routes, poisonous, threshold)`` once the rows are
+                scored (the model server's inference log); it must not change the arrays.
 
         Returns:
             A frame with ``features.OUTPUT_COLUMNS`` (plus ``error`` when marking), one row per
@@ -376,7 +388,10 @@ class Router:
             if rows.any():
                 columns = matrix[np.ix_(rows, _COLUMN_INDEX[route])]
                 poisonous[rows] = self._scorers[route](columns)
-        is_poisonous = poisonous >= self._thresholds(threshold, routes)
+        cut = self._thresholds(threshold, routes)
+        if observe is not None:
+            observe(matrix, routes, poisonous, cut)
+        is_poisonous = poisonous >= cut
         label_codes = is_poisonous.astype(np.int8)
         if problems is not None:
             label_codes[routes == _NO_ROUTE] = -1
@@ -421,12 +436,17 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         """Load both sub-models from the model's artifacts with the trusted skops types.
 
-        Inside ``mlflow models serve`` this also installs :mod:`router_model.server_guard`.
+        Inside ``mlflow models serve`` this also installs :mod:`router_model.server_guard` and
+        starts the :mod:`router_model.inference_log` (unless ``MUSHROOM_INFERENCE_LOG=off``).
         """
-        from router_model import server_guard
+        from router_model import inference_log, server_guard
 
+        self._log: inference_log.InferenceLog | None = None
         if server_guard.in_scoring_server():
             server_guard.install()
+            self._log = inference_log.active()
+            if self._log is not None:
+                server_guard.on_shutdown(self._log.close)  # a SIGTERM'd server flushes its log
         config = context.model_config or {}
         submodels = {route: load_submodel(context.artifacts[route]) for route in F.ROUTES}
         self.router = Router(
@@ -434,11 +454,34 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
             preferred=config.get(CONFIG_PREFERRED, F.LOGISTIC_REGRESSION),
             safe_thresholds=config.get(CONFIG_SAFE_THRESHOLD) or None,
         )
+        self._run_id = _model_run_id(context) if self._log is not None else ""
+
+    def _observe(
+        self, matrix: np.ndarray, routes: np.ndarray, poisonous: np.ndarray, threshold: float
+    ) -> None:
+        from router_model import inference_log
+
+        batch = inference_log.Batch(
+            time.time(), inference_log.new_request_id(), self._run_id, threshold, matrix, routes, poisonous
+        )
+        self._log.submit(batch)
 
     def predict(self, context, model_input, params=None):
         """Route and score ``model_input``; bad input raises ``MlflowException`` (HTTP 400)."""
         hashable_labels(model_input)
+        observe = self._observe if getattr(self, "_log", None) is not None else None
         try:
-            return self.router.predict(model_input, params)
+            return self.router.predict(model_input, params, observe=observe)
         except InvalidInputError as err:
             raise MlflowException(f"Invalid input: {err}", error_code=INVALID_PARAMETER_VALUE) from None
+
+
+def _model_run_id(context: mlflow.pyfunc.PythonModelContext) -> str:
+    """The run that logged this model, from its ``MLmodel`` (artifacts live in ``<model>/artifacts``)."""
+    from mlflow.models import Model
+
+    model_dir = Path(context.artifacts[F.ROUTES[0]]).resolve().parents[1]
+    try:
+        return Model.load(str(model_dir)).run_id or ""
+    except (OSError, MlflowException):
+        return ""

@@ -13,6 +13,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 MODEL_NAME = "mushroom-router"
 EXPERIMENT_NAME = "mushroom-router"
+#: Where ``mushroom-router monitor`` logs its drift runs.
+MONITORING_EXPERIMENT = "mushroom-router-monitoring"
+#: The Airflow asset the monitor updates when it finds drift; the retrain DAG schedules on it.
+DRIFT_ASSET_URI = "mushroom-router://monitoring/drift"
+DRIFT_ASSET_NAME = "mushroom-router-drift"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 
@@ -136,3 +141,34 @@ def max_request_bytes() -> int:
     if not raw.isdigit() or int(raw) <= 0:
         raise ValueError(f"MUSHROOM_MAX_REQUEST_BYTES is {raw!r}; expected a positive number of bytes")
     return int(raw)
+
+
+def _positive(name: str, default: float, kind: type) -> float:
+    raw = env(name)
+    if raw is None:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = -1
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"{name} is {raw!r}; expected a positive {'whole ' if kind is int else ''}number")
+    return value
+
+
+def drift_psi_threshold() -> float:
+    """PSI above which a feature counts as drifted (``MUSHROOM_DRIFT_PSI``, default 0.2).
+
+    Raises:
+        ValueError: If the variable is not a positive number.
+    """
+    return float(_positive("MUSHROOM_DRIFT_PSI", 0.2, float))
+
+
+def drift_min_rows() -> int:
+    """Fewest logged values a feature needs before the monitor judges it (``MUSHROOM_DRIFT_MIN_ROWS``).
+
+    Raises:
+        ValueError: If the variable is not a positive whole number.
+    """
+    return int(_positive("MUSHROOM_DRIFT_MIN_ROWS", 500, int))

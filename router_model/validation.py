@@ -265,7 +265,7 @@ def feature_matrix(frame: pd.DataFrame, problems: RowProblems | None = None) -> 
                 spellings = " and ".join(repr(s) for s in groups[name])
                 raise InvalidInputError(
                     f"row {int(clash[0])}: {spellings} spell the same feature but give "
-                    f"different values ({merged[clash[0]]!r} and {values[clash[0]]!r})",
+                    f"different values ({_describe(merged[clash[0]])} and {_describe(values[clash[0]])})",
                     row=int(clash[0]),
                     column=name,
                 )

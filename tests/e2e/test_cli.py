@@ -54,6 +54,14 @@ def test_train_then_weaker_train_says_why_it_is_challenger(run_cli, cli_home, tm
     assert "@champion -> version 1" in status.stdout and "@challenger -> version 2" in status.stdout
     assert status.stdout.count("safe threshold (at most 1% poisonous among 'edible'): naive_bayes 0.") == 2
     assert "logistic_regression 0." in status.stdout and "(false alarms " in status.stdout
+    missing = run_cli("promote", "99", env=cli_home)
+    assert (missing.returncode, missing.stderr.strip()) == (
+        2,
+        "mushroom-router promote: error: mushroom-router has no version 99; registered versions: 1-2",
+    )
+    promoted = run_cli("promote", "2", env=cli_home)
+    assert promoted.returncode == 0, promoted.stderr
+    assert "@champion -> version 2" in run_cli("status", env=cli_home).stdout
 
 
 def test_train_synthetic_warns(run_cli, cli_home):
@@ -81,6 +89,14 @@ def test_train_synthetic_warns(run_cli, cli_home):
             ["predict", "/no/such.csv"],
             "mushroom-router predict: error: cannot load models:/mushroom-router@champion",
         ),
+        (
+            ["predict", "/no/such.csv", "/no/such/folder/out.csv"],
+            "mushroom-router predict: error: output folder not found: /no/such/folder",
+        ),
+        (["predict", "/no/such.csv", "/"], "mushroom-router predict: error: output / is a folder"),
+        (["promote", "0"], "mushroom-router promote: error: version must be a positive integer, got 0"),
+        (["promote", "-1"], "mushroom-router promote: error: version must be a positive integer, got -1"),
+        (["promote", "1"], "mushroom-router promote: error: no mushroom-router is registered in sqlite:///"),
     ],
 )
 def test_errors_are_one_line_without_traceback(run_cli, cli_home, args, message):
