@@ -8,26 +8,25 @@ error policy.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, task
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 # Names, ranges and the error policy only: both modules import nothing beyond the standard library.
-from router_model.errors import is_permanent
-from router_model.settings import MIN_IMPROVEMENT_RANGE
+from router_model.errors import fail_fast
+from router_model.settings import DRIFT_ASSET_NAME, DRIFT_ASSET_URI, MIN_IMPROVEMENT_RANGE, WEAK_TRAIN_PARAMS
 
 DAG_ID = "mushroom_router_retrain"
 
 #: Updated when a new version takes ``champion``; other DAGs can schedule on it.
 CHAMPION_ASSET = Asset(uri="mlflow://models/mushroom-router", name="mushroom-router-champion")
+#: Updated by ``mushroom_router_monitor`` when it finds drift: a retrain runs then, not only daily.
+DRIFT_ASSET = Asset(uri=DRIFT_ASSET_URI, name=DRIFT_ASSET_NAME)
+SCHEDULE = AssetOrTimeSchedule(timetable=CronTriggerTimetable("@daily", timezone="UTC"), assets=DRIFT_ASSET)
 
-#: Hyperparameters that make a deliberately weak model (for trying the gate).
-WEAK_TRAIN_PARAMS = {"nb_bins": 2, "nb_orders": "1", "lr_bins": 2, "lr_orders": "1"}
 
 DOC_MD = f"""
 # Retrain the mushroom router behind a quality gate
@@ -115,30 +114,9 @@ params = {
 }
 
 
-def fail_fast(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Apply the package's error policy (:mod:`router_model.errors`) to a task.
-
-    A ``RouterError`` that is not transient (bad data, missing Kaggle credentials, a training
-    param out of range, a pipeline precondition) fails the task at once with its one-line message:
-    a retry cannot fix it. Transient ones and every other error (an unreachable tracking server,
-    a bug) keep the normal retries.
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except Exception as err:
-            if is_permanent(err):
-                raise AirflowFailException(f"{type(err).__name__}: {err}") from err
-            raise
-
-    return wrapper
-
-
 @dag(
     dag_id=DAG_ID,
-    schedule="@daily",
+    schedule=SCHEDULE,
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

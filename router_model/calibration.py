@@ -15,7 +15,6 @@ threshold that keeps that share at or below 1%) are what training logs, the gate
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +25,6 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 
 from router_model import features as F
-
-_logger = logging.getLogger(__name__)
 
 #: Bins of the expected calibration error and of the reliability diagram.
 ECE_BINS = 10

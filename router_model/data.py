@@ -29,10 +29,6 @@ from router_model.validation import InvalidInputError, feature_matrix
 
 _logger = logging.getLogger(__name__)
 
-SOURCE_PATH = "path"
-SOURCE_KAGGLE = "kaggle"
-SOURCE_SYNTHETIC = "synthetic"
-SOURCES = (SOURCE_KAGGLE, SOURCE_PATH, SOURCE_SYNTHETIC)
 
 SYNTHETIC_ROWS = 8000
 SYNTHETIC_SEED = 20240607
@@ -54,7 +50,7 @@ class DataSource:
 
     Attributes:
         path: Local CSV file.
-        source: One of ``SOURCES``.
+        source: One of ``settings.SOURCES``.
         sha256: Hex digest of the file's bytes.
     """
 
@@ -318,7 +314,7 @@ def resolve_data(
 
     Args:
         path: An explicit file; wins over everything (``MUSHROOM_DATA`` when not given).
-        source: Force one of ``SOURCES``; ``None`` picks in the order above.
+        source: Force one of ``settings.SOURCES``; ``None`` picks in the order above.
         api_factory: Kaggle client factory, for tests.
 
     Returns:
@@ -327,22 +323,26 @@ def resolve_data(
     Raises:
         DataError: If the chosen source is not available.
     """
-    if source is not None and source not in SOURCES:
-        raise DataError(f"unknown data source {source!r}; expected one of {list(SOURCES)}")
-    if source in (None, SOURCE_PATH):
+    if source is not None and source not in settings.SOURCES:
+        raise DataError(f"unknown data source {source!r}; expected one of {list(settings.SOURCES)}")
+    if source in (None, settings.SOURCE_PATH):
         path = path or settings.data_path()
         if path:
+            if Path(path).is_dir():
+                raise DataError(
+                    f"data path {path} is a directory; expected a CSV file such as {settings.KAGGLE_FILE}"
+                )
             if not Path(path).is_file():
                 raise DataError(f"data file not found: {path}")
             resolved = str(Path(path).resolve())
-            return DataSource(resolved, SOURCE_PATH, file_sha256(resolved))
-        if source == SOURCE_PATH:
+            return DataSource(resolved, settings.SOURCE_PATH, file_sha256(resolved))
+        if source == settings.SOURCE_PATH:
             raise DataError("data source 'path' needs a path (--data or MUSHROOM_DATA)")
-    if source == SOURCE_KAGGLE or (
+    if source == settings.SOURCE_KAGGLE or (
         source is None and (api_factory is not None or kaggle_credentials_present())
     ):
         target = download_kaggle(api_factory=api_factory)
-        return DataSource(str(target), SOURCE_KAGGLE, file_sha256(target))
+        return DataSource(str(target), settings.SOURCE_KAGGLE, file_sha256(target))
     target = write_synthetic()
     _logger.warning(
         "NO REAL DATA: training on the built-in SYNTHETIC sample %s. Predictions from this model "
@@ -350,7 +350,7 @@ def resolve_data(
         "credentials to train on mushroom_cleaned.csv.",
         target,
     )
-    return DataSource(str(target), SOURCE_SYNTHETIC, file_sha256(target))
+    return DataSource(str(target), settings.SOURCE_SYNTHETIC, file_sha256(target))
 
 
 def describe(frame: pd.DataFrame) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Drift: how far served inputs and answers have moved from what the champion was trained on.
 
-At training time :func:`reference_profile` records, per feature, the training rows' distribution
-(ten quantile bins for a measurement, the share of each code for a category or season) and, per
-route, the held-out distribution of ``poisonous_probability`` in ten fixed bins. It is logged with
+At training time :func:`reference_profile` records, per feature, the distribution of the version's
+held-out rows (ten quantile bins for a measurement, the share of each code for a category or
+season: rows the model did not fit, from the same data) and, per route, their distribution of
+``poisonous_probability`` in ten fixed bins. It is logged with
 the model (``monitoring/reference.json``). :func:`compare` bins the rows the model server logged
 the same way and measures each feature with the population stability index (PSI, the usual drift
 alarm: below 0.1 stable, 0.1-0.2 moderate, above 0.2 a shift) and a chi-square test of the bin
@@ -72,8 +73,8 @@ def reference_profile(train: pd.DataFrame, scores: Mapping[str, np.ndarray]) -> 
     """The distribution the monitor compares served rows with.
 
     Args:
-        train: Validated training rows (every feature).
-        scores: Per route, ``poisonous_probability`` of held-out rows.
+        train: Validated rows of the training data (every feature); training passes the held-out rows.
+        scores: Per route, ``poisonous_probability`` of the same rows.
 
     Returns:
         A JSON-friendly profile.

@@ -122,7 +122,7 @@ class PostgresSink:
     """Rows appended to :data:`TABLE` in the database of a ``postgresql://`` URL.
 
     Args:
-        url: ``postgresql://user:password@host:port/database``.
+        url: ``postgresql://<user>:<password>@<host>:<port>/<database>``.
     """
 
     def __init__(self, url: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,8 +16,6 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 from router_model import features as F
 from router_model.calibration import ECE_BINS, expected_calibration_error, reliability
-
-_logger = logging.getLogger(__name__)
 
 
 def roc_figure(y: np.ndarray, poisonous_by_route: Mapping[str, np.ndarray]) -> Figure:
@@ -99,7 +96,7 @@ def drift_figure(comparisons: list[Any], psi_threshold: float) -> Figure:
         ax.axis("off")
     for ax, comparison in zip(axes.ravel(), shown, strict=False):
         x = np.arange(len(comparison.reference))
-        ax.bar(x - 0.2, comparison.reference, width=0.4, label="reference (training)")
+        ax.bar(x - 0.2, comparison.reference, width=0.4, label="reference (held out at training)")
         ax.bar(x + 0.2, comparison.current, width=0.4, label=f"served ({comparison.rows} rows)")
         ax.set_xticks(x, comparison.labels, rotation=60, fontsize=6)
         drifted = comparison.judged and comparison.psi > psi_threshold

@@ -56,6 +56,14 @@ def test_resolve_missing_path_fails():
         data.resolve_data(path="/nope.csv")
 
 
+def test_resolve_a_directory_says_it_is_one(tmp_path):
+    with pytest.raises(
+        data.DataError,
+        match=r"data path .* is a directory; expected a CSV file such as mushroom_cleaned\.csv",
+    ):
+        data.resolve_data(path=str(tmp_path))
+
+
 def test_resolve_unknown_source_fails():
     with pytest.raises(data.DataError, match="unknown data source 'ftp'"):
         data.resolve_data(source="ftp")

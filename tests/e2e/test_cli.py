@@ -156,23 +156,3 @@ def test_module_and_console_script_are_the_same_cli(registered):
     )
     assert out.returncode == 0, out.stderr
     assert "@champion -> version" in out.stdout
-
-
-def test_serve_hands_over_to_mlflow_without_importing_it():
-    """`serve` starts `mlflow models serve` at once: importing MLflow first cost 1.5-4.5 s of cold start."""
-    probe = (
-        "import sys\n"
-        "from router_model import cli, serving\n"
-        "class Done:\n"
-        "    def wait(self):\n"
-        "        print('mlflow imported:', 'mlflow' in sys.modules)\n"
-        "        return 0\n"
-        "serving.start_server = lambda *a, **k: Done()\n"
-        "serving.stop_server = lambda proc: 0\n"
-        "sys.exit(cli.main(['serve', '--port', '1']))\n"
-    )
-    out = subprocess.run(
-        [os.sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=os.environ.copy()
-    )
-    assert out.returncode == 0, out.stderr
-    assert "mlflow imported: False" in out.stdout
