@@ -83,7 +83,9 @@ def test_safe_threshold_scores_each_row_at_its_routes_recorded_value(rows, regis
     src = tmp_path / "in.csv"
     rows.to_csv(src, index=False)
     safe = mlflow.pyfunc.load_model(registered["model_uri"]).model_config["safe_threshold_1pct"]
-    scored = score_file(src, None, params={"threshold": "safe"}, quiet=True)
+    out = tmp_path / "out.csv"
+    score_file(src, out, params={"threshold": "safe"}, quiet=True)
+    scored = pd.read_csv(out)
     for route, threshold in safe.items():
         part = scored[scored["model"].astype(str) == route]
         assert len(part) > 0
