@@ -37,6 +37,16 @@ class ConfigError(RouterError, ValueError):
     """
 
 
+class DataError(RouterError):
+    """The training data cannot be had or is not fit to train on; the message says why."""
+
+
+class DataUnavailableError(DataError):
+    """The data source could not be reached (network, Kaggle outage); a retry may help."""
+
+    transient = True
+
+
 def is_permanent(err: BaseException) -> bool:
     """Whether ``err`` is a user error that no retry can fix (the policy above)."""
     return isinstance(err, RouterError) and not err.transient

@@ -3,8 +3,7 @@
 import pytest
 
 from router_model import cli
-from router_model.data import DataError, DataUnavailableError
-from router_model.errors import ConfigError, RouterError, is_permanent
+from router_model.errors import ConfigError, DataError, DataUnavailableError, RouterError, is_permanent
 from router_model.pipeline import PipelineError
 from router_model.scoring import ScoringError
 from router_model.validation import InvalidInputError

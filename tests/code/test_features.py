@@ -30,7 +30,7 @@ def test_canonical_columns_groups_both_spellings_and_drops_unknown():
 
 def test_feature_sets_partition_the_data_columns():
     """The two routes split the data set's eight feature columns between them, nothing left over."""
-    from router_model.data import make_synthetic
+    from router_model.synthetic import make_synthetic
 
     columns = [c for c in make_synthetic(20).columns if c != F.TARGET]
     assert set(F.NB_FEATURES).isdisjoint(F.LR_FEATURES)

@@ -7,8 +7,8 @@ import subprocess
 import pandas as pd
 import pytest
 
-from router_model import data
 from router_model import features as F
+from router_model import synthetic
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def test_help_lists_the_commands(run_cli):
 
 def test_train_then_weaker_train_says_why_it_is_challenger(run_cli, cli_home, tmp_path):
     path = tmp_path / "train.csv"
-    data.make_synthetic(2000).to_csv(path, index=False)
+    synthetic.make_synthetic(2000).to_csv(path, index=False)
     first = run_cli("train", "--data", str(path), env=cli_home)
     assert first.returncode == 0, first.stderr
     assert "Alias: champion - first version: no champion yet" in first.stdout
@@ -108,7 +108,7 @@ def test_errors_are_one_line_without_traceback(run_cli, cli_home, args, message)
 
 def test_bad_training_file_names_the_column(run_cli, cli_home, tmp_path):
     path = tmp_path / "bad.csv"
-    frame = data.make_synthetic(100).astype(object)
+    frame = synthetic.make_synthetic(100).astype(object)
     frame.loc[5, "stem-color"] = 77
     frame.to_csv(path, index=False)
     out = run_cli("train", "--data", str(path), env=cli_home)

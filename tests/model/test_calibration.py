@@ -321,10 +321,10 @@ def test_gate_refuses_the_uncalibrated_naive_bayes_on_the_real_held_out_rows(rea
 
 
 def test_retrain_with_a_miscalibrated_map_registers_it_as_challenger_not_champion(fresh_store, monkeypatch):
-    from router_model import data, registry, settings, train
+    from router_model import registry, settings, synthetic, train
 
     path = fresh_store / "train.csv"
-    data.make_synthetic(3000).to_csv(path, index=False)
+    synthetic.make_synthetic(3000).to_csv(path, index=False)
     # Every route's map triples its fitted slope: the ranking (and ROC-AUC) stays, the probabilities lie.
     fitted = train.fit_log_odds_map
     monkeypatch.setattr(train, "fit_log_odds_map", lambda z, y: (3 * fitted(z, y)[0], fitted(z, y)[1]))
@@ -336,10 +336,10 @@ def test_retrain_with_a_miscalibrated_map_registers_it_as_challenger_not_champio
 
 
 def test_a_tiny_file_trains_with_the_identity_map_instead_of_failing(caplog):
-    from router_model import data
+    from router_model import data, synthetic
     from router_model.train import IDENTITY_MAP, train
 
-    result = train(data.validate_training_frame(data.make_synthetic(20, seed=1)))
+    result = train(data.validate_training_frame(synthetic.make_synthetic(20, seed=1)))
     assert IDENTITY_MAP in result.calibration.values()
     assert "No calibration map for" in caplog.text
 

@@ -4,7 +4,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from router_model import data, pipeline, registry, settings
+from router_model import data, pipeline, registry, settings, synthetic
 from router_model import features as F
 from router_model.settings import WEAK_TRAIN_PARAMS
 
@@ -12,7 +12,7 @@ from router_model.settings import WEAK_TRAIN_PARAMS
 @pytest.fixture
 def small_csv(fresh_store):
     path = fresh_store / "train.csv"
-    data.make_synthetic(3000).to_csv(path, index=False)
+    synthetic.make_synthetic(3000).to_csv(path, index=False)
     return str(path)
 
 

@@ -68,7 +68,7 @@ def test_waits_for_a_champion_then_serves_it_and_follows_the_alias(supervisor, f
         requests.get(f"http://127.0.0.1:{supervisor.port}/ping", timeout=2)
 
     path = fresh_store / "train.csv"
-    from router_model.data import make_synthetic
+    from router_model.synthetic import make_synthetic
 
     make_synthetic(2000).to_csv(path, index=False)
     first = pipeline.retrain(path=str(path))
