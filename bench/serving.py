@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
 
     from router_model import registry
-    from router_model.router import TRUSTED_TYPES
+    from router_model.submodels import TRUSTED_TYPES
 
     router = registry.load_router("models:/mushroom-router@champion")
     lr_model = router.submodels[F.LOGISTIC_REGRESSION]

@@ -39,9 +39,8 @@ from router_model.router import (
     CONFIG_VALIDATION_AUC,
     MushroomRouterModel,
     Router,
-    save_submodel,
-    submodel_filename,
 )
+from router_model.submodels import save_submodel, submodel_filename
 
 _logger = logging.getLogger(__name__)
 

@@ -16,18 +16,14 @@ Contract (see README "The router model"):
 * Bad input fails the whole request with ``MlflowException(INVALID_PARAMETER_VALUE)`` naming the
   row, the column and what was expected. Nothing is half-answered.
 
-Sub-models are stored as skops files and loaded with a trusted-types list that lives here, in
-code, not in the artifact, so loading needs no pickle (``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``
-works) and a tampered artifact cannot widen what gets instantiated.
+Sub-models are skops files (:mod:`router_model.submodels`); params are checked in
+:mod:`router_model.params` and input shapes read in :mod:`router_model.inputs`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +34,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from router_model import features as F
+from router_model.inputs import as_frame, hashable_labels
+from router_model.params import SAFE, parse_params
 from router_model.scorers import compile_scorer
+from router_model.submodels import load_submodel
 from router_model.validation import (
     InvalidInputError,
     RowProblems,
     feature_matrix,
     missing_features,
     refuse_rows,
-)
-
-#: Types beyond skops' defaults that the sub-model files may contain.
-TRUSTED_TYPES: tuple[str, ...] = (
-    "router_model.transformers.BinCross",
-    "router_model.transformers.OneHotCodes",
-    "router_model.calibration.LogOddsCalibrated",
 )
 
 #: ``model_config`` keys written at training time.
@@ -62,8 +54,6 @@ CONFIG_VALIDATION_AUC = "validation_roc_auc"
 #: :func:`router_model.calibration.safe_threshold`).
 CONFIG_SAFE_THRESHOLD = "safe_threshold_1pct"
 CONFIG_SAFE_FALSE_ALARM = "safe_threshold_false_alarm_rate"
-#: The ``threshold`` param value that selects each route's :data:`CONFIG_SAFE_THRESHOLD`.
-SAFE = "safe"
 
 _ROUTE_INDEX = {route: i for i, route in enumerate(F.ROUTES)}
 _COLUMN_INDEX = {route: [F.ALL_FEATURES.index(c) for c in F.ROUTE_FEATURES[route]] for route in F.ROUTES}
@@ -74,93 +64,6 @@ _NO_ROUTE = -1
 Observer = Callable[[np.ndarray, np.ndarray, np.ndarray, float | np.ndarray], None]
 _ROUTE_DTYPE = pd.CategoricalDtype(list(F.ROUTES))
 _LABEL_DTYPE = pd.CategoricalDtype([F.LABELS[F.LABEL_EDIBLE], F.LABELS[F.LABEL_POISONOUS]])
-
-
-def submodel_filename(route: str) -> str:
-    """The artifact file name of a route's sub-model."""
-    return f"{route}.skops"
-
-
-@contextlib.contextmanager
-def _quiet_warnings() -> Iterator[None]:
-    # skops probes attributes of every loaded module (on import and while it (de)serialises);
-    # inside an Airflow worker that raises hundreds of Airflow deprecated-import warnings, none of
-    # them about this model.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-def untrusted_types(path: str) -> list[str]:
-    """Types in a skops file that :data:`TRUSTED_TYPES` and skops' defaults do not cover."""
-    with _quiet_warnings():
-        import skops.io
-
-        found = skops.io.get_untrusted_types(file=path)
-    return [t for t in found if t not in TRUSTED_TYPES]
-
-
-def save_submodel(estimator: Any, path: str) -> None:
-    """Write a fitted sub-model as skops and check it loads with :data:`TRUSTED_TYPES`.
-
-    Raises:
-        ValueError: If the file would need a type outside the trusted list.
-    """
-    with _quiet_warnings():
-        import skops.io
-
-        skops.io.dump(estimator, path)
-    extra = untrusted_types(path)
-    if extra:
-        raise ValueError(f"sub-model at {path} needs untrusted types {extra}; add them to TRUSTED_TYPES")
-
-
-def load_submodel(path: str) -> Any:
-    """Load a sub-model written by :func:`save_submodel` (no pickle)."""
-    with _quiet_warnings():
-        import skops.io
-
-        return skops.io.load(path, trusted=list(TRUSTED_TYPES))
-
-
-def parse_params(params: Mapping[str, Any] | None) -> tuple[str, float | str]:
-    """Check the request params and fill in defaults.
-
-    Args:
-        params: ``{"model": ..., "threshold": ...}``, either key optional.
-
-    Returns:
-        ``(model, threshold)``; the threshold is a float in [0, 1] or :data:`SAFE`.
-
-    Raises:
-        InvalidInputError: On an unknown param, an unknown model, or a threshold that is neither
-            a number in [0, 1] nor ``"safe"``.
-    """
-    params = dict(params or {})
-    unknown = sorted(set(params) - {"model", "threshold"})
-    if unknown:
-        raise InvalidInputError(f"unknown param(s) {unknown}; expected 'model' and/or 'threshold'")
-    model = params.get("model", F.AUTO)
-    if model is None:
-        model = F.AUTO
-    allowed = (F.AUTO,) + F.ROUTES
-    if model not in allowed:
-        raise InvalidInputError(f"param 'model' is {model!r}; expected one of {list(allowed)}")
-    threshold = params.get("threshold", F.DEFAULT_THRESHOLD)
-    if threshold is None:
-        threshold = F.DEFAULT_THRESHOLD
-    if isinstance(threshold, str) and threshold.strip().lower() == SAFE:
-        return model, SAFE
-    if (
-        isinstance(threshold, (bool, np.bool_))
-        or not isinstance(threshold, (int, float, np.integer, np.floating))
-        or not 0.0 <= float(threshold) <= 1.0
-        or math.isnan(float(threshold))
-    ):
-        raise InvalidInputError(
-            f"param 'threshold' is {threshold!r}; expected a number in [0, 1] or {SAFE!r}"
-        )
-    return model, float(threshold)
 
 
 def assign_routes(
@@ -207,111 +110,6 @@ def assign_routes(
 
     refuse_rows(np.flatnonzero(routes == _NO_ROUTE), neither, problems, joiner=" ")
     return routes
-
-
-def _scalar(value: Any) -> Any:
-    """Turn a NumPy array cell into Python values: a 0-d array (MLflow's parsers wrap single
-    values in them) into its value, a row of a 2-d column into a list (which the router refuses).
-    """
-    return value.tolist() if isinstance(value, np.ndarray) else value
-
-
-def _hashable(label: object) -> bool:
-    try:
-        hash(label)
-    except TypeError:
-        return False
-    return True
-
-
-def hashable_labels(model_input: Any) -> None:
-    """Replace column labels pandas cannot hash by their ``repr``, in place.
-
-    A JSON object among ``dataframe_split`` columns becomes a dict label; pandas (and MLflow's
-    own error message, which prints the input) fail on it with a ``TypeError``.
-    """
-    if isinstance(model_input, pd.DataFrame) and not all(_hashable(c) for c in model_input.columns):
-        model_input.columns = pd.Index(
-            [c if _hashable(c) else repr(c) for c in model_input.columns], dtype=object
-        )
-
-
-def _is_column(value: object) -> bool:
-    """Whether a value of a mapping of columns holds one entry per row (a list or an array)."""
-    if isinstance(value, np.ndarray):
-        return value.ndim > 0
-    return isinstance(value, (list, tuple, pd.Series, pd.Index))
-
-
-def column_rows(columns: Mapping[Any, Any]) -> int | None:
-    """The number of rows in a mapping of columns, or ``None`` when it is a single record.
-
-    A mapping whose values are all lists (or arrays) holds one row per entry; one whose values
-    are all single values is one record. Anything between has no one reading, so it is refused
-    rather than broadcast or flattened into more or fewer rows than the client meant.
-
-    Raises:
-        InvalidInputError: Naming the columns when some hold lists and others single values, or
-            when the lists differ in length.
-    """
-    lengths = {label: len(value) for label, value in columns.items() if _is_column(value)}
-    if not lengths:
-        return None
-    singles = [label for label in columns if label not in lengths]
-    if singles:
-        raise InvalidInputError(
-            f"columns {few_labels(list(lengths))} hold lists but {few_labels(singles)} hold single "
-            "values; give every column as a list with one entry per row, or every column as a "
-            "single value (one record)"
-        )
-    if len(set(lengths.values())) > 1:
-        shown = few_labels([f"{label!r}: {n}" for label, n in lengths.items()], show=str)
-        raise InvalidInputError(
-            f"columns of different lengths ({shown}); every column needs one entry per row"
-        )
-    return next(iter(lengths.values()))
-
-
-def few_labels(labels: list[Any], limit: int = 8, show: Callable[[Any], str] = repr) -> str:
-    """Name the first ``limit`` labels of a list for an error message, and count the rest."""
-    shown = ", ".join(show(label) for label in labels[:limit])
-    return shown + (f" and {len(labels) - limit} more" if len(labels) > limit else "")
-
-
-def as_frame(model_input: Any) -> pd.DataFrame:
-    """Accept the shapes MLflow hands to ``predict`` and return a DataFrame, one row per input row.
-
-    Records (a list of mappings) give one row each; a mapping of columns gives one row per entry
-    (see :func:`column_rows`); a mapping of single values is one record.
-
-    Raises:
-        InvalidInputError: For input without column names (a bare array or list of lists), or a
-            mapping that is neither columns of one length nor one record.
-    """
-    if isinstance(model_input, pd.DataFrame):
-        return model_input
-    # ValueError covers the UnicodeEncodeError of a lone surrogate (invalid UTF-8 that MLflow's
-    # JSON parser lets through) in a key or value.
-    if isinstance(model_input, Mapping):
-        values = dict(model_input)
-        rows = column_rows(values)
-        try:
-            if rows is None:  # one record
-                return pd.DataFrame([{k: _scalar(v) for k, v in values.items()}])
-            return pd.DataFrame(
-                {k: [_scalar(x) for x in v] for k, v in values.items()}, index=pd.RangeIndex(rows)
-            )
-        except (ValueError, TypeError) as err:
-            raise InvalidInputError(f"columns that do not form a table: {err}") from None
-    if isinstance(model_input, list) and all(isinstance(r, Mapping) for r in model_input):
-        try:
-            return pd.DataFrame([{k: _scalar(v) for k, v in r.items()} for r in model_input])
-        except (ValueError, TypeError) as err:
-            raise InvalidInputError(f"records that do not form a table: {err}") from None
-    raise InvalidInputError(
-        f"expected rows with named feature columns, got {type(model_input).__name__}; send "
-        "dataframe_split, dataframe_records, or instances/inputs as records or columns"
-    )
 
 
 class Router:

@@ -55,7 +55,7 @@ from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
 
 from router_model import features as F
 from router_model import settings
-from router_model.router import column_rows, few_labels
+from router_model.inputs import column_rows, few_labels
 from router_model.validation import InvalidInputError
 
 _logger = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ def prepare(data: bytes, content_type: str) -> Any:
       feature sets merge into fewer rows or are refused; ``instances``/``inputs`` columns become
       NumPy arrays, which fold a boolean among integers into 1 and flatten nested lists into
       extra rows. Here both forms become ``dataframe_records``, one record per instance (a
-      mapping of columns is read by :func:`router_model.router.column_rows`).
+      mapping of columns is read by :func:`router_model.inputs.column_rows`).
     * ``json.loads`` keeps the last of a duplicated key and pandas renames a duplicated CSV
       header ``cap-shape.1`` (and scores the first); both are refused here, naming the key, and
       so is a Parquet schema naming a feature twice.

@@ -17,7 +17,8 @@ from router_model.calibration import (
     reliability,
     safe_threshold,
 )
-from router_model.router import Router, parse_params
+from router_model.params import parse_params
+from router_model.router import Router
 from router_model.train import evaluate
 from router_model.validation import InvalidInputError
 
@@ -127,8 +128,8 @@ def test_calibrated_route_is_its_pipeline_then_the_map(router, synthetic_frame, 
 
 @pytest.mark.parametrize("route", F.ROUTES)
 def test_calibrated_route_saves_and_loads_with_trusted_types_only(router, synthetic_frame, tmp_path, route):
-    from router_model.router import load_submodel, save_submodel, untrusted_types
     from router_model.scorers import compile_scorer
+    from router_model.submodels import load_submodel, save_submodel, untrusted_types
 
     path = str(tmp_path / f"{route}.skops")
     save_submodel(router.submodels[route], path)
