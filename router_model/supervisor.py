@@ -24,7 +24,7 @@ from typing import Any
 
 import requests
 
-from router_model import registry, serving, settings
+from router_model import metrics, registry, serving, settings
 
 _logger = logging.getLogger(__name__)
 
@@ -68,6 +68,10 @@ class ChampionSupervisor:
         self.served: Served | None = None
         self.stopping = threading.Event()
         self._waiting_logged = False
+        #: Completed switches from one version to another (a first start or a restart is none);
+        #: each server is told the count, and exposes it on /metrics.
+        self.switches = 0
+        self._last_served: int | None = None
 
     def champion_version(self) -> int | None:
         """The version holding the alias; ``None`` when there is none.
@@ -131,7 +135,10 @@ class ChampionSupervisor:
                 f"{self._client_host()}:{self.port} still answers /ping with no model server of ours "
                 "running: another process holds the port"
             )
-        proc = serving.start_server(str(local), self.host, self.port, self.workers)
+        switches = self.switches + (self._last_served not in (None, version))
+        proc = serving.start_server(
+            str(local), self.host, self.port, self.workers, extra_env=metrics.served_env(version, switches)
+        )
         self.served = Served(version, proc)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not self._ping():
@@ -145,6 +152,7 @@ class ChampionSupervisor:
                 )
             time.sleep(0.2)
         gap = time.monotonic() - started
+        self.switches, self._last_served = switches, version
         _logger.info(
             "Serving %s version %s on %s:%s (was %s); switch took %.1fs",
             settings.MODEL_NAME,
