@@ -11,6 +11,7 @@ import time
 import pandas as pd
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from support import REPO, free_port
 
 from router_model import features as F
@@ -37,6 +38,15 @@ def score(port):
     )
     assert response.status_code == 200, response.text
     return pd.DataFrame(response.json()["predictions"])
+
+
+def served(port):
+    """The served version and the switch count, as the server's /metrics reports them."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    found = {s.name: s for family in text_string_to_metric_families(text) for s in family.samples}
+    return found["mushroom_router_model_info"].labels["version"], found[
+        "mushroom_router_switches_total"
+    ].value
 
 
 def expected_for(version):
@@ -75,6 +85,7 @@ def test_waits_for_a_champion_then_serves_it_and_follows_the_alias(supervisor, f
         score(supervisor.port)["poisonous_probability"],
         pd.Series(expected_for(1), name="poisonous_probability"),
     )
+    assert served(supervisor.port) == ("1", 0)
 
     weak = pipeline.train_and_register(str(path), train_params=WEAK)
     moved = time.monotonic()
@@ -90,6 +101,7 @@ def test_waits_for_a_champion_then_serves_it_and_follows_the_alias(supervisor, f
         pd.Series(expected_for(2), name="poisonous_probability"),
     )
     assert "switch took" in caplog.text
+    assert served(supervisor.port) == ("2", 1)
 
 
 def test_restarts_a_crashed_server(supervisor, fresh_store, caplog):
@@ -111,6 +123,7 @@ def test_restarts_a_crashed_server(supervisor, fresh_store, caplog):
     )
     assert "exited with -9; restarting" in caplog.text
     assert score(supervisor.port)["model"].tolist() == [F.NAIVE_BAYES, F.LOGISTIC_REGRESSION]
+    assert served(supervisor.port) == ("1", 0)  # a restart is not a switch
 
 
 def test_keeps_serving_when_the_registry_is_unreachable(supervisor, fresh_store, monkeypatch, caplog):
