@@ -213,6 +213,13 @@ class ServerMetrics:
 
     def observe(self, routes: np.ndarray, poisonous: np.ndarray, threshold: float) -> None:
         """Count a scored batch: rows per route and rows at or above ``threshold`` per route."""
+        if len(routes) == 1:  # the most common request: no array counting
+            route = int(routes[0])
+            if route >= 0:
+                self._rows[route].inc()
+                if poisonous[0] >= threshold:
+                    self._poisonous[route].inc()
+            return
         scored = routes[routes >= 0] if (routes < 0).any() else routes
         counts = np.bincount(scored, minlength=len(F.ROUTES))
         flagged = np.bincount(routes[poisonous >= threshold], minlength=len(F.ROUTES))

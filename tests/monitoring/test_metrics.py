@@ -75,6 +75,7 @@ def test_rows_and_poisonous_rows_are_counted_per_route_at_the_request_threshold(
 def test_unrouted_rows_are_not_counted():
     m = ServerMetrics()
     m.observe(np.array([NB, -1, LR]), np.array([0.8, np.nan, 0.1]), 0.5)
+    m.observe(np.array([-1]), np.array([np.nan]), 0.5)
     text = scrape(m)
     assert value(text, "mushroom_router_rows_total", route=F.NAIVE_BAYES, version="unknown") == 1
     assert value(text, "mushroom_router_rows_total", route=F.LOGISTIC_REGRESSION, version="unknown") == 1
