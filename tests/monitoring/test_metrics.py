@@ -376,3 +376,44 @@ def test_prometheus_scrapes_the_counters(prometheus, two_workers, registered):
     info = query(prometheus, "mushroom_router_model_info")
     assert [r["metric"]["run_id"] for r in info] == [registered["run_id"]]
     assert query(prometheus, "mushroom_router_request_seconds_count")
+
+
+def test_the_route_and_the_counter_are_added_when_uvicorn_reads_the_app(monkeypatch):
+    """As in ``mlflow models serve``: the model loads while the app module runs, before ``app`` exists."""
+    import sys
+    import types
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from router_model import server_guard
+
+    module = types.ModuleType(server_guard._APP_MODULE)
+    monkeypatch.setitem(sys.modules, server_guard._APP_MODULE, module)
+    m = ServerMetrics("run-9")
+    assert server_guard.serve_metrics(m)  # called from load_context: no app yet
+    app = FastAPI()
+
+    @app.post("/invocations")
+    def invocations() -> dict:
+        return {"predictions": []}
+
+    vars(module)["app"] = app  # what `app = scoring_server.init(...)` does in MLflow's app.py
+    assert module.app is app  # uvicorn's import_from_string
+    assert type(module) is types.ModuleType  # a plain module again
+    client = TestClient(app)
+    assert client.get("/metrics").status_code == 200
+    assert client.post("/invocations").status_code == 200
+    text = client.get("/metrics").text
+    assert value(text, "mushroom_router_requests_total", code="200") == 1
+    assert value(text, "mushroom_router_model_info", run_id="run-9", version="unknown") == 1
+
+
+def test_without_mlflows_app_module_there_is_no_metrics_route(monkeypatch, caplog):
+    import sys
+
+    from router_model import server_guard
+
+    monkeypatch.delitem(sys.modules, server_guard._APP_MODULE, raising=False)
+    assert not server_guard.serve_metrics(ServerMetrics())
+    assert "no /metrics" in caplog.text
