@@ -30,8 +30,21 @@ class RouterError(Exception):
     transient: bool = False
 
 
-class ConfigError(RouterError):
-    """A parameter or setting outside its meaningful range (training params, gate margin)."""
+class ConfigError(RouterError, ValueError):
+    """A parameter or setting outside its meaningful range (training params, gate margin, env vars).
+
+    Also a ``ValueError``, for callers that catch the builtin.
+    """
+
+
+class DataError(RouterError):
+    """The training data cannot be had or is not fit to train on; the message says why."""
+
+
+class DataUnavailableError(DataError):
+    """The data source could not be reached (network, Kaggle outage); a retry may help."""
+
+    transient = True
 
 
 def is_permanent(err: BaseException) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,8 +15,6 @@ from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 from router_model import features as F
-
-_logger = logging.getLogger(__name__)
 
 
 def roc_figure(y: np.ndarray, poisonous_by_route: Mapping[str, np.ndarray]) -> Figure:

@@ -17,17 +17,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec
 
-from router_model import drift, settings
+from router_model import drift, settings, trust
 from router_model import features as F
 from router_model.errors import RouterError
 from router_model.requirements import pinned_requirements
@@ -177,6 +178,18 @@ def alias_version(alias: str) -> ModelVersion | None:
     return None
 
 
+def registered_model() -> RegisteredModel | None:
+    """The registered router (with its aliases), or ``None`` when none is registered yet.
+
+    Raises:
+        Exception: Whatever MLflow or the database driver raises when the store cannot answer
+            (an unreachable server, a missing database): that is not an empty registry.
+    """
+    with _absent_is_fine():
+        return client().get_registered_model(settings.MODEL_NAME)
+    return None
+
+
 def set_alias(alias: str, version: int | str) -> None:
     """Point ``alias`` at ``version`` (moving it if another version had it)."""
     client().set_registered_model_alias(settings.MODEL_NAME, alias, str(version))
@@ -185,6 +198,52 @@ def set_alias(alias: str, version: int | str) -> None:
 
 class RegistryError(RouterError):
     """The registry has no such model or version; the message says what it has instead."""
+
+
+class StoreUnreachableError(RegistryError):
+    """The tracking store did not answer: not the same as an empty registry."""
+
+    transient = True
+
+
+def _probe_database(uri: str) -> None:
+    """Connect once to a database tracking store: MLflow retries a failed connection for ~100 s."""
+    scheme = uri.split(":", 1)[0]
+    if "://" not in uri or scheme in ("http", "https", "databricks", "file", "sqlite"):
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
+def read_registry() -> tuple[RegisteredModel | None, list[ModelVersion]]:
+    """The registered router and its versions, for ``mushroom-router status``.
+
+    Returns:
+        ``(None, [])`` when nothing is registered yet.
+
+    Raises:
+        StoreUnreachableError: If the store cannot answer (an unreachable server, a missing
+            database), with the password shown as ``***``.
+    """
+    uri = settings.tracking_uri()
+    try:
+        _probe_database(uri)
+        model = registered_model()
+        versions = [] if model is None else client().search_model_versions(f"name='{settings.MODEL_NAME}'")
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        password = urlsplit(uri).password
+        first = first.replace(password, "***") if password else first
+        raise StoreUnreachableError(
+            f"cannot read the registry at {settings.redacted(uri)}: {first[:300]}"
+        ) from None
+    return model, versions
 
 
 def _version_list(versions: list[int]) -> str:
@@ -259,6 +318,18 @@ def version_tags(version: int | str) -> dict[str, str]:
     return dict(client().get_model_version(settings.MODEL_NAME, str(version)).tags)
 
 
+def _version_artifact(version: int | str, path: str) -> str | None:
+    """The run id of ``version`` if its run logged ``path``, else ``None`` (logged by an older release).
+
+    Raises:
+        MlflowException: If the registry or the artifact store cannot answer.
+    """
+    c = client()
+    run_id = c.get_model_version(settings.MODEL_NAME, str(version)).run_id
+    folder = path.rsplit("/", 1)[0]
+    return run_id if any(f.path == path for f in c.list_artifacts(run_id, folder)) else None
+
+
 def holdout_frame(version: int | str) -> pd.DataFrame | None:
     """The held-out rows a version was evaluated on at training time (:data:`HOLDOUT_ARTIFACT`).
 
@@ -269,10 +340,8 @@ def holdout_frame(version: int | str) -> pd.DataFrame | None:
     Raises:
         MlflowException: If the registry or the artifact store cannot answer.
     """
-    c = client()
-    run_id = c.get_model_version(settings.MODEL_NAME, str(version)).run_id
-    folder = HOLDOUT_ARTIFACT.rsplit("/", 1)[0]
-    if not any(f.path == HOLDOUT_ARTIFACT for f in c.list_artifacts(run_id, folder)):
+    run_id = _version_artifact(version, HOLDOUT_ARTIFACT)
+    if run_id is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(
@@ -287,12 +356,10 @@ def drift_reference(version: int | str) -> dict[str, Any] | None:
     Raises:
         MlflowException: If the registry or the artifact store cannot answer.
     """
-    c = client()
-    run_id = c.get_model_version(settings.MODEL_NAME, str(version)).run_id
-    folder = DRIFT_REFERENCE_ARTIFACT.rsplit("/", 1)[0]
-    if not any(f.path == DRIFT_REFERENCE_ARTIFACT for f in c.list_artifacts(run_id, folder)):
-        return None
-    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{DRIFT_REFERENCE_ARTIFACT}")
+    run_id = _version_artifact(version, DRIFT_REFERENCE_ARTIFACT)
+    return (
+        None if run_id is None else mlflow.artifacts.load_dict(f"runs:/{run_id}/{DRIFT_REFERENCE_ARTIFACT}")
+    )
 
 
 def load_router(model_uri: str) -> Router:
@@ -375,7 +442,12 @@ def log_router(
         version = mlflow.register_model(
             info.model_uri,
             settings.MODEL_NAME,
-            tags={**tags, TAG_RUN_ID: run.info.run_id, TAG_HOLDOUT_ROWS: str(len(test))},
+            tags={
+                **tags,
+                TAG_RUN_ID: run.info.run_id,
+                TAG_HOLDOUT_ROWS: str(len(test)),
+                trust.TAG_CODE_SHA256: trust.installed_digest(),
+            },
         )
     registered = RegisteredRouter(run.info.run_id, version_uri(version.version), int(version.version))
     _logger.info("Registered %s (run %s)", registered.model_uri, registered.run_id)

@@ -22,7 +22,6 @@ works) and a tampered artifact cannot widen what gets instantiated.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import time
 import warnings
@@ -45,8 +44,6 @@ from router_model.validation import (
     missing_features,
     refuse_rows,
 )
-
-_logger = logging.getLogger(__name__)
 
 #: Types beyond skops' defaults that the sub-model files may contain.
 TRUSTED_TYPES: tuple[str, ...] = (
@@ -323,7 +320,7 @@ class Router:
         self,
         frame: Any,
         params: Mapping[str, Any] | None = None,
-        on_error: str = "raise",
+        on_error: str = F.ON_ERROR_FAIL,
         observe: Observer | None = None,
     ) -> pd.DataFrame:
         """Score rows.
@@ -331,7 +328,7 @@ class Router:
         Args:
             frame: Input rows (DataFrame, records or columns).
             params: Optional ``model`` and ``threshold``.
-            on_error: ``"raise"`` (the server's contract: one bad row fails the batch) or
+            on_error: ``"fail"`` (the server's contract: one bad row fails the batch) or
                 ``"mark"`` (batch scoring: bad rows get empty predictions and a message in an
                 ``error`` column, the other rows are scored).
             observe: Called with ``(matrix, routes, poisonous, threshold)`` once the rows are
@@ -342,14 +339,14 @@ class Router:
             input row.
 
         Raises:
-            InvalidInputError: On a bad param, or (``"raise"``) on any bad row; nothing is
+            InvalidInputError: On a bad param, or (``"fail"``) on any bad row; nothing is
                 scored then.
         """
-        if on_error not in ("raise", "mark"):
-            raise ValueError(f"on_error must be 'raise' or 'mark', got {on_error!r}")
+        if on_error not in F.ON_ERROR_MODES:
+            raise ValueError(f"on_error must be one of {list(F.ON_ERROR_MODES)}, got {on_error!r}")
         model, threshold = parse_params(params)
         frame = as_frame(frame)
-        problems = RowProblems(len(frame)) if on_error == "mark" else None
+        problems = RowProblems(len(frame)) if on_error == F.ON_ERROR_MARK else None
         matrix = feature_matrix(frame, problems)
         if problems is not None:
             matrix[problems.mask] = np.nan

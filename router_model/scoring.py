@@ -30,17 +30,15 @@ import pandas as pd
 
 from router_model import features as F
 from router_model import settings, tables
+from router_model.errors import RouterError
 from router_model.validation import InvalidInputError
 
 _logger = logging.getLogger(__name__)
 
 _MISSING_TEXT = sorted(tables.MISSING_TEXT)
 
-CHUNK_ROWS = tables.CHUNK_ROWS
-ON_ERROR = ("fail", "mark")
 
-
-class ScoringError(RuntimeError):
+class ScoringError(RouterError):
     """A file cannot be scored; the message says which and why."""
 
 
@@ -58,7 +56,9 @@ def load_model(model_uri: str | None = None) -> Any:
         raise ScoringError(f"cannot load {uri}: {str(err).splitlines()[0]}") from None
 
 
-def read_chunks(path: str | os.PathLike[str], chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+def read_chunks(
+    path: str | os.PathLike[str], chunk_rows: int = settings.DEFAULT_CHUNK_ROWS
+) -> Iterator[pd.DataFrame]:
     """Yield the input in chunks, each value as the file gives it (see :mod:`router_model.tables`).
 
     Raises:
@@ -267,22 +267,54 @@ def _progress(total: int | None, quiet: bool | None) -> Any:
     )
 
 
+def _scored_chunks(
+    input_path: str | os.PathLike[str],
+    model_uri: str | None,
+    params: dict[str, Any] | None,
+    chunk_rows: int,
+    on_error: str,
+    quiet: bool | None,
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Yield ``(input chunk as given, its predictions)`` for every chunk of the file."""
+    if on_error not in F.ON_ERROR_MODES:
+        raise ScoringError(f"on_error must be one of {list(F.ON_ERROR_MODES)}, got {on_error!r}")
+    model = load_model(model_uri)
+    router = getattr(model.unwrap_python_model(), "router", None)
+    if router is None:
+        raise ScoringError(f"{model_uri or settings.model_uri()} is not a mushroom router")
+    offset = 0
+    progress = _progress(tables.count_rows(input_path), quiet)
+    try:
+        for chunk in read_chunks(input_path, chunk_rows):
+            chunk = chunk.reset_index(drop=True)
+            try:
+                predictions = router.predict(for_router(chunk), params, on_error=on_error)
+            except InvalidInputError as err:
+                row = f"data row {offset + err.row}" if err.row is not None else f"chunk at data row {offset}"
+                message = str(err).replace(f"row {err.row}", row, 1) if err.row is not None else str(err)
+                raise ScoringError(f"{input_path}: {message}") from None
+            offset += len(chunk)
+            progress.update(len(chunk))
+            yield chunk, predictions
+    finally:
+        progress.close()
+
+
 def score_file(
     input_path: str | os.PathLike[str],
-    output_path: str | os.PathLike[str] | None = None,
+    output_path: str | os.PathLike[str],
     model_uri: str | None = None,
     params: dict[str, Any] | None = None,
-    chunk_rows: int = CHUNK_ROWS,
-    on_error: str = "fail",
+    chunk_rows: int = settings.DEFAULT_CHUNK_ROWS,
+    on_error: str = F.ON_ERROR_FAIL,
     quiet: bool | None = None,
-) -> pd.DataFrame | int:
-    """Score a CSV, Parquet or JSON file chunk by chunk.
+) -> int:
+    """Score a CSV, Parquet or JSON file chunk by chunk into an output file.
 
     Args:
         input_path: Rows to score.
         output_path: Where to write (format by extension: ``.csv``, ``.parquet``, ``.json``, CSV
-            and JSON optionally compressed: ``.csv.gz``); ``None`` returns the scored frame
-            instead (for small inputs).
+            and JSON optionally compressed: ``.csv.gz``).
         model_uri: Router to use (default ``models:/mushroom-router@champion``).
         params: ``model`` / ``threshold``.
         chunk_rows: Rows per chunk.
@@ -290,51 +322,45 @@ def score_file(
         quiet: Hide the progress bar; by default it shows only when stderr is a terminal.
 
     Returns:
-        The scored frame when ``output_path`` is ``None``, else the number of rows written. The
-        input columns hold the values as the file gives them (CSV cells as text).
+        The number of rows written.
 
     Raises:
         ScoringError: On unreadable input, an output that cannot be written, or (``"fail"``) a
             bad row, named by its 0-based data row number in the file; no output file is left
             behind.
     """
-    if on_error not in ON_ERROR:
-        raise ScoringError(f"on_error must be one of {list(ON_ERROR)}, got {on_error!r}")
-    writer = _Writer(check_output(output_path)) if output_path else None
-    model = load_model(model_uri)
-    router = getattr(model.unwrap_python_model(), "router", None)
-    collected: list[pd.DataFrame] = []
-    offset = 0
-    progress = _progress(tables.count_rows(input_path), quiet)
+    writer = _Writer(check_output(output_path))
+    rows = 0
     try:
-        for chunk in read_chunks(input_path, chunk_rows):
-            chunk = chunk.reset_index(drop=True)
-            rows = for_router(chunk)
-            try:
-                if router is not None:
-                    predictions = router.predict(
-                        rows, params, on_error="mark" if on_error == "mark" else "raise"
-                    )
-                else:
-                    predictions = model.predict(rows, params=params)
-            except InvalidInputError as err:
-                row = f"data row {offset + err.row}" if err.row is not None else f"chunk at data row {offset}"
-                message = str(err).replace(f"row {err.row}", row, 1) if err.row is not None else str(err)
-                raise ScoringError(f"{input_path}: {message}") from None
-            offset += len(chunk)
-            progress.update(len(chunk))
-            if writer is None:
-                collected.append(pd.concat([chunk, predictions], axis=1))
-            else:
-                writer.write(chunk, predictions)
-        if writer is None:
-            return pd.concat(collected, ignore_index=True) if collected else pd.DataFrame()
+        for chunk, predictions in _scored_chunks(input_path, model_uri, params, chunk_rows, on_error, quiet):
+            writer.write(chunk, predictions)
+            rows += len(chunk)
         writer.commit()
     except BaseException:
-        if writer is not None:
-            writer.discard()
+        writer.discard()
         raise
-    finally:
-        progress.close()
-    _logger.info("Scored %d rows from %s into %s", offset, input_path, output_path)
-    return offset
+    _logger.info("Scored %d rows from %s into %s", rows, input_path, output_path)
+    return rows
+
+
+def score_table(
+    input_path: str | os.PathLike[str],
+    model_uri: str | None = None,
+    params: dict[str, Any] | None = None,
+    chunk_rows: int = settings.DEFAULT_CHUNK_ROWS,
+    on_error: str = F.ON_ERROR_FAIL,
+    quiet: bool | None = None,
+) -> pd.DataFrame:
+    """Score a file into one frame in memory (for small inputs; arguments as :func:`score_file`).
+
+    Returns:
+        The input columns as the file gives them (CSV cells as text), then the predictions.
+
+    Raises:
+        ScoringError: As :func:`score_file`.
+    """
+    scored = [
+        pd.concat([chunk, predictions], axis=1)
+        for chunk, predictions in _scored_chunks(input_path, model_uri, params, chunk_rows, on_error, quiet)
+    ]
+    return pd.concat(scored, ignore_index=True) if scored else pd.DataFrame()

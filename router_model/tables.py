@@ -23,7 +23,6 @@ import bz2
 import contextlib
 import gzip
 import json
-import logging
 import lzma
 import os
 from collections import Counter
@@ -34,12 +33,13 @@ from typing import IO, Any
 import pandas as pd
 from pandas._libs.parsers import STR_NA_VALUES
 
-_logger = logging.getLogger(__name__)
+from router_model import settings
+from router_model.errors import RouterError
 
 CSV, PARQUET, JSON = ".csv", ".parquet", ".json"
 FORMATS = (CSV, PARQUET, JSON)
 _NAMES = {CSV: "CSV", PARQUET: "Parquet", JSON: "JSON"}
-CHUNK_ROWS = 100_000
+CHUNK_ROWS = settings.DEFAULT_CHUNK_ROWS
 
 #: Compressions of CSV and JSON files, by the extension after the format's (``rows.csv.gz``).
 COMPRESSIONS: Mapping[str, Callable[..., IO[Any]]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
@@ -53,7 +53,7 @@ MISSING_TEXT: frozenset[str] = frozenset(STR_NA_VALUES)
 _AS_TEXT: Mapping[str, Any] = {"dtype": str, "keep_default_na": False}
 
 
-class TableError(ValueError):
+class TableError(RouterError, ValueError):
     """A file cannot be read as a table; the message names the file and the reason."""
 
 

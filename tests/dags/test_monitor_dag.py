@@ -32,8 +32,8 @@ def log_window(mlflow_env: Path, when: datetime, stem_width_factor: float) -> No
     """1,500 rows as the model server logs them, with stem-width scaled by a factor."""
     from router_model import features as F
     from router_model import registry, settings
-    from router_model.data import make_synthetic
     from router_model.inference_log import Batch, InferenceLog, ParquetSink
+    from router_model.synthetic import make_synthetic
 
     frame = make_synthetic(1500)
     frame["stem-width"] *= stem_width_factor

@@ -12,7 +12,8 @@ import pytest
 from router_model import features as F
 from router_model import tables
 from router_model.registry import load_router
-from router_model.scoring import CHUNK_ROWS, ScoringError, score_file
+from router_model.scoring import ScoringError, score_file, score_table
+from router_model.settings import DEFAULT_CHUNK_ROWS as CHUNK_ROWS
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_formats_round_trip_in_small_chunks(rows, tmp_path, suffix):
     assert score_file(src, out, chunk_rows=64, quiet=True) == len(rows)
     scored = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".json": pd.read_json}[suffix](out)
     assert scored["id"].tolist() == list(range(len(rows)))
-    expected = score_file(src, None, quiet=True)
+    expected = score_table(src, quiet=True)
     np.testing.assert_allclose(scored["poisonous_probability"], expected["poisonous_probability"], rtol=1e-9)
     assert scored["model"].astype(str).tolist()[99:101] == [expected["model"][99], F.NAIVE_BAYES]
     assert scored["model"].astype(str).tolist()[-1] == F.LOGISTIC_REGRESSION
@@ -73,7 +74,7 @@ def test_mark_scores_good_rows_and_explains_bad_ones(rows, tmp_path):
 
 def test_unknown_on_error_is_refused(rows, tmp_path):
     with pytest.raises(ScoringError, match=r"on_error must be one of \['fail', 'mark'\]"):
-        score_file(tmp_path / "x.csv", None, on_error="skip")
+        score_table(tmp_path / "x.csv", on_error="skip")
 
 
 #: Cells a file may hold, chosen to catch any re-typing of the input columns: leading zeros,
@@ -177,7 +178,7 @@ def test_json_output_keeps_every_float_exact(registered, tmp_path):
     out = tmp_path / "out.json"
     assert score_file(src, out, quiet=True) == 2
     records = json.loads(out.read_text())
-    expected = score_file(src, None, quiet=True)
+    expected = score_table(src, quiet=True)
     assert [r["stem-height"] for r in records] == [3.8074667544799388] * 2
     assert [r["x"] for r in records] == [0.1 + 0.2, 1 / 3]
     assert [r["id"] for r in records] == [1, None] and isinstance(records[0]["id"], int)
@@ -195,7 +196,7 @@ def test_compressed_output_is_compressed_and_reads_back(rows, tmp_path, suffix):
     # pandas decompresses by the name
     scored = pd.read_csv(out) if suffix.startswith(".csv") else pd.read_json(out, precise_float=True)
     assert scored["id"].tolist() == list(range(len(rows)))
-    expected = score_file(src, None, quiet=True)
+    expected = score_table(src, quiet=True)
     np.testing.assert_array_equal(scored["poisonous_probability"], expected["poisonous_probability"])
     # ... and the project's own reader takes it as input.
     again = tables.read_table(out)
@@ -227,4 +228,4 @@ def test_two_spellings_that_disagree_are_named_with_plain_numbers(registered, tm
     with pytest.raises(
         ScoringError, match=r"'stem_height' and 'stem-height' .* different values \(341 and 3\.81\)$"
     ):
-        score_file(src, None, quiet=True)
+        score_table(src, quiet=True)

@@ -15,7 +15,8 @@ import pytest
 
 from router_model import drift
 from router_model import features as F
-from router_model.data import make_synthetic, split, validate_training_frame
+from router_model.data import split, validate_training_frame
+from router_model.synthetic import make_synthetic
 
 DRAWS = 200
 

@@ -12,8 +12,8 @@ import pytest
 
 from router_model import features as F
 from router_model import monitoring, pipeline, registry, settings
-from router_model.data import make_synthetic
 from router_model.inference_log import Batch, InferenceLog, ParquetSink
+from router_model.synthetic import make_synthetic
 
 NOW = datetime.now(UTC) - timedelta(hours=1)
 
