@@ -235,6 +235,11 @@ def metrics_folder(proc: subprocess.Popen) -> Path:
     return found[0]
 
 
+def scrape_url(url: str) -> str:
+    """GET /metrics on a new connection (so either worker may answer)."""
+    return requests.get(f"{url}/metrics", headers={"Connection": "close"}, timeout=10).text
+
+
 def per_worker_requests(folder: Path) -> dict[str, float]:
     """/invocations requests counted by each worker's own value file."""
     counts = {}
@@ -280,9 +285,14 @@ def test_two_workers_answer_metrics_before_any_request_and_their_counts_add_up(
     refused = requests.post(f"{url}/invocations", json={"dataframe_records": [{"cap-shape": 99}]}, timeout=30)
     assert refused.status_code == 400
 
-    # Whichever worker answers the scrape, it reports the sum over both.
+    # Whichever worker answers the scrape, it reports the sum over both. A request is counted just
+    # after its answer is sent, so the last one may reach the files a moment after the client.
+    deadline = time.monotonic() + 10
+    while value(scrape_url(url), "mushroom_router_request_seconds_count") < sent + 1:
+        assert time.monotonic() < deadline, "the last request was never counted"
+        time.sleep(0.05)
     for _ in range(4):
-        after = requests.get(f"{url}/metrics", headers={"Connection": "close"}, timeout=10).text
+        after = scrape_url(url)
         assert value(after, "mushroom_router_requests_total", code="200") == sent
         assert value(after, "mushroom_router_requests_total", code="400") == 1
         assert value(after, "mushroom_router_request_seconds_count") == sent + 1
@@ -383,8 +393,8 @@ def test_the_route_and_the_counter_are_added_when_uvicorn_reads_the_app(monkeypa
     import sys
     import types
 
+    import httpx
     from fastapi import FastAPI
-    from fastapi.testclient import TestClient
 
     from router_model import server_guard
 
@@ -401,10 +411,15 @@ def test_the_route_and_the_counter_are_added_when_uvicorn_reads_the_app(monkeypa
     vars(module)["app"] = app  # what `app = scoring_server.init(...)` does in MLflow's app.py
     assert module.app is app  # uvicorn's import_from_string
     assert type(module) is types.ModuleType  # a plain module again
-    client = TestClient(app)
-    assert client.get("/metrics").status_code == 200
-    assert client.post("/invocations").status_code == 200
-    text = client.get("/metrics").text
+
+    async def talk() -> str:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
+            assert (await client.get("/metrics")).status_code == 200
+            assert (await client.post("/invocations")).status_code == 200
+            return (await client.get("/metrics")).text
+
+    text = asyncio.run(talk())
     assert value(text, "mushroom_router_requests_total", code="200") == 1
     assert value(text, "mushroom_router_model_info", run_id="run-9", version="unknown") == 1
 
