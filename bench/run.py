@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(args.from_dir)
     else:
         tmp = Path(tempfile.mkdtemp(prefix="mushroom-bench-run-"))
-        (tmp / "quality.md").write_text(run("quality.py", "--data", args.data, "--check"))
+        (tmp / "quality.md").write_text(
+            run("quality.py", "--data", args.data, "--plot", str(DOCS / "reliability.png"), "--check")
+        )
         run("inprocess.py", "--data", args.data, "--out", str(tmp / "inprocess.json"))
         run(
             "serving.py", "--data", args.data, "--duration", args.duration, "--out", str(tmp / "serving.json")

@@ -1,7 +1,9 @@
 # Airflow 3.3 (LocalExecutor) with this package installed, so DAG tasks can import router_model.
 # Build context: the repository root (docker-compose.yaml).
 #
-# The -python3.11 variant: constraints.txt is resolved for Python 3.11 (`make lock`).
+# The -python3.11 variant: constraints.txt is resolved for Python 3.11 (`make lock`), within the
+# bounds this image's providers set (docker/airflow-image-bounds.txt), so that installing it here
+# moves none of the image's packages out of their range (tests/code/test_airflow_image.py).
 FROM apache/airflow:3.3.2-python3.11
 
 # The source folder must be writable by the airflow user: pip builds the package in place.

@@ -211,13 +211,20 @@ class ServerMetrics:
         exposed.register(_ServedCollector(self))
         return exposed
 
-    def observe(self, routes: np.ndarray, poisonous: np.ndarray, threshold: float) -> None:
-        """Count a scored batch: rows per route and rows at or above ``threshold`` per route."""
+    def observe(self, routes: np.ndarray, poisonous: np.ndarray, threshold: float | np.ndarray) -> None:
+        """Count a scored batch: rows per route and rows at or above their threshold per route.
+
+        Args:
+            routes: Route index per row (into ``features.ROUTES``; -1 for a row without one).
+            poisonous: P(poisonous) per row.
+            threshold: The request's threshold, or one per row (the ``safe`` threshold).
+        """
         if len(routes) == 1:  # the most common request: no array counting
             route = int(routes[0])
+            cut = threshold if np.isscalar(threshold) else threshold[0]
             if route >= 0:
                 self._rows[route].inc()
-                if poisonous[0] >= threshold:
+                if poisonous[0] >= cut:
                     self._poisonous[route].inc()
             return
         scored = routes[routes >= 0] if (routes < 0).any() else routes

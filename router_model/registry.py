@@ -34,6 +34,8 @@ from router_model.errors import RouterError
 from router_model.requirements import pinned_requirements
 from router_model.router import (
     CONFIG_PREFERRED,
+    CONFIG_SAFE_FALSE_ALARM,
+    CONFIG_SAFE_THRESHOLD,
     CONFIG_VALIDATION_AUC,
     MushroomRouterModel,
     Router,
@@ -56,6 +58,12 @@ TAG_HOLDOUT_ROWS = "holdout_rows"
 HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
 #: Each version's reference distribution for the drift monitor (:mod:`router_model.drift`).
 DRIFT_REFERENCE_ARTIFACT = "monitoring/reference.json"
+
+
+def route_tag(key: str, route: str) -> str:
+    """The version tag of a per-route value, such as ``safe_threshold_1pct.naive_bayes``."""
+    return f"{key}.{route}"
+
 
 #: What MLflow answers for a model or alias that does not exist (a missing alias is an
 #: ``INVALID_PARAMETER_VALUE``). Any other error, such as an unreachable tracking server, is raised:
@@ -389,7 +397,7 @@ def log_router(
     """
     import matplotlib.pyplot as plt
 
-    from router_model.plots import confusion_figure, roc_figure
+    from router_model.plots import confusion_figure, reliability_figure, roc_figure
 
     exp = experiment_id()
     tags = {**data_tags, **(extra_tags or {})}
@@ -410,9 +418,22 @@ def log_router(
         mlflow.log_metrics(result.metrics)
         mlflow.log_metrics({f"{r}_validation_roc_auc": v for r, v in result.validation_auc.items()})
         mlflow.log_metric("train_seconds", result.seconds)
+        safe = result.safe_thresholds
+        for route, found in safe.items():
+            mlflow.log_metrics(
+                {
+                    f"{route}_{CONFIG_SAFE_THRESHOLD}": found.threshold,
+                    f"{route}_{CONFIG_SAFE_FALSE_ALARM}": found.false_alarm_rate,
+                }
+            )
+        for route, (slope, intercept) in result.calibration.items():
+            mlflow.log_params(
+                {f"{route}_calibration_slope": slope, f"{route}_calibration_intercept": intercept}
+            )
         for figure, name in (
             (roc_figure(y, scores), "roc"),
             (confusion_figure(y, scores), "confusion_matrix"),
+            (reliability_figure(y, scores), "reliability"),
         ):
             mlflow.log_figure(figure, f"plots/{name}.png")
             plt.close(figure)
@@ -434,16 +455,23 @@ def log_router(
                 model_config={
                     CONFIG_PREFERRED: result.router.preferred,
                     CONFIG_VALIDATION_AUC: result.validation_auc,
+                    CONFIG_SAFE_THRESHOLD: {r: s.threshold for r, s in safe.items()},
+                    CONFIG_SAFE_FALSE_ALARM: {r: s.false_alarm_rate for r, s in safe.items()},
                 },
                 signature=SIGNATURE,
                 input_example=input_example(),
                 pip_requirements=pip_requirements(),
             )
+        safe_tags = {}
+        for route, found in safe.items():
+            safe_tags[route_tag(CONFIG_SAFE_THRESHOLD, route)] = repr(found.threshold)
+            safe_tags[route_tag(CONFIG_SAFE_FALSE_ALARM, route)] = repr(found.false_alarm_rate)
         version = mlflow.register_model(
             info.model_uri,
             settings.MODEL_NAME,
             tags={
                 **tags,
+                **safe_tags,
                 TAG_RUN_ID: run.info.run_id,
                 TAG_HOLDOUT_ROWS: str(len(test)),
                 trust.TAG_CODE_SHA256: trust.installed_digest(),

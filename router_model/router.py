@@ -3,7 +3,9 @@
 Contract (see README "The router model"):
 
 * Params ``model`` (``"auto"`` | ``"naive_bayes"`` | ``"logistic_regression"``) and ``threshold``
-  (float in [0, 1], default 0.5).
+  (float in [0, 1], default 0.5, or ``"safe"``: each route's own ``safe_threshold_1pct``, recorded
+  in ``model_config`` at training time; in-process only, since MLflow's params schema types
+  ``threshold`` as a number).
 * Per row, vectorised: a row goes to the sub-model whose complete feature set it carries; a row
   with both sets goes to the sub-model with the higher validation ROC-AUC, recorded in the model's
   ``model_config`` at training time; ``model`` overrides. A batch may mix rows of both kinds.
@@ -49,18 +51,27 @@ from router_model.validation import (
 TRUSTED_TYPES: tuple[str, ...] = (
     "router_model.transformers.BinCross",
     "router_model.transformers.OneHotCodes",
+    "router_model.calibration.LogOddsCalibrated",
 )
 
 #: ``model_config`` keys written at training time.
 CONFIG_PREFERRED = "preferred_route"
 CONFIG_VALIDATION_AUC = "validation_roc_auc"
+#: Per route, the largest threshold keeping poisonous rows at or below 1% of the "edible" calls on
+#: validation rows, and the share of edible rows it calls "poisonous" (see
+#: :func:`router_model.calibration.safe_threshold`).
+CONFIG_SAFE_THRESHOLD = "safe_threshold_1pct"
+CONFIG_SAFE_FALSE_ALARM = "safe_threshold_false_alarm_rate"
+#: The ``threshold`` param value that selects each route's :data:`CONFIG_SAFE_THRESHOLD`.
+SAFE = "safe"
 
 _ROUTE_INDEX = {route: i for i, route in enumerate(F.ROUTES)}
 _COLUMN_INDEX = {route: [F.ALL_FEATURES.index(c) for c in F.ROUTE_FEATURES[route]] for route in F.ROUTES}
 _NO_ROUTE = -1
 #: What :meth:`Router.predict` tells an observer: the feature matrix, route indices into
-#: ``features.ROUTES``, P(poisonous) per row, and the threshold applied.
-Observer = Callable[[np.ndarray, np.ndarray, np.ndarray, float], None]
+#: ``features.ROUTES``, P(poisonous) per row, and the threshold applied (per row, as an array, for
+#: ``"threshold": "safe"``, which only in-process callers can send).
+Observer = Callable[[np.ndarray, np.ndarray, np.ndarray, float | np.ndarray], None]
 _ROUTE_DTYPE = pd.CategoricalDtype(list(F.ROUTES))
 _LABEL_DTYPE = pd.CategoricalDtype([F.LABELS[F.LABEL_EDIBLE], F.LABELS[F.LABEL_POISONOUS]])
 
@@ -112,17 +123,18 @@ def load_submodel(path: str) -> Any:
         return skops.io.load(path, trusted=list(TRUSTED_TYPES))
 
 
-def parse_params(params: Mapping[str, Any] | None) -> tuple[str, float]:
+def parse_params(params: Mapping[str, Any] | None) -> tuple[str, float | str]:
     """Check the request params and fill in defaults.
 
     Args:
         params: ``{"model": ..., "threshold": ...}``, either key optional.
 
     Returns:
-        ``(model, threshold)``.
+        ``(model, threshold)``; the threshold is a float in [0, 1] or :data:`SAFE`.
 
     Raises:
-        InvalidInputError: On an unknown param, an unknown model or a threshold outside [0, 1].
+        InvalidInputError: On an unknown param, an unknown model, or a threshold that is neither
+            a number in [0, 1] nor ``"safe"``.
     """
     params = dict(params or {})
     unknown = sorted(set(params) - {"model", "threshold"})
@@ -137,13 +149,17 @@ def parse_params(params: Mapping[str, Any] | None) -> tuple[str, float]:
     threshold = params.get("threshold", F.DEFAULT_THRESHOLD)
     if threshold is None:
         threshold = F.DEFAULT_THRESHOLD
+    if isinstance(threshold, str) and threshold.strip().lower() == SAFE:
+        return model, SAFE
     if (
         isinstance(threshold, (bool, np.bool_))
         or not isinstance(threshold, (int, float, np.integer, np.floating))
         or not 0.0 <= float(threshold) <= 1.0
         or math.isnan(float(threshold))
     ):
-        raise InvalidInputError(f"param 'threshold' is {threshold!r}; expected a number in [0, 1]")
+        raise InvalidInputError(
+            f"param 'threshold' is {threshold!r}; expected a number in [0, 1] or {SAFE!r}"
+        )
     return model, float(threshold)
 
 
@@ -305,15 +321,27 @@ class Router:
         submodels: Fitted estimators by route name, each taking that route's features as a
             float array in ``features.ROUTE_FEATURES`` order and having ``predict_proba``.
         preferred: Route for rows that carry both feature sets.
+        safe_thresholds: Per route, the threshold ``"threshold": "safe"`` stands for (``None``
+            for a model trained before they were recorded; ``"safe"`` is refused then).
     """
 
-    def __init__(self, submodels: Mapping[str, Any], preferred: str) -> None:
+    def __init__(
+        self,
+        submodels: Mapping[str, Any],
+        preferred: str,
+        safe_thresholds: Mapping[str, float] | None = None,
+    ) -> None:
         if set(submodels) != set(F.ROUTES):
             raise ValueError(f"need sub-models {list(F.ROUTES)}, got {sorted(submodels)}")
         if preferred not in F.ROUTES:
             raise ValueError(f"preferred route {preferred!r} is not one of {list(F.ROUTES)}")
+        if safe_thresholds is not None and set(safe_thresholds) != set(F.ROUTES):
+            raise ValueError(f"need safe thresholds for {list(F.ROUTES)}, got {sorted(safe_thresholds)}")
         self.submodels = dict(submodels)
         self.preferred = preferred
+        self.safe_thresholds = (
+            None if safe_thresholds is None else {r: float(t) for r, t in safe_thresholds.items()}
+        )
         self._scorers = {route: compile_scorer(model) for route, model in self.submodels.items()}
 
     def predict(
@@ -357,9 +385,10 @@ class Router:
             if rows.any():
                 columns = matrix[np.ix_(rows, _COLUMN_INDEX[route])]
                 poisonous[rows] = self._scorers[route](columns)
+        cut = self._thresholds(threshold, routes)
         if observe is not None:
-            observe(matrix, routes, poisonous, threshold)
-        is_poisonous = poisonous >= threshold
+            observe(matrix, routes, poisonous, cut)
+        is_poisonous = poisonous >= cut
         label_codes = is_poisonous.astype(np.int8)
         if problems is not None:
             label_codes[routes == _NO_ROUTE] = -1
@@ -378,6 +407,19 @@ class Router:
         if problems is not None:
             out["error"] = problems.messages
         return out
+
+    def _thresholds(self, threshold: float | str, routes: np.ndarray) -> float | np.ndarray:
+        """The threshold of every row: the given number, or its route's safe threshold."""
+        if threshold != SAFE:
+            return threshold
+        if self.safe_thresholds is None:
+            raise InvalidInputError(
+                f"param threshold={SAFE!r}: this model records no {CONFIG_SAFE_THRESHOLD} "
+                "(trained before they were recorded); pass a number in [0, 1] or retrain"
+            )
+        # Rows without a route (-1, marked as errors) index the appended NaN and stay unlabelled.
+        per_route = np.array([self.safe_thresholds[r] for r in F.ROUTES] + [np.nan])
+        return per_route[routes]
 
 
 class MushroomRouterModel(mlflow.pyfunc.PythonModel):
@@ -413,10 +455,14 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
                     self._log.on_drop = self._metrics.dropped_rows
         config = context.model_config or {}
         submodels = {route: load_submodel(context.artifacts[route]) for route in F.ROUTES}
-        self.router = Router(submodels, preferred=config.get(CONFIG_PREFERRED, F.LOGISTIC_REGRESSION))
+        self.router = Router(
+            submodels,
+            preferred=config.get(CONFIG_PREFERRED, F.LOGISTIC_REGRESSION),
+            safe_thresholds=config.get(CONFIG_SAFE_THRESHOLD) or None,
+        )
 
     def _observe(
-        self, matrix: np.ndarray, routes: np.ndarray, poisonous: np.ndarray, threshold: float
+        self, matrix: np.ndarray, routes: np.ndarray, poisonous: np.ndarray, threshold: float | np.ndarray
     ) -> None:
         from router_model import inference_log
 

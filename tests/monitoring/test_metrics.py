@@ -59,6 +59,9 @@ def scrape(m: ServerMetrics) -> str:
         ([NB, LR, LR, NB, LR], [0.1, 0.2, 0.9, 0.95, 0.3], 0.25, (2, 3), (1, 2)),
         ([NB, LR], [0.1, 0.2], 0.0, (1, 1), (1, 1)),
         ([NB, LR], [0.9, 0.99], 1.0, (1, 1), (0, 0)),
+        ([NB, LR, LR], [0.3, 0.3, 0.5], np.array([0.2, 0.4, 0.5]), (1, 2), (1, 1)),  # per row ("safe")
+        ([LR], [0.3], np.array([0.4]), (0, 1), (0, 0)),
+        ([NB], [0.3], np.array([0.2]), (1, 0), (1, 0)),
     ],
 )
 def test_rows_and_poisonous_rows_are_counted_per_route_at_the_request_threshold(
