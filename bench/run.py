@@ -82,6 +82,66 @@ def scale_section(r: dict) -> list[str]:
     ]
 
 
+def metrics_section(r: dict) -> list[str]:
+    """What the model server's /metrics costs (bench/metrics.py)."""
+    lines = [
+        "## What /metrics costs the model server",
+        "",
+        "`bench/metrics.py`: the router trained on the real data, served twice, identical but for "
+        "`MUSHROOM_METRICS=off` in one (the inference log off in both, so the difference is the counting "
+        f"alone). wrk ({r['threads']} threads, {r['connections']} connections, {r['duration_s']} s per run, "
+        f"{r['rounds']} rounds taking the two in turn, the first of each round alternating) while "
+        f"`/metrics` is scraped every {r['scrape_seconds']:.0f} s; each round's ratio compares two runs made "
+        "seconds apart. The machine is shared: the load average during each case is given.",
+        "",
+        "| rows/request | metrics on req/s | metrics off req/s | **on/off** | median of round ratios "
+        "| round ratios | load average | non-2xx (on, off) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in r["cases"]:
+        on, off, load = c["metrics_on"], c["metrics_off"], c["load_average"]
+        lines.append(
+            f"| {c['batch']:,} | {on['rps']:,.1f} | {off['rps']:,.1f} | **{c['ratio']:.3f}** "
+            f"| {c['median_round_ratio']:.3f} | {', '.join(f'{x:.2f}' for x in c['round_ratios'])} "
+            f"| {load['min']:.1f}-{load['max']:.1f} | {on['non2xx']}, {off['non2xx']} |"
+        )
+    inproc = r["in_process"]
+    lines += [
+        "",
+        "The counting's own cost, timed in one process where the load matters less (median of repeated "
+        "calls, alternating):",
+        "",
+        "| rows | router predict ms | with the metrics callback ms | added us |",
+        "|---|---|---|---|",
+    ]
+    for p in inproc["predict"]:
+        lines.append(
+            f"| {p['batch']:,} | {p['without_ms']:.3f} | {p['with_ms']:.3f} "
+            f"| {(p['with_ms'] - p['without_ms']) * 1000:.1f} |"
+        )
+    rps_off = {c["batch"]: c["metrics_off"]["rps"] for c in r["cases"]}
+    shares = [
+        (
+            p["batch"],
+            (inproc["middleware_us"] + (p["with_ms"] - p["without_ms"]) * 1000) * 1e-6 * rps_off[p["batch"]],
+        )
+        for p in inproc["predict"]
+    ]
+    lines += [
+        "",
+        f"- Request-counting middleware (status and latency histogram): {inproc['middleware_us']:.1f} us a "
+        "request.",
+        "- The server's time the counting takes at the measured rate (added us a request x requests/s of "
+        "the server without metrics): "
+        + ", ".join(f"**{share:.2%}** at {batch:,} rows/request" for batch, share in shares)
+        + " (target at most 3%).",
+        f"- Scrapes during the runs: {r['scrapes']['count']} ({r['scrapes']['failed']} failed); a scrape is "
+        f"{r['metrics_bytes']:,} bytes.",
+        "",
+    ]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.environ.get("MUSHROOM_DATA"), help="mushroom_cleaned.csv")
@@ -104,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         run(
             "serving.py", "--data", args.data, "--duration", args.duration, "--out", str(tmp / "serving.json")
         )
+        run("metrics.py", "--data", args.data, "--out", str(tmp / "metrics.json"))
         run("scale.py", "--rows", args.scale_rows, "--out", str(tmp / "scale.json"))
         run("soak.py", "--seconds", args.soak_seconds, "--out", str(tmp / "soak.md"))
         (tmp / "drift.md").write_text(
@@ -114,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     inproc = json.loads((tmp / "inprocess.json").read_text())
     serving = json.loads((tmp / "serving.json").read_text())
     scale = json.loads((tmp / "scale.json").read_text())
+    metrics_cost = json.loads((tmp / "metrics.json").read_text())
     soak = (tmp / "soak.md").read_text().strip()
     drift = (tmp / "drift.md").read_text().strip()
 
@@ -221,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         quality.strip(),
         "",
     ]
+    lines += metrics_section(metrics_cost)
     lines += scale_section(scale) + ["## Soak", "", soak.replace("### ", "").strip(), ""]
     lines += [
         "## Drift alarm",

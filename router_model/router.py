@@ -231,17 +231,26 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         """Load both sub-models from the model's artifacts with the trusted skops types.
 
-        Inside ``mlflow models serve`` this also installs :mod:`router_model.server_guard` and
-        starts the :mod:`router_model.inference_log` (unless ``MUSHROOM_INFERENCE_LOG=off``).
+        Inside ``mlflow models serve`` this also installs :mod:`router_model.server_guard`, starts
+        the :mod:`router_model.inference_log` (unless ``MUSHROOM_INFERENCE_LOG=off``) and the
+        :mod:`router_model.metrics` on ``/metrics`` (unless ``MUSHROOM_METRICS=off``).
         """
-        from router_model import inference_log, server_guard
+        from router_model import inference_log, metrics, server_guard
 
         self._log: inference_log.InferenceLog | None = None
+        self._metrics: metrics.ServerMetrics | None = None
+        self._run_id = ""
         if server_guard.in_scoring_server():
             server_guard.install()
+            self._run_id = _model_run_id(context)
+            self._metrics = metrics.start(self._run_id)
+            if self._metrics is not None:
+                server_guard.serve_metrics(self._metrics)
             self._log = inference_log.active()
             if self._log is not None:
                 server_guard.on_shutdown(self._log.close)  # a SIGTERM'd server flushes its log
+                if self._metrics is not None:
+                    self._log.on_drop = self._metrics.dropped_rows
         config = context.model_config or {}
         submodels = {route: load_submodel(context.artifacts[route]) for route in F.ROUTES}
         self.router = Router(
@@ -249,22 +258,31 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
             preferred=config.get(CONFIG_PREFERRED, F.LOGISTIC_REGRESSION),
             safe_thresholds=config.get(CONFIG_SAFE_THRESHOLD) or None,
         )
-        self._run_id = _model_run_id(context) if self._log is not None else ""
 
     def _observe(
-        self, matrix: np.ndarray, routes: np.ndarray, poisonous: np.ndarray, threshold: float
+        self, matrix: np.ndarray, routes: np.ndarray, poisonous: np.ndarray, threshold: float | np.ndarray
     ) -> None:
         from router_model import inference_log
 
-        batch = inference_log.Batch(
-            time.time(), inference_log.new_request_id(), self._run_id, threshold, matrix, routes, poisonous
-        )
-        self._log.submit(batch)
+        if self._metrics is not None:
+            self._metrics.observe(routes, poisonous, threshold)
+        if self._log is not None:
+            batch = inference_log.Batch(
+                time.time(),
+                inference_log.new_request_id(),
+                self._run_id,
+                threshold,
+                matrix,
+                routes,
+                poisonous,
+            )
+            self._log.submit(batch)
 
     def predict(self, context, model_input, params=None):
         """Route and score ``model_input``; bad input raises ``MlflowException`` (HTTP 400)."""
         hashable_labels(model_input)
-        observe = self._observe if getattr(self, "_log", None) is not None else None
+        watched = getattr(self, "_log", None) is not None or getattr(self, "_metrics", None) is not None
+        observe = self._observe if watched else None
         try:
             return self.router.predict(model_input, params, observe=observe)
         except InvalidInputError as err:

@@ -56,6 +56,7 @@ from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
 from router_model import features as F
 from router_model import settings
 from router_model.inputs import column_rows, few_labels
+from router_model.metrics import METRICS_PATH, RequestCounter, ServerMetrics
 from router_model.validation import InvalidInputError
 
 _logger = logging.getLogger(__name__)
@@ -160,6 +161,58 @@ def attach_shutdown_hooks() -> bool:
     router.on_shutdown.append(_run_shutdown_hooks)
     _SHUTDOWN_ATTACHED.append(True)
     return True
+
+
+def serve_metrics(metrics: ServerMetrics) -> bool:
+    """Answer ``GET /metrics`` and count ``/invocations`` requests on the scoring server's app.
+
+    Runs while the model loads, inside the import of MLflow's ``app.py``, whose ``app`` does not
+    exist yet (it is assigned once ``scoring_server.init`` returns). The module's class becomes
+    one whose ``app`` attribute, when uvicorn reads it right after the import and before it
+    serves, adds the route and the request-counting middleware (:func:`_add_metrics`), so
+    ``/metrics`` answers from the first request. The shutdown hooks are attached then too.
+
+    Args:
+        metrics: The server's metrics (:func:`router_model.metrics.start`).
+
+    Returns:
+        Whether the app will serve them (``False`` when MLflow's app module is not loading).
+    """
+    module = sys.modules.get(_APP_MODULE)
+    if module is None:
+        _logger.warning("MLflow's scoring app module %s is not loading; no /metrics", _APP_MODULE)
+        return False
+    app = vars(module).get(_APP_NAME)
+    if app is not None:  # already built (not how mlflow models serve loads): hook it now
+        _add_metrics(app, metrics)
+        return True
+
+    class _MetricsAppModule(type(module)):  # type: ignore[misc]
+        @property
+        def app(self) -> Any:
+            try:
+                found = vars(self)[_APP_NAME]
+            except KeyError:
+                raise AttributeError(_APP_NAME) from None
+            self.__class__ = _module_class  # once: then a plain module again
+            _add_metrics(found, metrics)
+            attach_shutdown_hooks()
+            return found
+
+    _module_class = type(module)
+    module.__class__ = _MetricsAppModule
+    return True
+
+
+def _add_metrics(app: Any, metrics: ServerMetrics) -> None:
+    from fastapi import Request, Response  # MLflow's scoring server is a FastAPI app
+
+    def metrics_endpoint(request: Request) -> Response:  # a plain function: run in a thread
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    app.add_route(METRICS_PATH, metrics_endpoint, methods=["GET"], include_in_schema=False)
+    app.add_middleware(RequestCounter, metrics=metrics)
 
 
 def _takes_parsed_json(module: ModuleType) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from support import REPO, TrackingServer, free_port
 
 from router_model import features as F
@@ -40,6 +41,15 @@ def score(port):
     )
     assert response.status_code == 200, response.text
     return pd.DataFrame(response.json()["predictions"])
+
+
+def served(port):
+    """The served version and the switch count, as the server's /metrics reports them."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    found = {s.name: s for family in text_string_to_metric_families(text) for s in family.samples}
+    return found["mushroom_router_model_info"].labels["version"], found[
+        "mushroom_router_switches_total"
+    ].value
 
 
 def expected_for(version):
@@ -78,6 +88,7 @@ def test_waits_for_a_champion_then_serves_it_and_follows_the_alias(supervisor, f
         score(supervisor.port)["poisonous_probability"],
         pd.Series(expected_for(1), name="poisonous_probability"),
     )
+    assert served(supervisor.port) == ("1", 0)
 
     weak = pipeline.train_and_register(str(path), train_params=WEAK_TRAIN_PARAMS)
     moved = time.monotonic()
@@ -93,6 +104,7 @@ def test_waits_for_a_champion_then_serves_it_and_follows_the_alias(supervisor, f
         pd.Series(expected_for(2), name="poisonous_probability"),
     )
     assert "switch took" in caplog.text
+    assert served(supervisor.port) == ("2", 1)
 
 
 def test_restarts_a_crashed_server(supervisor, fresh_store, caplog):
@@ -114,6 +126,7 @@ def test_restarts_a_crashed_server(supervisor, fresh_store, caplog):
     )
     assert "exited with -9; restarting" in caplog.text
     assert score(supervisor.port)["model"].tolist() == [F.NAIVE_BAYES, F.LOGISTIC_REGRESSION]
+    assert served(supervisor.port) == ("1", 0)  # a restart is not a switch
 
 
 def test_keeps_serving_when_the_registry_is_unreachable(supervisor, fresh_store, monkeypatch, caplog):
@@ -284,6 +297,7 @@ def test_a_champion_that_cannot_load_never_replaces_a_working_server(supervisor,
         pd.Series(expected_for(2), name="poisonous_probability"),
     )
     assert read_state(supervisor.cache_dir)["state"] == "serving"
+    assert served(supervisor.port) == ("2", 1)  # the failed attempts were no switch
 
 
 def delete_alias():
