@@ -26,7 +26,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import mlflow.pyfunc
 import numpy as np
@@ -296,6 +296,15 @@ def as_frame(model_input: Any) -> pd.DataFrame:
     )
 
 
+class Scores(NamedTuple):
+    """What :meth:`Router.score` computes for each row of a feature matrix."""
+
+    routes: np.ndarray
+    poisonous: np.ndarray
+    is_poisonous: np.ndarray
+    probability: np.ndarray
+
+
 class Router:
     """Both fitted sub-models and the routing rule, without any MLflow machinery.
 
@@ -313,6 +322,38 @@ class Router:
         self.submodels = dict(submodels)
         self.preferred = preferred
         self._scorers = {route: compile_scorer(model) for route, model in self.submodels.items()}
+
+    def score(
+        self, matrix: np.ndarray, model: str, threshold: float, problems: RowProblems | None = None
+    ) -> Scores:
+        """Route and score a validated feature matrix (the matrix-in entry point).
+
+        :meth:`predict` and the scoring server's fast path (:mod:`router_model.server_guard`) both
+        end here, so a row gets the same doubles whichever way it came in.
+
+        Args:
+            matrix: Output of :func:`router_model.validation.feature_matrix` (or a matrix built
+                the same way and checked with :func:`router_model.validation.check_matrix`).
+            model: ``"auto"`` or a route name, as returned by :func:`parse_params`.
+            threshold: The poisonous threshold, as returned by :func:`parse_params`.
+            problems: Record rows without a route there instead of raising.
+
+        Returns:
+            Per row: route index (into ``features.ROUTES``, -1 for recorded rows), P(poisonous)
+            (NaN for those), whether it is labelled poisonous, and the probability of its label.
+
+        Raises:
+            InvalidInputError: Naming the first row without a route (when ``problems`` is None).
+        """
+        routes = assign_routes(matrix, model, self.preferred, problems)
+        poisonous = np.full(len(matrix), np.nan)
+        for route, index in _ROUTE_INDEX.items():
+            rows = routes == index
+            if rows.any():
+                columns = matrix[np.ix_(rows, _COLUMN_INDEX[route])]
+                poisonous[rows] = self._scorers[route](columns)
+        is_poisonous = poisonous >= threshold
+        return Scores(routes, poisonous, is_poisonous, np.where(is_poisonous, poisonous, 1.0 - poisonous))
 
     def predict(
         self, frame: Any, params: Mapping[str, Any] | None = None, on_error: str = "raise"
@@ -342,14 +383,7 @@ class Router:
         matrix = feature_matrix(frame, problems)
         if problems is not None:
             matrix[problems.mask] = np.nan
-        routes = assign_routes(matrix, model, self.preferred, problems)
-        poisonous = np.full(len(matrix), np.nan)
-        for route, index in _ROUTE_INDEX.items():
-            rows = routes == index
-            if rows.any():
-                columns = matrix[np.ix_(rows, _COLUMN_INDEX[route])]
-                poisonous[rows] = self._scorers[route](columns)
-        is_poisonous = poisonous >= threshold
+        routes, poisonous, is_poisonous, probability = self.score(matrix, model, threshold, problems)
         label_codes = is_poisonous.astype(np.int8)
         if problems is not None:
             label_codes[routes == _NO_ROUTE] = -1
@@ -358,7 +392,7 @@ class Router:
         out = pd.DataFrame(
             {
                 "prediction": pd.Categorical.from_codes(label_codes, dtype=_LABEL_DTYPE),
-                "probability": np.where(is_poisonous, poisonous, 1.0 - poisonous),
+                "probability": probability,
                 "poisonous_probability": poisonous,
                 "model": pd.Categorical.from_codes(routes, dtype=_ROUTE_DTYPE),
             },
