@@ -301,7 +301,8 @@ _SCALARS = (str, int, float, bool, type(None))
 _PREDICTION, _PROBABILITY, _POISONOUS, _ROUTE = F.OUTPUT_COLUMNS
 _LABEL_NAMES = (F.LABELS[F.LABEL_EDIBLE], F.LABELS[F.LABEL_POISONOUS])
 _FEATURE_INDEX: dict[str, int] = {}
-_FEATURE_INDEX_MAX = 4096
+#: The cache of column labels is bounded: clients choose the labels.
+_FEATURE_INDEX_MAX, _FEATURE_LABEL_MAX = 4096, 64
 _fast_target: list[Any] = [None, None]  # [model object, its Router or False]
 
 
@@ -311,7 +312,7 @@ def _feature_index(label: str) -> int:
     if index is None:
         name = F.canonical_name(label)
         index = F.ALL_FEATURES.index(name) if name in F.ALL_FEATURES else -1
-        if len(_FEATURE_INDEX) < _FEATURE_INDEX_MAX:
+        if len(_FEATURE_INDEX) < _FEATURE_INDEX_MAX and len(label) <= _FEATURE_LABEL_MAX:
             _FEATURE_INDEX[label] = index
     return index
 

@@ -567,3 +567,12 @@ def test_rows_in_domain_agrees_with_feature_matrix():
             accepted = False
         assert ok == accepted, row
     assert 0 < fast.sum() < len(rows)
+
+
+def test_the_fast_paths_label_cache_keeps_no_long_labels(pyfunc_model):
+    """Clients choose column labels: a long one is looked up, not kept."""
+    long_label = "x-" + "a" * 1000
+    body = json.dumps({"dataframe_records": [LR | {long_label: 1, "x-short": 2}]}).encode()
+    assert server_guard.fast_answer(body, JSON, pyfunc_model) is not None
+    assert long_label not in server_guard._FEATURE_INDEX
+    assert server_guard._FEATURE_INDEX["x-short"] == -1
