@@ -132,6 +132,19 @@ def reference_section(serving: dict) -> list[str]:
     return lines
 
 
+def load_line(path: Path) -> list[str]:
+    """How busy the machine was (other jobs share it): load averages at the start and the end."""
+    if not path.is_file():
+        return []
+    load = json.loads(path.read_text())
+    shown = {k: " / ".join(f"{x:.1f}" for x in v) for k, v in load.items()}
+    return [
+        f"- Load average (1 / 5 / 15 min) at the start {shown['before']}, at the end {shown['after']}, on "
+        f"{os.cpu_count()} cores: absolute figures shrink when the machine is shared; the ratios compare "
+        "servers measured in turn within this run."
+    ]
+
+
 def scale_section(r: dict) -> list[str]:
     """The large-file section of the report."""
     return [
@@ -170,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(args.from_dir)
     else:
         tmp = Path(tempfile.mkdtemp(prefix="mushroom-bench-run-"))
+        load = {"before": os.getloadavg()}
         (tmp / "quality.md").write_text(run("quality.py", "--data", args.data, "--check"))
         run("inprocess.py", "--data", args.data, "--out", str(tmp / "inprocess.json"))
         run(
@@ -177,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         run("scale.py", "--rows", args.scale_rows, "--out", str(tmp / "scale.json"))
         run("soak.py", "--seconds", args.soak_seconds, "--out", str(tmp / "soak.md"))
+        load["after"] = os.getloadavg()
+        (tmp / "load.json").write_text(json.dumps(load))
         print(f"figures kept in {tmp} (re-render with --from-dir {tmp})")
     quality = (tmp / "quality.md").read_text()
     inproc = json.loads((tmp / "inprocess.json").read_text())
@@ -191,12 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         "# Benchmarks",
         "",
         "Written by `make bench` (`bench/run.py`); every figure in the tables and lists of results below "
-        "was measured in that one run. The notes on where the time goes quote profiles taken once, on "
-        "2026-11-26, while the guard and the cold start were being fixed, and say so.",
+        "was measured in that one run, except the notes that say when they were measured instead (profiles "
+        "taken once while the guard, the cold start and the fast path were being built, and one comparison "
+        "with the router before the fast path).",
         "",
         f"- Date: {facts['date']}",
         f"- Machine: {facts['machine']}",
         f"- Python {facts['python']}; {facts['versions']}",
+        *load_line(tmp / "load.json"),
         "",
         "## Serving: router against its plain sub-model",
         "",
