@@ -93,6 +93,12 @@ _TO_JSON_PARAMS = ["raw_predictions", "output", "metadata"]
 _ENFORCE_PARAMS_ARGS = ["params", "schema"]
 #: How MLflow's ``/invocations`` handler calls ``invocations`` (``init``'s source).
 _THREAD_HOP = "await asyncio.to_thread(invocations, data, content_type, model, input_schema)"
+#: The module ``mlflow models serve`` tells uvicorn to import, and the app it holds.
+_APP_MODULE = "mlflow.pyfunc.scoring_server.app"
+_APP_NAME = "app"
+#: Called when the scoring server shuts down gracefully (see :func:`on_shutdown`).
+_SHUTDOWN: list[Callable[[], None]] = []
+_SHUTDOWN_ATTACHED: list[bool] = []
 #: MLflow's JSON request forms (its scoring protocol) and the content types the guard reads first.
 DF_RECORDS, DF_SPLIT, INSTANCES, INPUTS = "dataframe_records", "dataframe_split", "instances", "inputs"
 JSON_FORMS = (DF_RECORDS, DF_SPLIT, INSTANCES, INPUTS)
@@ -184,6 +190,43 @@ def hops_to_thread(module: ModuleType) -> bool:
     return _THREAD_HOP in source
 
 
+def on_shutdown(callback: Callable[[], None]) -> None:
+    """Run ``callback`` when the scoring server shuts down gracefully (SIGTERM, Ctrl-C).
+
+    ``atexit`` is not enough there: after its graceful shutdown uvicorn raises the signal again
+    with the default handler, which ends the process without running ``atexit`` handlers. The
+    callbacks run in the FastAPI app's shutdown event instead. The app does not exist yet while
+    the model loads, so the guard attaches them on the first request (:func:`attach_shutdown_hooks`):
+    a server that never answered has nothing to flush.
+    """
+    _SHUTDOWN.append(callback)
+
+
+def _run_shutdown_hooks() -> None:
+    for callback in _SHUTDOWN:
+        try:
+            callback()
+        except Exception:  # one failing hook must not keep the others from running
+            _logger.exception("Shutdown hook %r failed", callback)
+
+
+def attach_shutdown_hooks() -> bool:
+    """Add the :func:`on_shutdown` hooks to the scoring server's app, once.
+
+    Returns:
+        Whether they are attached (``False`` outside ``mlflow models serve``'s app).
+    """
+    if _SHUTDOWN_ATTACHED:
+        return True
+    app = getattr(sys.modules.get(_APP_MODULE), _APP_NAME, None)
+    router = getattr(app, "router", None)
+    if router is None or not hasattr(router, "on_shutdown"):
+        return False
+    router.on_shutdown.append(_run_shutdown_hooks)
+    _SHUTDOWN_ATTACHED.append(True)
+    return True
+
+
 def _takes_parsed_json(module: ModuleType) -> bool:
     """Whether MLflow's JSON reader passes an already parsed object through (:func:`prepare`)."""
     decode = getattr(module, "_decode_json_input", None)
@@ -214,6 +257,8 @@ def guard(invocations: Callable[..., Any], response_type: type, max_request_byte
         return response_type(response=body, status=status, mimetype="application/json")
 
     def refused(data: bytes, content_type: str | None) -> Any:
+        if not _SHUTDOWN_ATTACHED:
+            attach_shutdown_hooks()
         if not content_type:
             return refuse(415, "no Content-Type header; expected application/json, text/csv or parquet")
         if len(data) > max_request_bytes:
@@ -303,7 +348,7 @@ _LABEL_NAMES = (F.LABELS[F.LABEL_EDIBLE], F.LABELS[F.LABEL_POISONOUS])
 _FEATURE_INDEX: dict[str, int] = {}
 #: The cache of column labels is bounded: clients choose the labels.
 _FEATURE_INDEX_MAX, _FEATURE_LABEL_MAX = 4096, 64
-_fast_target: list[Any] = [None, None]  # [model object, its Router or False]
+_fast_target: list[Any] = [None, None]  # [model object, its MushroomRouterModel or False]
 
 
 def _feature_index(label: str) -> int:
@@ -317,8 +362,8 @@ def _feature_index(label: str) -> int:
     return index
 
 
-def fast_router(model: Any, input_schema: Any) -> Router | None:
-    """The :class:`Router` behind MLflow's ``model``, when the fast path may answer for it.
+def fast_router(model: Any, input_schema: Any) -> MushroomRouterModel | None:
+    """The router pyfunc behind MLflow's ``model``, when the fast path may answer for it.
 
     Only for the router's own pyfunc, with no input schema and a signature not taken from type
     hints (what :mod:`router_model.registry` logs): then MLflow's path does nothing to a table
@@ -326,7 +371,7 @@ def fast_router(model: Any, input_schema: Any) -> Router | None:
     schema, which the fast path runs too.
     """
     if _fast_target[0] is not model:
-        router: Router | bool = False
+        found: MushroomRouterModel | bool = False
         try:
             python_model = model.unwrap_python_model()
             if (
@@ -336,10 +381,10 @@ def fast_router(model: Any, input_schema: Any) -> Router | None:
                 and not model.metadata._is_signature_from_type_hint()
                 and "params" in inspect.signature(model.predict).parameters
             ):
-                router = python_model.router
+                found = python_model
         except MlflowException:  # not a PythonModel
             pass
-        _fast_target[:] = [model, router]
+        _fast_target[:] = [model, found]
     if input_schema is not None or _fast_target[1] is False:
         return None
     return _fast_target[1]
@@ -354,13 +399,14 @@ def fast_answer(data: bytes, content_type: str, model: Any, input_schema: Any = 
     out-of-domain values, duplicated keys, nested values, unknown shapes) is declined and takes
     MLflow's path (with :func:`prepare`), which answers it, so every error message is MLflow's
     path's. The answer is the bytes that path writes (:func:`predictions_to_json`), with the
-    same doubles (:meth:`router_model.router.Router.score`).
+    same doubles (:meth:`router_model.router.Router.score`), and the rows go to the inference log
+    as on MLflow's path (``MushroomRouterModel.observer``).
 
     Returns:
         The JSON answer, or ``None`` to decline.
     """
-    router = fast_router(model, input_schema)
-    if router is None or _media_type(content_type) != JSON_TYPE:
+    pyfunc = fast_router(model, input_schema)
+    if pyfunc is None or _media_type(content_type) != JSON_TYPE:
         return None
     try:
         parsed = orjson.loads(data)
@@ -382,7 +428,7 @@ def fast_answer(data: bytes, content_type: str, model: Any, input_schema: Any = 
         )
         if not rows_in_domain(matrix).all():
             return None
-        scores = router.score(matrix, model_name, threshold)
+        scores = pyfunc.router.score(matrix, model_name, threshold, observe=pyfunc.observer())
     except (_DeclinedError, orjson.JSONDecodeError, InvalidInputError, MlflowException, OverflowError):
         return None
     routes = [F.ROUTES[r] for r in scores.routes.tolist()]

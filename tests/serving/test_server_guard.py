@@ -374,10 +374,29 @@ def test_max_request_bytes_setting(monkeypatch, value, expected):
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "16MB", "1e6"])
-def test_bad_max_request_bytes_stops_the_server_at_start(monkeypatch, value):
+def test_install_refuses_a_bad_max_request_bytes(monkeypatch, value):
     monkeypatch.setenv("MUSHROOM_MAX_REQUEST_BYTES", value)
     with pytest.raises(ValueError, match=f"MUSHROOM_MAX_REQUEST_BYTES is '{value}'; expected a positive"):
         server_guard.install(types.SimpleNamespace())
+
+
+@pytest.mark.serving
+def test_a_bad_max_request_bytes_stops_a_real_server_at_start(registered, monkeypatch):
+    """The server fails when it loads the model, not on its first request."""
+    import subprocess
+
+    from support import free_port
+
+    from router_model import serving
+
+    monkeypatch.setenv("MUSHROOM_MAX_REQUEST_BYTES", "16MB")
+    proc = serving.start_server(port=free_port(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        serving.stop_server(proc)
+    assert proc.returncode != 0
+    assert "MUSHROOM_MAX_REQUEST_BYTES is '16MB'; expected a positive number of bytes" in output.decode()
 
 
 def test_guard_is_only_installed_inside_the_scoring_server(monkeypatch):
@@ -406,7 +425,7 @@ def test_mlflow_still_has_what_the_fast_path_relies_on(monkeypatch):
 
 
 def test_fast_path_is_only_for_the_router_without_an_input_schema(pyfunc_model):
-    router = pyfunc_model.unwrap_python_model().router
+    router = pyfunc_model.unwrap_python_model()
     assert server_guard.fast_router(pyfunc_model, None) is router
     assert server_guard.fast_router(pyfunc_model, object()) is None
 
@@ -576,3 +595,21 @@ def test_the_fast_paths_label_cache_keeps_no_long_labels(pyfunc_model):
     assert server_guard.fast_answer(body, JSON, pyfunc_model) is not None
     assert long_label not in server_guard._FEATURE_INDEX
     assert server_guard._FEATURE_INDEX["x-short"] == -1
+
+
+def test_the_fast_path_reports_to_the_inference_log_like_predict(pyfunc_model, monkeypatch):
+    """Rows the fast path answers reach the inference log's hook with what MLflow's path gives it."""
+    seen: list[tuple] = []
+
+    def record(matrix, routes, poisonous, threshold):
+        seen.append((matrix.copy(), routes.tolist(), poisonous.tolist(), threshold))
+
+    monkeypatch.setattr(pyfunc_model.unwrap_python_model(), "observer", lambda: record)
+    records = [NB, LR, NB | LR]
+    body = {"dataframe_records": records, "params": {"threshold": 0.3}}
+    assert server_guard.fast_answer(json.dumps(body).encode(), JSON, pyfunc_model) is not None
+    pyfunc_model.predict(pd.DataFrame(records), params={"threshold": 0.3})  # MLflow's path
+    assert len(seen) == 2
+    (fast_matrix, *fast_rest), (slow_matrix, *slow_rest) = seen
+    np.testing.assert_array_equal(fast_matrix, slow_matrix)
+    assert fast_rest == slow_rest
