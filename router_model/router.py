@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import mlflow.pyfunc
 import numpy as np
@@ -112,6 +112,15 @@ def assign_routes(
     return routes
 
 
+class Scores(NamedTuple):
+    """What :meth:`Router.score` computes for each row of a feature matrix."""
+
+    routes: np.ndarray
+    poisonous: np.ndarray
+    is_poisonous: np.ndarray
+    probability: np.ndarray
+
+
 class Router:
     """Both fitted sub-models and the routing rule, without any MLflow machinery.
 
@@ -141,6 +150,49 @@ class Router:
             None if safe_thresholds is None else {r: float(t) for r, t in safe_thresholds.items()}
         )
         self._scorers = {route: compile_scorer(model) for route, model in self.submodels.items()}
+
+    def score(
+        self,
+        matrix: np.ndarray,
+        model: str,
+        threshold: float | str,
+        problems: RowProblems | None = None,
+        observe: Observer | None = None,
+    ) -> Scores:
+        """Route and score a validated feature matrix (the matrix-in entry point).
+
+        :meth:`predict` and the scoring server's fast path (:mod:`router_model.server_guard`) both
+        end here, so a row gets the same doubles whichever way it came in.
+
+        Args:
+            matrix: Output of :func:`router_model.validation.feature_matrix` (or a matrix built
+                the same way and checked with :func:`router_model.validation.check_matrix`).
+            model: ``"auto"`` or a route name, as returned by :func:`parse_params`.
+            threshold: The poisonous threshold, as returned by :func:`parse_params` (a number, or
+                ``"safe"`` for each route's recorded safe threshold).
+            problems: Record rows without a route there instead of raising.
+            observe: Called with the matrix, routes, P(poisonous) and threshold once scored
+                (the server's inference log).
+
+        Returns:
+            Per row: route index (into ``features.ROUTES``, -1 for recorded rows), P(poisonous)
+            (NaN for those), whether it is labelled poisonous, and the probability of its label.
+
+        Raises:
+            InvalidInputError: Naming the first row without a route (when ``problems`` is None).
+        """
+        routes = assign_routes(matrix, model, self.preferred, problems)
+        poisonous = np.full(len(matrix), np.nan)
+        for route, index in _ROUTE_INDEX.items():
+            rows = routes == index
+            if rows.any():
+                columns = matrix[np.ix_(rows, _COLUMN_INDEX[route])]
+                poisonous[rows] = self._scorers[route](columns)
+        cut = self._thresholds(threshold, routes)
+        if observe is not None:
+            observe(matrix, routes, poisonous, cut)
+        is_poisonous = poisonous >= cut
+        return Scores(routes, poisonous, is_poisonous, np.where(is_poisonous, poisonous, 1.0 - poisonous))
 
     def predict(
         self,
@@ -176,17 +228,7 @@ class Router:
         matrix = feature_matrix(frame, problems)
         if problems is not None:
             matrix[problems.mask] = np.nan
-        routes = assign_routes(matrix, model, self.preferred, problems)
-        poisonous = np.full(len(matrix), np.nan)
-        for route, index in _ROUTE_INDEX.items():
-            rows = routes == index
-            if rows.any():
-                columns = matrix[np.ix_(rows, _COLUMN_INDEX[route])]
-                poisonous[rows] = self._scorers[route](columns)
-        cut = self._thresholds(threshold, routes)
-        if observe is not None:
-            observe(matrix, routes, poisonous, cut)
-        is_poisonous = poisonous >= cut
+        routes, poisonous, is_poisonous, probability = self.score(matrix, model, threshold, problems, observe)
         label_codes = is_poisonous.astype(np.int8)
         if problems is not None:
             label_codes[routes == _NO_ROUTE] = -1
@@ -195,7 +237,7 @@ class Router:
         out = pd.DataFrame(
             {
                 "prediction": pd.Categorical.from_codes(label_codes, dtype=_LABEL_DTYPE),
-                "probability": np.where(is_poisonous, poisonous, 1.0 - poisonous),
+                "probability": probability,
                 "poisonous_probability": poisonous,
                 "model": pd.Categorical.from_codes(routes, dtype=_ROUTE_DTYPE),
             },
@@ -278,11 +320,18 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
             )
             self._log.submit(batch)
 
+    def observer(self) -> Observer | None:
+        """What scoring reports to (the inference log and the metrics), or ``None`` when neither runs.
+
+        The scoring server's fast path (:mod:`router_model.server_guard`) reports through it too.
+        """
+        watched = getattr(self, "_log", None) is not None or getattr(self, "_metrics", None) is not None
+        return self._observe if watched else None
+
     def predict(self, context, model_input, params=None):
         """Route and score ``model_input``; bad input raises ``MlflowException`` (HTTP 400)."""
         hashable_labels(model_input)
-        watched = getattr(self, "_log", None) is not None or getattr(self, "_metrics", None) is not None
-        observe = self._observe if watched else None
+        observe = self.observer()
         try:
             return self.router.predict(model_input, params, observe=observe)
         except InvalidInputError as err:
