@@ -43,6 +43,7 @@ OPTIONAL_ENV = {
     "MUSHROOM_EXPERIMENT": "the default experiment name mushroom-router is the one the stack uses",
     "MUSHROOM_MODEL_URI": "the default models:/mushroom-router@champion is what the model server follows",
     "KAGGLE_CONFIG_DIR": "Kaggle credentials reach the containers as KAGGLE_* variables, not kaggle.json",
+    "MLFLOW_TRACKING_USERNAME": "only named in an error; each client of the tracking server sets its account",
 }
 
 #: Variables a particular package service does not need, with the reason.
