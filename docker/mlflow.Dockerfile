@@ -20,10 +20,12 @@ RUN groupadd --system --gid 10001 mlflow \
 WORKDIR /build
 COPY pyproject.toml README.md constraints.txt ./
 COPY router_model ./router_model
-RUN pip install --no-cache-dir -c constraints.txt ".[postgres]"
+# auth: Flask-WTF for `mlflow server --app-name basic-auth` (logins and permissions).
+RUN pip install --no-cache-dir -c constraints.txt ".[postgres,auth]"
 
 USER 10001:10001
 WORKDIR /home/mlflow
 EXPOSE 5000
-# docker-compose.yaml replaces this with the PostgreSQL backend store and the allowed host names.
+# docker-compose.yaml replaces this with the PostgreSQL backend store, the auth app and the
+# allowed host names.
 CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000", "--artifacts-destination", "/mlartifacts"]

@@ -197,14 +197,43 @@ def registered_model() -> RegisteredModel | None:
     return None
 
 
-def set_alias(alias: str, version: int | str) -> None:
-    """Point ``alias`` at ``version`` (moving it if another version had it)."""
-    client().set_registered_model_alias(settings.MODEL_NAME, alias, str(version))
-    _logger.info("%s@%s -> version %s", settings.MODEL_NAME, alias, version)
-
-
 class RegistryError(RouterError):
     """The registry has no such model or version; the message says what it has instead."""
+
+
+class AccessDeniedError(RegistryError):
+    """The tracking server refused this account the change (401 or 403): no retry can fix it."""
+
+
+#: What MLflow answers when the tracking server's auth app refuses a call.
+_DENIED = ("PERMISSION_DENIED", "UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED")
+
+
+@contextlib.contextmanager
+def _change_allowed(what: str) -> Iterator[None]:
+    """Turn the auth app's 401/403 on a registry change into one line naming the account."""
+    try:
+        yield
+    except MlflowException as err:
+        if err.error_code not in _DENIED:
+            raise
+        account = settings.env("MLFLOW_TRACKING_USERNAME")
+        who = f"account {account!r}" if account else "no login (MLFLOW_TRACKING_USERNAME is not set)"
+        raise AccessDeniedError(
+            f"the tracking server at {settings.redacted(settings.tracking_uri())} refused to {what} "
+            f"for {who}: {err.error_code}; only the trainer's account may change {settings.MODEL_NAME}"
+        ) from None
+
+
+def set_alias(alias: str, version: int | str) -> None:
+    """Point ``alias`` at ``version`` (moving it if another version had it).
+
+    Raises:
+        AccessDeniedError: If the tracking server does not let this account move aliases.
+    """
+    with _change_allowed(f"point {settings.MODEL_NAME}@{alias} at version {version}"):
+        client().set_registered_model_alias(settings.MODEL_NAME, alias, str(version))
+    _logger.info("%s@%s -> version %s", settings.MODEL_NAME, alias, version)
 
 
 class StoreUnreachableError(RegistryError):
@@ -273,13 +302,14 @@ def promote(version: int, alias: str = settings.CHAMPION) -> None:
     Raises:
         RegistryError: If ``version`` is not a positive number, no router is registered, or it
             has no such version.
+        AccessDeniedError: If the tracking server does not let this account read or move aliases.
         MlflowException: If the registry cannot answer (for example the server is unreachable).
     """
     if version < 1:
         raise RegistryError(f"version must be a positive integer, got {version}")
     c = client()
     found = None
-    with _absent_is_fine():
+    with _change_allowed(f"point {settings.MODEL_NAME}@{alias} at version {version}"), _absent_is_fine():
         found = c.get_model_version(settings.MODEL_NAME, str(version))
     if found is None:
         registered = sorted(int(v.version) for v in c.search_model_versions(f"name='{settings.MODEL_NAME}'"))
@@ -298,9 +328,10 @@ def delete_alias(alias: str) -> None:
     """Remove ``alias`` if it exists.
 
     Raises:
+        AccessDeniedError: If the tracking server does not let this account delete aliases.
         MlflowException: If the registry cannot answer (for example the server is unreachable).
     """
-    with _absent_is_fine():
+    with _change_allowed(f"delete {settings.MODEL_NAME}@{alias}"), _absent_is_fine():
         client().delete_registered_model_alias(settings.MODEL_NAME, alias)
 
 

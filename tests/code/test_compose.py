@@ -32,7 +32,8 @@ DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
 VENV_BIN = Path(sys.executable).parent
 
 #: Images that run router_model code (DAG tasks, the model server); the MLflow image installs the
-#: package only to pin the same MLflow version and runs no router_model code.
+#: package only to pin the same MLflow version (and mlflow-accounts to read its names from
+#: router_model.settings).
 PACKAGE_DOCKERFILES = {"docker/airflow.Dockerfile", "docker/model-server.Dockerfile"}
 
 #: Variables router_model reads that the stack may leave unset: the default is right in a container.
@@ -46,6 +47,7 @@ OPTIONAL_ENV = {
     "PROMETHEUS_MULTIPROC_DIR": "the model server picks a folder for its workers' metric files itself",
     "MUSHROOM_SERVED_VERSION": "set by the supervisor for each server it starts, not by the stack",
     "MUSHROOM_SERVED_SWITCHES": "set by the supervisor for each server it starts, not by the stack",
+    "MLFLOW_TRACKING_USERNAME": "only named in an error; each client of the tracking server sets its account",
 }
 
 #: Variables a particular package service does not need, with the reason.
@@ -493,6 +495,14 @@ DATABASE_PASSWORDS = (
     "MLFLOW_DB_PASSWORD",
     "INFERENCE_DB_PASSWORD",
 )
+#: The tracking server's: the admin's is baked into its user store on the first start (#18).
+MLFLOW_SECRETS = (
+    "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_TRAINER_PASSWORD",
+    "MLFLOW_READER_PASSWORD",
+    "MLFLOW_FLASK_SECRET_KEY",
+)
+CHECKED_SECRETS = DATABASE_PASSWORDS + MLFLOW_SECRETS
 
 
 def compose_shell(script: str) -> str:
@@ -502,15 +512,21 @@ def compose_shell(script: str) -> str:
 
 @pytest.mark.parametrize(
     ("placeholders", "status"),
-    [((), 0), (("POSTGRES_PASSWORD",), 1), (("MLFLOW_DB_PASSWORD", "AIRFLOW_DB_PASSWORD"), 1)],
-    ids=["real-passwords", "postgres-placeholder", "two-placeholders"],
+    [
+        ((), 0),
+        (("POSTGRES_PASSWORD",), 1),
+        (("MLFLOW_DB_PASSWORD", "AIRFLOW_DB_PASSWORD"), 1),
+        (("MLFLOW_ADMIN_PASSWORD",), 1),
+        (("MLFLOW_READER_PASSWORD", "MLFLOW_FLASK_SECRET_KEY"), 1),
+    ],
+    ids=["real-passwords", "postgres-placeholder", "two-placeholders", "mlflow-admin", "mlflow-two"],
 )
 def test_check_secrets_refuses_change_me_database_passwords(placeholders, status):
     """airflow-init checked the Airflow secrets only, and the mlflow service did not wait for it."""
     spec = services()["check-secrets"]
-    assert set(spec["environment"]) == set(DATABASE_PASSWORDS)
+    assert set(spec["environment"]) == set(CHECKED_SECRETS)
     shell, flag, script = spec["command"]
-    env = {name: "change-me" if name in placeholders else "s3cret-value" for name in DATABASE_PASSWORDS}
+    env = {name: "change-me" if name in placeholders else "s3cret-value" for name in CHECKED_SECRETS}
     done = subprocess.run(
         [shell, flag, compose_shell(script)], env=env, capture_output=True, text=True, check=False, timeout=30
     )
@@ -535,23 +551,96 @@ def test_no_secret_on_a_command_line(service):
         assert not (name and is_secret_name(name)), f"{service}: ${{{name}}} on its command line"
 
 
+#: The tracking server's secret files and the .env variable each comes from.
+MLFLOW_SECRET_FILES = {
+    "mlflow_db_password": "MLFLOW_DB_PASSWORD",
+    "mlflow_admin_password": "MLFLOW_ADMIN_PASSWORD",
+    "mlflow_flask_secret_key": "MLFLOW_FLASK_SECRET_KEY",
+}
+
+
 def test_mlflow_gets_its_store_uri_from_the_secret_file_in_its_environment(tmp_path):
+    """And the auth app's admin password, session key and settings file (#18), none on a command line."""
+    import configparser
+
     spec = services()["mlflow"]
-    assert spec["secrets"] == ["mlflow_db_password"]
-    assert compose()["secrets"]["mlflow_db_password"] == {"environment": "MLFLOW_DB_PASSWORD"}
+    assert sorted(spec["secrets"]) == sorted(MLFLOW_SECRET_FILES)
+    for secret, variable in MLFLOW_SECRET_FILES.items():
+        assert compose()["secrets"][secret] == {"environment": variable}
+        (tmp_path / secret).write_text(f"s3cret-{secret}")
     shell, flag, script, name = spec["entrypoint"]
-    (tmp_path / "mlflow_db_password").write_text("s3cret-value")
     script = compose_shell(script).replace("/run/secrets/", f"{tmp_path}/")
-    show = "import os, sys; print(os.environ['MLFLOW_BACKEND_STORE_URI']); print(sys.argv)"
+    ini = tmp_path / "basic_auth.ini"
+    show = (
+        "import os, sys; print(os.environ['MLFLOW_BACKEND_STORE_URI']); "
+        "print(os.environ['MLFLOW_AUTH_ADMIN_PASSWORD']); print(os.environ['MLFLOW_FLASK_SERVER_SECRET_KEY']); "
+        "print(sys.argv)"
+    )
     done = subprocess.run(
         [shell, flag, script, name, sys.executable, "-c", show],
         capture_output=True,
         text=True,
         check=True,
         timeout=30,
-        env={"PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin", "MLFLOW_AUTH_CONFIG_PATH": str(ini)},
     )
-    uri, argv = done.stdout.splitlines()
-    assert uri == "postgresql+psycopg2://mlflow:" + "s3cret-value" + "@postgres:5432/mlflow"
+    uri, admin_password, secret_key, argv = done.stdout.splitlines()
+    assert uri == "postgresql+psycopg2://mlflow:" + "s3cret-mlflow_db_password" + "@postgres:5432/mlflow"
+    assert (admin_password, secret_key) == ("s3cret-mlflow_admin_password", "s3cret-mlflow_flask_secret_key")
     assert "s3cret" not in argv
     assert spec["command"][:2] == ["mlflow", "server"] and "--backend-store-uri" not in spec["command"]
+    # The auth app's settings: its user store in the same database, READ for every account.
+    config = configparser.ConfigParser()
+    config.read(ini)
+    assert dict(config["mlflow"]) == {
+        "default_permission": "READ",
+        "database_uri": uri,
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+    }
+    assert ini.stat().st_mode & 0o077 == 0, "the settings file holds the database password"
+    env = environment("mlflow")
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/home/mlflow/basic_auth.ini"
+    assert "${MLFLOW_ADMIN_USER:-" in env["MLFLOW_AUTH_ADMIN_USERNAME"]
+
+
+# ------------------------------------------------------------------------ MLflow accounts (#18)
+
+
+def test_the_tracking_server_runs_the_auth_app():
+    command = services()["mlflow"]["command"]
+    assert command[command.index("--app-name") + 1] == "basic-auth"
+
+
+#: Which MLflow account each service that talks to the tracking server uses (None: no login).
+ACCOUNTS = {
+    "airflow-scheduler": ("MLFLOW_TRAINER_USER", "MLFLOW_TRAINER_PASSWORD"),
+    "model-server": ("MLFLOW_READER_USER", "MLFLOW_READER_PASSWORD"),
+    "mlflow-accounts": ("MLFLOW_ADMIN_USER", "MLFLOW_ADMIN_PASSWORD"),
+}
+
+
+@pytest.mark.parametrize(
+    "service", sorted(name for name in services() if "MLFLOW_TRACKING_URI" in environment(name))
+)
+def test_each_client_of_the_tracking_server_logs_in_with_its_own_account(service):
+    """The DAG's tasks as the trainer, the model server as the reader, nothing else with a login."""
+    env = environment(service)
+    if service not in ACCOUNTS:
+        assert "MLFLOW_TRACKING_PASSWORD" not in env, f"{service} needs no MLflow login"
+        return
+    user, password = ACCOUNTS[service]
+    assert env["MLFLOW_TRACKING_USERNAME"].startswith(f"${{{user}:-"), env["MLFLOW_TRACKING_USERNAME"]
+    assert env["MLFLOW_TRACKING_PASSWORD"] == f"${{{password}:?set {password} in .env}}"
+
+
+def test_the_accounts_exist_before_their_users_start():
+    for service in ("airflow-scheduler", "model-server"):
+        assert depends_on(service).get("mlflow-accounts") == {"condition": "service_completed_successfully"}
+    accounts = services()["mlflow-accounts"]
+    assert accounts["image"] == services()["mlflow"]["image"]
+    assert depends_on("mlflow-accounts") == {"mlflow": {"condition": "service_healthy"}}
+    source = accounts["volumes"][0].split(":", 1)[0]
+    assert (ROOT / source).is_file(), f"mlflow-accounts mounts {source}, which does not exist"
+    env = environment("mlflow-accounts")
+    for role, client in (("TRAINER", "airflow-scheduler"), ("READER", "model-server")):
+        assert env[f"MLFLOW_{role}_USER"] == environment(client)["MLFLOW_TRACKING_USERNAME"], role
