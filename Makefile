@@ -25,7 +25,7 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
-	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -c constraints.txt -e '.[airflow,postgres,spark,dev]'
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -c constraints.txt -e '.[airflow,celery,postgres,spark,dev]'
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install the package with every extra (idempotent)
