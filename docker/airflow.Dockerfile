@@ -1,4 +1,4 @@
-# Airflow 3.3 (LocalExecutor) with this package installed, so DAG tasks can import router_model.
+# Airflow 3.3 (LocalExecutor or CeleryExecutor) with this package installed, so DAG tasks can import router_model.
 # Build context: the repository root (docker-compose.yaml).
 #
 # The -python3.11 variant: constraints.txt is resolved for Python 3.11 (`make lock`).
@@ -15,8 +15,9 @@ COPY --chown=50000:0 router_model /opt/mushroom-router/router_model
 
 # Only the package and its runtime dependencies (not the `airflow` extra: the image has Airflow).
 # Naming apache-airflow==$AIRFLOW_VERSION keeps pip from moving Airflow itself, as the Airflow
-# image documentation recommends. data/ and auth/ are created here, owned by airflow, so that the
-# named volumes mounted there start with the right owner.
+# image documentation recommends; its celery extra pins Celery to the version constraints.txt
+# tests (the CeleryExecutor workers of the compose profile celery). data/ and auth/ are created
+# here, owned by airflow, so that the named volumes mounted there start with the right owner.
 RUN pip install --no-cache-dir -c /opt/mushroom-router/constraints.txt \
-        "apache-airflow==${AIRFLOW_VERSION}" /opt/mushroom-router \
+        "apache-airflow[celery]==${AIRFLOW_VERSION}" /opt/mushroom-router \
     && mkdir -p /opt/airflow/data /opt/airflow/auth

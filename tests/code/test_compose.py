@@ -57,6 +57,7 @@ NOT_NEEDED = {
             "airflow-init",
             "airflow-scheduler",
             "airflow-triggerer",
+            "airflow-worker",
         )
     },
     "model-server": {
@@ -474,3 +475,44 @@ def test_readme_lists_the_published_ports():
         f"README lists ports {sorted(rows)}, docker-compose.yaml publishes "
         f"{ {port: published[port] for port in sorted(published)} }"
     )
+
+
+# ------------------------------------------------------------------------------- the celery profile
+
+
+def profile(name: str) -> set[str]:
+    return {service for service, spec in services().items() if name in (spec.get("profiles") or [])}
+
+
+def test_the_celery_profile_adds_redis_and_a_worker_only():
+    assert profile("celery") == {"redis", "airflow-worker"}
+    assert {name for name, spec in services().items() if spec.get("profiles")} == profile("celery")
+
+
+def test_the_default_stack_does_not_require_a_profiled_service():
+    """Without --profile celery, nothing may wait for Redis or a worker (compose would refuse to start)."""
+    profiled = profile("celery")
+    for name in set(services()) - profiled:
+        for target, spec in depends_on(name).items():
+            if target in profiled:
+                assert spec.get("required") is False, (
+                    f"{name} requires {target}, which only --profile celery starts"
+                )
+
+
+def test_the_worker_runs_the_package_like_the_scheduler():
+    worker, scheduler = environment("airflow-worker"), environment("airflow-scheduler")
+    assert "airflow-worker" in package_services()
+    assert services()["airflow-worker"]["command"] == "celery worker"
+    assert {k: v for k, v in worker.items() if k != "DUMB_INIT_SETSID"} == scheduler
+    assert depends_on("airflow-worker")["redis"]["condition"] == "service_healthy"
+    assert not services()["redis"].get("ports"), "the broker is for the containers only"
+
+
+def test_the_executor_defaults_to_local_and_celery_talks_to_the_profile_services():
+    env = environment("airflow-scheduler")
+    assert with_defaults(env["AIRFLOW__CORE__EXECUTOR"]) == "LocalExecutor"
+    assert env_example()["AIRFLOW_EXECUTOR"] == "LocalExecutor"
+    assert urlsplit(env["AIRFLOW__CELERY__BROKER_URL"]).hostname == "redis"
+    backend = env["AIRFLOW__CELERY__RESULT_BACKEND"]
+    assert backend.startswith("db+postgresql://") and "@postgres:5432/airflow" in backend
