@@ -10,9 +10,10 @@ processes each have their own empty ``MUSHROOM_HOME``. A cluster policy on ``PYT
    can reach B only through the artifact store: the run succeeds and registers a champion whose
    run records the shared file as its dataset input.
 2. Two runs at once, each wholly on one worker (the policy lifts ``max_active_runs`` for them).
-   Their ``promote`` tasks wait in a pool with no slots until both gates have decided "promote
-   over version 1"; then the pool opens and both promotions run at the same time on the two
-   machines. Exactly one may take ``champion``; the other must end superseded.
+   Each ``promote`` waits at a barrier (an ``on_execute_callback``) until the other has started,
+   so both gates have decided "promote over version 1", and then both promotions run at the same
+   moment on the two machines. Exactly one may take ``champion``; the other must end superseded.
+   (With only the former file lock in each worker's data folder, both promoted over version 1.)
 
 Queue names are unique per test, so other sessions using the same Redis cannot take its tasks.
 The same DAG also runs once under the LocalExecutor (every task on the scheduler's machine), and
@@ -59,26 +60,45 @@ _logger = logging.getLogger(__name__)
 BIN = Path(sys.executable).parent
 DAG_ID = "mushroom_router_retrain"
 REDIS = ("127.0.0.1", 6379)
-POOL = "mushroom_router_test_promote"
 
-#: Test-only cluster policy: routes tasks to the two workers' queues and holds promotions in a pool.
+#: Test-only cluster policy: routes tasks to the two workers' queues and lines up the pair's promotions.
 POLICY = """
 import os
+import time
+from pathlib import Path
 
 QUEUE_A, QUEUE_B = os.environ["MR_TEST_QUEUE_A"], os.environ["MR_TEST_QUEUE_B"]
 
 
 def dag_policy(dag):
-    if dag.dag_id == "mushroom_router_retrain":
-        from airflow.sdk.definitions.timetables.simple import NullTimetable
+    from airflow.sdk.definitions.timetables.simple import NullTimetable
 
-        dag.timetable = NullTimetable()  # only the test's triggered runs, no scheduled one
+    dag.timetable = NullTimetable()  # only the test's triggered runs: no scheduled or asset runs
+    if dag.dag_id == "mushroom_router_retrain":
         dag.max_active_runs = 2  # the test races two runs; the DAG itself allows one
+
+
+def promote_together(context):
+    # A pair run's promote waits until the other pair run's promote has started too (so both
+    # gates have decided), then both go at once: their read-compare-move of champion overlaps.
+    run_id = context["run_id"]
+    if not run_id.startswith("pair-"):
+        return
+    # Import first: importing the pipeline (MLflow, scikit-learn) takes seconds and would spread
+    # the two promotions apart again after the barrier.
+    import router_model.pipeline  # noqa: F401
+
+    barrier = Path(os.environ["MR_TEST_BARRIER"])
+    barrier.mkdir(parents=True, exist_ok=True)
+    (barrier / run_id).touch()
+    deadline = time.monotonic() + 300
+    while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def task_policy(task):
     if task.task_id == "promote":
-        task.pool = os.environ["MR_TEST_POOL"]
+        task.on_execute_callback = [promote_together]
 
 
 def task_instance_mutation_hook(task_instance, dag_run=None):
@@ -235,7 +255,7 @@ def start_cluster(tmp_path: Path, executor: str) -> Iterator[Cluster]:
         AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
         MR_TEST_QUEUE_A=queues[0],
         MR_TEST_QUEUE_B=queues[1],
-        MR_TEST_POOL=POOL,
+        MR_TEST_BARRIER=str(tmp_path / "promote-barrier"),
     )
     # The scheduler, API server and workers sign and check task tokens with it: one per test.
     env["AIRFLOW__API_AUTH__JWT_SECRET"] = uuid.uuid4().hex
@@ -260,7 +280,6 @@ def start_cluster(tmp_path: Path, executor: str) -> Iterator[Cluster]:
             ],
         )
         cluster.airflow("db", "migrate")
-        cluster.airflow("pools", "set", POOL, "2", "test: holds promote until both gates decided")
         wait_for_http(f"{tracking_uri}/health", mlflow, timeout=180)
         api = cluster.start(
             "api-server",
@@ -369,15 +388,9 @@ def test_celery_workers_without_a_shared_disk_retrain_and_promote_one_at_a_time(
     assert dataset_input.dataset.digest == sha256[:32]
     assert f"/datasets/{sha256}/" in dataset_input.dataset.source
 
-    # Two runs at once, one per worker; their promotions are held until both gates decided.
-    sql(cluster.airflow_db, "UPDATE slot_pool SET slots = 0 WHERE pool = %s", (POOL,))
+    # Two runs at once, one per worker; their promotions start together once both gates decided.
     cluster.trigger("pair-a", {"data_source": "synthetic"})
     cluster.trigger("pair-b", {"data_source": "synthetic"})
-    cluster.wait(
-        lambda: all(cluster.task_states(r).get("gate") == "success" for r in ("pair-a", "pair-b")),
-        "both gates",
-    )
-    sql(cluster.airflow_db, "UPDATE slot_pool SET slots = 2 WHERE pool = %s", (POOL,))
     cluster.finish("pair-a", "pair-b")
 
     state = registry_state(cluster)
