@@ -506,6 +506,8 @@ def log_dataset_input(frame: pd.DataFrame, uri: str, sha256: str) -> None:
             digest=sha256[:DATASET_DIGEST_CHARS],
         )
         mlflow.log_input(dataset, context=DATASET_CONTEXT, tags={"sha256": sha256})
+
+
 def drift_reference(version: int | str) -> dict[str, Any] | None:
     """A version's drift reference (:data:`DRIFT_REFERENCE_ARTIFACT`), ``None`` if it has none.
 
