@@ -23,7 +23,7 @@ help: ## list the targets
 # containers and CI) every start of mlflow, uvicorn and airflow would compile thousands of modules
 # again: it halves the model server's cold start.
 $(VENV)/.installed: pyproject.toml constraints.txt
-	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip --version >/dev/null 2>&1 || python3 -m venv --clear $(VENV)  # missing, or left half-made
 	$(PY) -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
 	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -c constraints.txt -e '.[airflow,celery,postgres,spark,dev]'
 	touch $@

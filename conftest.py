@@ -61,7 +61,8 @@ def fresh_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_frame():
     """A validated synthetic training frame (deterministic)."""
-    from router_model.data import make_synthetic, validate_training_frame
+    from router_model.data import validate_training_frame
+    from router_model.synthetic import make_synthetic
 
     return validate_training_frame(make_synthetic(4000))
 

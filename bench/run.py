@@ -104,12 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         run("scale.py", "--rows", args.scale_rows, "--out", str(tmp / "scale.json"))
         run("soak.py", "--seconds", args.soak_seconds, "--out", str(tmp / "soak.md"))
+        (tmp / "drift.md").write_text(
+            run("drift.py", "--data", args.data, "--figure", str(DOCS / "drift-report.png"))
+        )
         print(f"figures kept in {tmp} (re-render with --from-dir {tmp})")
     quality = (tmp / "quality.md").read_text()
     inproc = json.loads((tmp / "inprocess.json").read_text())
     serving = json.loads((tmp / "serving.json").read_text())
     scale = json.loads((tmp / "scale.json").read_text())
     soak = (tmp / "soak.md").read_text().strip()
+    drift = (tmp / "drift.md").read_text().strip()
 
     DOCS.mkdir(exist_ok=True)
     plot(serving["cases"], DOCS / "throughput.png")
@@ -216,6 +220,16 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     lines += scale_section(scale) + ["## Soak", "", soak.replace("### ", "").strip(), ""]
+    lines += [
+        "## Drift alarm",
+        "",
+        "`bench/drift.py`: windows drawn from the held-out rows, unchanged and with one feature changed.",
+        "",
+        drift,
+        "",
+        "![drift report](drift-report.png)",
+        "",
+    ]
     (DOCS / "benchmarks.md").write_text("\n".join(lines))
     print(f"\nwrote {DOCS / 'benchmarks.md'} and {DOCS / 'throughput.png'}")
     return 0

@@ -29,7 +29,7 @@ from benchlib import BIN
 def write_input(path: Path, rows: int, chunk: int = 1_000_000) -> None:
     """Write ``rows`` synthetic feature rows (both sets, some rows with one set only)."""
     from router_model import features as F
-    from router_model.data import make_synthetic
+    from router_model.synthetic import make_synthetic
 
     writer = None
     done = 0

@@ -8,26 +8,25 @@ error policy.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, task
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 # Names, ranges and the error policy only: both modules import nothing beyond the standard library.
-from router_model.errors import is_permanent
-from router_model.settings import MIN_IMPROVEMENT_RANGE
+from router_model.errors import fail_fast
+from router_model.settings import DRIFT_ASSET_NAME, DRIFT_ASSET_URI, MIN_IMPROVEMENT_RANGE, WEAK_TRAIN_PARAMS
 
 DAG_ID = "mushroom_router_retrain"
 
 #: Updated when a new version takes ``champion``; other DAGs can schedule on it.
 CHAMPION_ASSET = Asset(uri="mlflow://models/mushroom-router", name="mushroom-router-champion")
+#: Updated by ``mushroom_router_monitor`` when it finds drift: a retrain runs then, not only daily.
+DRIFT_ASSET = Asset(uri=DRIFT_ASSET_URI, name=DRIFT_ASSET_NAME)
+SCHEDULE = AssetOrTimeSchedule(timetable=CronTriggerTimetable("@daily", timezone="UTC"), assets=DRIFT_ASSET)
 
-#: Hyperparameters that make a deliberately weak model (for trying the gate).
-WEAK_TRAIN_PARAMS = {"nb_bins": 2, "nb_orders": "1", "lr_bins": 2, "lr_orders": "1"}
 
 DOC_MD = f"""
 # Retrain the mushroom router behind a quality gate
@@ -49,9 +48,10 @@ DOC_MD = f"""
 * **gate** promotes only when, on the new held-out rows *and* on the champion's own held-out rows
   (stored with each version), the ROC-AUC of *each* route is at least the champion's plus
   `min_improvement`. Each set needs enough rows of both classes; a synthetic-data version never
-  replaces a real-data champion unless `allow_synthetic` is set.
+  replaces a real-data champion unless `allow_synthetic` is set. It returns its decision.
 * **promote** moves `champion` and updates the asset `{CHAMPION_ASSET.uri}`;
-  **keep_challenger** gives the version the `challenger` alias. Both record the reason as the
+  **keep_challenger** gives the version the `challenger` alias. Each runs on its side of the
+  decision and is skipped on the other. Both record the reason as the
   `gate_reason` tag on the version. Nothing before them touches `champion`. If another retrain
   (say `mushroom-router train`) promoted a version after this run's evaluation, **promote** leaves
   `champion` alone, gives the version `challenger` (tag `gate=superseded`, the reason says which
@@ -127,30 +127,9 @@ params = {
 }
 
 
-def fail_fast(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Apply the package's error policy (:mod:`router_model.errors`) to a task.
-
-    A ``RouterError`` that is not transient (bad data, missing Kaggle credentials, a training
-    param out of range, a pipeline precondition) fails the task at once with its one-line message:
-    a retry cannot fix it. Transient ones and every other error (an unreachable tracking server,
-    a bug) keep the normal retries.
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except Exception as err:
-            if is_permanent(err):
-                raise AirflowFailException(f"{type(err).__name__}: {err}") from err
-            raise
-
-    return wrapper
-
-
 @dag(
     dag_id=DAG_ID,
-    schedule="@daily",
+    schedule=SCHEDULE,
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -204,24 +183,27 @@ def mushroom_router_retrain() -> None:
 
         return pipeline.evaluate_against_champion(registered["version"], fetched["uri"])
 
-    @task.branch(execution_timeout=timedelta(minutes=5))
+    @task(execution_timeout=timedelta(minutes=5))
     @fail_fast
-    def gate(evaluation: dict[str, Any], params: dict[str, Any] | None = None, ti: Any = None) -> str:
-        """Decide; pushes the decision as XCom ``decision`` and follows ``promote`` or ``keep_challenger``."""
+    def gate(evaluation: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Decide; returns the decision, which ``promote`` or ``keep_challenger`` applies."""
         from router_model import pipeline
 
-        decision = pipeline.decide(evaluation, params["min_improvement"], params["allow_synthetic"])
-        ti.xcom_push(key="decision", value=decision.as_dict())
-        return "promote" if decision.promote else "keep_challenger"
+        return pipeline.decide(evaluation, params["min_improvement"], params["allow_synthetic"]).as_dict()
 
     @task(execution_timeout=timedelta(minutes=10), outlets=[CHAMPION_ASSET])
     @fail_fast
     def promote(decision: dict[str, Any], outlet_events: Any = None) -> str:
         """Move ``champion`` to the new version and record the reason.
 
-        Skipped (so the asset gets no event) when another retrain promoted a version after this
-        one was evaluated: the new version is then ``challenger`` (see ``pipeline.apply_decision``).
+        Skipped when the gate rejected the version (``keep_challenger`` runs instead), and when
+        another retrain promoted a version after this one was evaluated: the new version is then
+        ``challenger`` (see ``pipeline.apply_decision``). A skipped task gives the asset no event.
         """
+        if not decision["promote"]:
+            raise AirflowSkipException(
+                f"the gate kept version {decision['version']} out: {decision['reason']}"
+            )
         from router_model import pipeline
 
         applied = pipeline.apply_decision(decision)
@@ -233,7 +215,9 @@ def mushroom_router_retrain() -> None:
     @task(execution_timeout=timedelta(minutes=10))
     @fail_fast
     def keep_challenger(decision: dict[str, Any]) -> str:
-        """Give the new version ``challenger`` (champion stays) and record the reason."""
+        """Give the new version ``challenger`` (champion stays) and record the reason; skipped on a promotion."""
+        if decision["promote"]:
+            raise AirflowSkipException(f"the gate promoted version {decision['version']}")
         from router_model import pipeline
 
         return pipeline.apply_decision(decision).alias
@@ -243,8 +227,9 @@ def mushroom_router_retrain() -> None:
     registered = train_and_register(fetched)
     validated >> registered
     evaluation = evaluate_against_champion(registered, fetched)
-    decided = gate(evaluation)
-    decided >> [promote(decided["decision"]), keep_challenger(decided["decision"])]
+    decision = gate(evaluation)
+    promote(decision)
+    keep_challenger(decision)
 
 
 mushroom_router_retrain()

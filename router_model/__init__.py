@@ -1,10 +1,8 @@
 """mushroom-router: two scikit-learn classifiers behind one MLflow pyfunc router.
 
-Modules, bottom to top: :mod:`features`, :mod:`settings` and :mod:`tables` (file formats);
-:mod:`validation`, :mod:`data`, :mod:`transformers`, :mod:`scorers`, :mod:`router` (with
-:mod:`server_guard`, which it installs into MLflow's scoring server), :mod:`train`,
-:mod:`scoring`, :mod:`spark` and :mod:`plots`; :mod:`registry`; :mod:`pipeline`, :mod:`serving`
-and :mod:`supervisor`; :mod:`cli` (and the Airflow DAG in ``dags/``) on top.
+The modules, bottom to top, are listed with one line each in the README's Layout section
+(``tests/code/test_layout.py`` keeps that list complete); the CLI (:mod:`cli`) and the Airflow
+DAGs in ``dags/`` are on top and call the same pipeline functions.
 """
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""``mushroom-router`` command line: train, serve, supervise, predict, promote, status.
+"""``mushroom-router`` command line: train, serve, supervise, predict, monitor, promote, status.
 
 This is the only module that prints; everything it does is a call into the pipeline, serving and
 scoring modules, the same calls the Airflow DAG makes.
@@ -10,12 +10,12 @@ import argparse
 import logging
 import signal
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
+from router_model import features as F
 from router_model import settings
 from router_model.errors import RouterError
-
-_logger = logging.getLogger(__name__)
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -23,6 +23,16 @@ def _key_value(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     key, value = text.split("=", 1)
     return key.strip(), value.strip()
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO time like 2026-12-01T00:00:00+00:00, got {text!r}"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--data", metavar="PATH", help="training CSV (default: MUSHROOM_DATA, Kaggle, synthetic)"
     )
-    source.add_argument("--synthetic", action="store_true", help="train on the built-in synthetic sample")
     source.add_argument(
-        "--kaggle", action="store_true", help="download the Kaggle data set (needs credentials)"
+        f"--{settings.SOURCE_SYNTHETIC}", action="store_true", help="train on the built-in synthetic sample"
+    )
+    source.add_argument(
+        f"--{settings.SOURCE_KAGGLE}",
+        action="store_true",
+        help="download the Kaggle data set (needs credentials)",
     )
     train.add_argument(
         "--param",
@@ -77,23 +91,39 @@ def build_parser() -> argparse.ArgumentParser:
     supervise.add_argument("--host", default=settings.DEFAULT_SERVE_HOST)
     supervise.add_argument("--port", type=int, default=settings.DEFAULT_SERVE_PORT)
     supervise.add_argument("--workers", type=int, default=1)
-    supervise.add_argument("--poll-seconds", type=float, default=10.0, help="registry poll interval")
+    supervise.add_argument(
+        "--poll-seconds", type=float, default=settings.DEFAULT_POLL_SECONDS, help="registry poll interval"
+    )
 
     predict = sub.add_parser("predict", help="score a CSV, Parquet or JSON file of any size, in chunks")
     predict.add_argument("input", help="CSV, Parquet or JSON (records or dataframe_split)")
     predict.add_argument("output", nargs="?", help=".csv, .parquet or .json output (default: CSV on stdout)")
     predict.add_argument(
         "--on-error",
-        choices=["fail", "mark"],
-        default="fail",
-        help="fail (default): stop at the first bad row, write nothing; mark: score the rest and "
-        "explain each bad row in an 'error' column",
+        choices=F.ON_ERROR_MODES,
+        default=F.ON_ERROR_FAIL,
+        help=f"{F.ON_ERROR_FAIL} (default): stop at the first bad row, write nothing; {F.ON_ERROR_MARK}: score "
+        "the rest and explain each bad row in an 'error' column",
     )
-    predict.add_argument("--chunk-rows", type=int, default=100_000, help="rows in memory at a time")
+    predict.add_argument(
+        "--chunk-rows", type=int, default=settings.DEFAULT_CHUNK_ROWS, help="rows in memory at a time"
+    )
     predict.add_argument("--quiet", action="store_true", help="no progress bar (it shows only on a terminal)")
     predict.add_argument("--model-uri", help="default: models:/mushroom-router@champion")
-    predict.add_argument("--model", choices=["auto", "naive_bayes", "logistic_regression"], default="auto")
-    predict.add_argument("--threshold", type=float, default=0.5, help="poisonous when P(poisonous) >= this")
+    predict.add_argument("--model", choices=(F.AUTO, *F.ROUTES), default=F.AUTO)
+    predict.add_argument(
+        "--threshold", type=float, default=F.DEFAULT_THRESHOLD, help="poisonous when P(poisonous) >= this"
+    )
+
+    monitor = sub.add_parser(
+        "monitor", help="compare the rows the model server logged with the champion's reference (drift)"
+    )
+    monitor.add_argument(
+        "--since",
+        type=_timestamp,
+        metavar="ISO",
+        help="window start, e.g. 2026-12-01T00:00:00+00:00 (default: where the previous run ended)",
+    )
 
     promote = sub.add_parser("promote", help="move the champion alias to a version by hand")
     promote.add_argument("version", type=int)
@@ -103,10 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from router_model import features as F
     from router_model import pipeline
 
-    source = "synthetic" if args.synthetic else "kaggle" if args.kaggle else None
+    source = settings.SOURCE_SYNTHETIC if args.synthetic else settings.SOURCE_KAGGLE if args.kaggle else None
     outcome = pipeline.retrain(
         path=args.data,
         source=source,
@@ -116,7 +145,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     metrics = outcome["evaluation"]["candidate"]
     print(f"Trained on {outcome['data']['source']} data: {outcome['data']['path']}")
-    if outcome["data"]["source"] == "synthetic":
+    if outcome["data"]["source"] == settings.SOURCE_SYNTHETIC:
         print("WARNING: synthetic data; this model says nothing about real mushrooms.")
     if metrics is None:
         print("  no held-out metrics: the held-out rows lack one of the classes")
@@ -132,11 +161,18 @@ def _train(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from router_model import serving
+    from router_model.supervisor import trusted_copy
 
     uri = args.model_uri or settings.model_uri()
-    print(f"Serving {uri} on http://{args.host}:{args.port} (Ctrl-C stops). When /ping answers, try:")
+    settings.bound_mlflow_http()
+    # Only code this installation trusts is loaded: the version is downloaded and checked first,
+    # and the server loads exactly the checked bytes (router_model/trust.py).
+    local = trusted_copy(uri)
+    print(
+        f"Serving {uri} ({local}) on http://{args.host}:{args.port} (Ctrl-C stops). When /ping answers, try:"
+    )
     print(serving.curl_example(args.host, args.port), flush=True)
-    proc = serving.start_server(uri, args.host, args.port, args.workers)
+    proc = serving.start_server(str(local), args.host, args.port, args.workers)
 
     stopped_by: list[int] = []
 
@@ -167,43 +203,63 @@ def _predict(args: argparse.Namespace) -> int:
     from router_model import scoring
 
     params = {"model": args.model, "threshold": args.threshold}
-    result = scoring.score_file(
-        args.input,
-        args.output,
-        args.model_uri,
-        params,
-        args.chunk_rows,
-        args.on_error,
-        True if args.quiet else None,
-    )
+    options = {
+        "chunk_rows": args.chunk_rows,
+        "on_error": args.on_error,
+        "quiet": True if args.quiet else None,
+    }
     if args.output is None:
-        result.to_csv(sys.stdout, index=False)
-    else:
-        print(f"Wrote {result} rows to {args.output}", file=sys.stderr)
+        scoring.score_table(args.input, args.model_uri, params, **options).to_csv(sys.stdout, index=False)
+        return 0
+    rows = scoring.score_file(args.input, args.output, args.model_uri, params, **options)
+    print(f"Wrote {rows} rows to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from router_model import monitoring
+
+    outcome = monitoring.run_monitor(since=args.since)
+    window = f"{outcome['window_start'] or 'the start'} to {outcome['window_end']}"
+    if outcome["status"] == monitoring.STATUS_TOO_FEW:
+        print(f"Too few logged rows to judge ({outcome['rows']} from {window}); nothing logged.")
+        return 0
+    verdict = f"DRIFT in {', '.join(outcome['drifted'])}" if outcome["drift_detected"] else "no drift"
+    print(f"{verdict}: {outcome['rows']} rows from {window}, champion version {outcome['champion_version']}")
+    for name, value in sorted(outcome["psi"].items(), key=lambda item: -item[1]):
+        print(f"  PSI {value:.4f}  {name}")
+    print(f"Logged run {outcome['run_id']} in {settings.MONITORING_EXPERIMENT}")
     return 0
 
 
 def _promote(args: argparse.Namespace) -> int:
     from router_model import registry
 
-    registry.set_alias(settings.CHAMPION, args.version)
+    registry.promote(args.version)
     print(f"{settings.MODEL_NAME}@{settings.CHAMPION} -> version {args.version}")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from router_model import registry
+    from router_model import registry, supervisor
 
-    c = registry.client()
-    try:
-        model = c.get_registered_model(settings.MODEL_NAME)
-    except Exception:
-        print(f"No {settings.MODEL_NAME} registered in {settings.redacted(settings.tracking_uri())}")
+    settings.bound_mlflow_http()  # a dead tracking server fails in seconds, not minutes
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warning; the error says it
+    where = settings.redacted(settings.tracking_uri())
+    model, versions = registry.read_registry()
+    state = supervisor.read_state()
+    if state is not None:
+        print(
+            f"Model server ({supervisor.default_cache_dir()}): {state.get('state')}, serving version "
+            f"{state.get('served_version')} - {state.get('reason')} (at {state.get('updated')})"
+        )
+    if model is None:
+        print(f"No {settings.MODEL_NAME} registered in {where}")
         return 1
-    print(f"{settings.MODEL_NAME} in {settings.redacted(settings.tracking_uri())}")
+    print(f"{settings.MODEL_NAME} in {where}")
     for alias, version in sorted(model.aliases.items()):
         print(f"  @{alias} -> version {version}")
-    for v in sorted(c.search_model_versions(f"name='{settings.MODEL_NAME}'"), key=lambda v: int(v.version)):
+    for v in sorted(versions, key=lambda v: int(v.version)):
         reason = v.tags.get("gate_reason", "-")
         print(
             f"  version {v.version}: data={v.tags.get('data_source')} gate={v.tags.get('gate', '-')} ({reason})"
@@ -216,18 +272,10 @@ _COMMANDS = {
     "serve": _serve,
     "supervise": _supervise,
     "predict": _predict,
+    "monitor": _monitor,
     "promote": _promote,
     "status": _status,
 }
-
-
-def _named_errors() -> tuple[type[Exception], ...]:
-    # Imported on the error path only: scoring and validation import pandas, which `serve` does
-    # not need before it hands over to `mlflow models serve`.
-    from router_model.scoring import ScoringError
-    from router_model.validation import InvalidInputError
-
-    return RouterError, ScoringError, InvalidInputError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except Exception as err:
-        if not isinstance(err, _named_errors()):
+        if not isinstance(err, RouterError):
             print(
                 f"mushroom-router {args.command}: unexpected {type(err).__name__}, probably a bug; "
                 "the traceback follows (please report it with the command you ran)",

@@ -2,16 +2,14 @@
 
 :func:`resolve_data` picks the data in this order: an explicit path (``--data`` or
 ``MUSHROOM_DATA``); a Kaggle download of ``prishasawhney/mushroom-dataset`` when Kaggle
-credentials are present; else a deterministic synthetic sample (:func:`make_synthetic`), with a
+credentials are present; else a deterministic synthetic sample (:mod:`router_model.synthetic`), with a
 loud warning, so a fresh clone trains offline. :func:`load_training_frame` validates a file before
 anything is trained or logged.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import logging
 import os
 from collections.abc import Callable
@@ -23,29 +21,11 @@ import numpy as np
 import pandas as pd
 
 from router_model import features as F
-from router_model import settings, tables
-from router_model.errors import RouterError
+from router_model import kaggle, settings, synthetic, tables
+from router_model.errors import DataError
 from router_model.validation import InvalidInputError, feature_matrix
 
 _logger = logging.getLogger(__name__)
-
-SOURCE_PATH = "path"
-SOURCE_KAGGLE = "kaggle"
-SOURCE_SYNTHETIC = "synthetic"
-SOURCES = (SOURCE_KAGGLE, SOURCE_PATH, SOURCE_SYNTHETIC)
-
-SYNTHETIC_ROWS = 8000
-SYNTHETIC_SEED = 20240607
-
-
-class DataError(RouterError):
-    """The training data cannot be had or is not fit to train on; the message says why."""
-
-
-class DataUnavailableError(DataError):
-    """The data source could not be reached (network, Kaggle outage); a retry may help."""
-
-    transient = True
 
 
 @dataclass(frozen=True)
@@ -54,7 +34,7 @@ class DataSource:
 
     Attributes:
         path: Local CSV file.
-        source: One of ``SOURCES``.
+        source: One of ``settings.SOURCES``.
         sha256: Hex digest of the file's bytes.
     """
 
@@ -74,65 +54,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def make_synthetic(n_rows: int = SYNTHETIC_ROWS, seed: int = SYNTHETIC_SEED) -> pd.DataFrame:
-    """Make a deterministic stand-in for ``mushroom_cleaned.csv``.
-
-    Like the real data, rows are drawn from simulated species, each edible or poisonous, with
-    its own typical cap, gill, stem and season, so both routes have signal to learn and rows of
-    one species resemble each other. It is for offline demos and tests, not for real decisions.
-
-    Args:
-        n_rows: Number of rows.
-        seed: Random seed; the same arguments always give the same frame.
-
-    Returns:
-        A frame with the real file's columns and dtypes (``class`` 1 = poisonous).
-    """
-    if n_rows < 20:
-        raise ValueError(f"n_rows must be >= 20, got {n_rows}")
-    rng = np.random.default_rng(seed)
-    n_species = 60
-    species = pd.DataFrame(
-        {
-            "poisonous": rng.random(n_species) < 0.55,
-            "cap": rng.lognormal(6.2, 0.6, n_species),
-            "cap-shape": rng.integers(0, 7, n_species),
-            "gill-attachment": rng.integers(0, 7, n_species),
-            "gill-color": rng.integers(0, 12, n_species),
-            "height": rng.uniform(0.2, 2.0, n_species),
-            "width": rng.lognormal(6.5, 0.7, n_species),
-            "stem-color": rng.integers(0, 13, n_species),
-            "season": rng.integers(0, 4, n_species),
-        }
-    )
-    pick = rng.integers(0, n_species, n_rows)
-    s = species.iloc[pick].reset_index(drop=True)
-
-    def typical(column: str, cardinality: int, keep: float) -> np.ndarray:
-        other = rng.integers(0, cardinality, n_rows)
-        return np.where(rng.random(n_rows) < keep, s[column].to_numpy(), other)
-
-    seasons = np.asarray(F.SEASON_VALUES)
-    frame = pd.DataFrame(
-        {
-            "cap-diameter": np.clip(np.round(s["cap"] * rng.lognormal(0, 0.25, n_rows)), 0, 1891),
-            "cap-shape": typical("cap-shape", 7, 0.8),
-            "gill-attachment": typical("gill-attachment", 7, 0.8),
-            "gill-color": typical("gill-color", 12, 0.75),
-            "stem-height": np.clip(s["height"] * rng.lognormal(0, 0.2, n_rows), 0.0, 3.84),
-            "stem-width": np.clip(np.round(s["width"] * rng.lognormal(0, 0.25, n_rows)), 0, 3569),
-            "stem-color": typical("stem-color", 13, 0.8),
-            "season": seasons[typical("season", 4, 0.7)],
-            F.TARGET: s["poisonous"].astype(int).to_numpy(),
-        }
-    )
-    flip = rng.random(n_rows) < 0.03
-    frame.loc[flip, F.TARGET] = 1 - frame.loc[flip, F.TARGET]
-    ints = ["cap-diameter", "cap-shape", "gill-attachment", "gill-color", "stem-width"]
-    ints += ["stem-color", F.TARGET]
-    return frame.astype({c: "int64" for c in ints})
 
 
 def validate_training_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -226,89 +147,6 @@ def split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     )
 
 
-def kaggle_credentials_present(environ: dict[str, str] | None = None) -> bool:
-    """Whether Kaggle credentials are configured (env vars or files in the config dir)."""
-    environ = dict(os.environ if environ is None else environ)
-    if environ.get("KAGGLE_API_TOKEN"):
-        return True
-    if environ.get("KAGGLE_USERNAME") and environ.get("KAGGLE_KEY"):
-        return True
-    config = Path(environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
-    return (config / "kaggle.json").is_file() or (config / "access_token").is_file()
-
-
-def _default_kaggle_api() -> Any:
-    # ``import kaggle`` authenticates at import and prints a help text when that fails.
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        from kaggle.api.kaggle_api_extended import KaggleApi
-    return KaggleApi()
-
-
-def download_kaggle(
-    dest_dir: str | os.PathLike[str] | None = None,
-    api_factory: Callable[[], Any] | None = None,
-) -> Path:
-    """Download ``mushroom_cleaned.csv`` from Kaggle into the data cache, or reuse the cached copy.
-
-    Args:
-        dest_dir: Target folder (default: ``settings.data_dir() / 'kaggle'``).
-        api_factory: Returns an object with Kaggle's ``authenticate()`` and
-            ``dataset_download_file(dataset, file_name, path=..., unzip=...)`` (tests pass a fake).
-
-    Returns:
-        The path of the CSV.
-
-    Raises:
-        DataError: With a one-line reason when there are no credentials, authentication fails
-            (Kaggle's client calls ``exit(1)``), or the download does.
-    """
-    dest = Path(dest_dir) if dest_dir else settings.data_dir() / "kaggle"
-    target = dest / settings.KAGGLE_FILE
-    if target.is_file():
-        _logger.info("Using the cached Kaggle download %s", target)
-        return target
-    if api_factory is None:
-        if not kaggle_credentials_present():
-            raise DataError(
-                "no Kaggle credentials: set KAGGLE_API_TOKEN (or KAGGLE_USERNAME and KAGGLE_KEY), "
-                "or give a data path"
-            )
-        api_factory = _default_kaggle_api
-    dest.mkdir(parents=True, exist_ok=True)
-    sink = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            api = api_factory()
-            api.authenticate()
-            api.dataset_download_file(
-                settings.KAGGLE_DATASET, settings.KAGGLE_FILE, path=str(dest), unzip=True
-            )
-    except SystemExit as err:  # the Kaggle client exits on failed authentication
-        raise DataError(
-            f"Kaggle authentication failed (client exited with {err.code!r}); check "
-            "KAGGLE_API_TOKEN or KAGGLE_USERNAME/KAGGLE_KEY"
-        ) from None
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataUnavailableError(f"Kaggle download of {settings.KAGGLE_DATASET} failed: {first}") from None
-    if not target.is_file():
-        raise DataError(f"Kaggle download finished but {target} is missing")
-    _logger.info("Downloaded %s to %s", settings.KAGGLE_DATASET, target)
-    return target
-
-
-def write_synthetic(dest_dir: str | os.PathLike[str] | None = None, n_rows: int = SYNTHETIC_ROWS) -> Path:
-    """Write :func:`make_synthetic` to the data cache (idempotent) and return its path."""
-    dest = Path(dest_dir) if dest_dir else settings.data_dir()
-    dest.mkdir(parents=True, exist_ok=True)
-    target = dest / f"synthetic-{n_rows}-{SYNTHETIC_SEED}.csv"
-    if not target.is_file():
-        tmp = target.with_suffix(".tmp")
-        make_synthetic(n_rows).to_csv(tmp, index=False)
-        tmp.replace(target)
-    return target
-
-
 def resolve_data(
     path: str | os.PathLike[str] | None = None,
     source: str | None = None,
@@ -318,7 +156,7 @@ def resolve_data(
 
     Args:
         path: An explicit file; wins over everything (``MUSHROOM_DATA`` when not given).
-        source: Force one of ``SOURCES``; ``None`` picks in the order above.
+        source: Force one of ``settings.SOURCES``; ``None`` picks in the order above.
         api_factory: Kaggle client factory, for tests.
 
     Returns:
@@ -327,30 +165,34 @@ def resolve_data(
     Raises:
         DataError: If the chosen source is not available.
     """
-    if source is not None and source not in SOURCES:
-        raise DataError(f"unknown data source {source!r}; expected one of {list(SOURCES)}")
-    if source in (None, SOURCE_PATH):
+    if source is not None and source not in settings.SOURCES:
+        raise DataError(f"unknown data source {source!r}; expected one of {list(settings.SOURCES)}")
+    if source in (None, settings.SOURCE_PATH):
         path = path or settings.data_path()
         if path:
+            if Path(path).is_dir():
+                raise DataError(
+                    f"data path {path} is a directory; expected a CSV file such as {settings.KAGGLE_FILE}"
+                )
             if not Path(path).is_file():
                 raise DataError(f"data file not found: {path}")
             resolved = str(Path(path).resolve())
-            return DataSource(resolved, SOURCE_PATH, file_sha256(resolved))
-        if source == SOURCE_PATH:
+            return DataSource(resolved, settings.SOURCE_PATH, file_sha256(resolved))
+        if source == settings.SOURCE_PATH:
             raise DataError("data source 'path' needs a path (--data or MUSHROOM_DATA)")
-    if source == SOURCE_KAGGLE or (
-        source is None and (api_factory is not None or kaggle_credentials_present())
+    if source == settings.SOURCE_KAGGLE or (
+        source is None and (api_factory is not None or kaggle.kaggle_credentials_present())
     ):
-        target = download_kaggle(api_factory=api_factory)
-        return DataSource(str(target), SOURCE_KAGGLE, file_sha256(target))
-    target = write_synthetic()
+        target = kaggle.download_kaggle(api_factory=api_factory)
+        return DataSource(str(target), settings.SOURCE_KAGGLE, file_sha256(target))
+    target = synthetic.write_synthetic()
     _logger.warning(
         "NO REAL DATA: training on the built-in SYNTHETIC sample %s. Predictions from this model "
         "say nothing about real mushrooms. Give --data PATH, set MUSHROOM_DATA, or set Kaggle "
         "credentials to train on mushroom_cleaned.csv.",
         target,
     )
-    return DataSource(str(target), SOURCE_SYNTHETIC, file_sha256(target))
+    return DataSource(str(target), settings.SOURCE_SYNTHETIC, file_sha256(target))
 
 
 def describe(frame: pd.DataFrame) -> dict[str, Any]:
@@ -362,20 +204,3 @@ def describe(frame: pd.DataFrame) -> dict[str, Any]:
         "edible": int(counts.get(F.LABEL_EDIBLE, 0)),
         "duplicates": int(frame.duplicated().sum()),
     }
-
-
-__all__ = [
-    "DataError",
-    "DataSource",
-    "DataUnavailableError",
-    "describe",
-    "download_kaggle",
-    "file_sha256",
-    "load_training_frame",
-    "make_synthetic",
-    "read_table",
-    "resolve_data",
-    "split",
-    "validate_training_frame",
-    "write_synthetic",
-]

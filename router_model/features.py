@@ -11,8 +11,11 @@ reports as ``poisonous_probability`` is P(class == 1).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from functools import cache
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 TARGET = "class"
 
@@ -51,8 +54,6 @@ SEASON_VALUES: tuple[float, ...] = (
 )
 #: Two season values closer than this are the same season (CSV round trips lose the last digits).
 SEASON_TOLERANCE = 1e-6
-_SEASON_ARRAY = np.asarray(SEASON_VALUES)
-_SEASON_MIDPOINTS = (_SEASON_ARRAY[1:] + _SEASON_ARRAY[:-1]) / 2
 
 LABEL_EDIBLE = 0
 LABEL_POISONOUS = 1
@@ -62,6 +63,12 @@ LABELS: Mapping[int, str] = {LABEL_EDIBLE: "edible", LABEL_POISONOUS: "poisonous
 OUTPUT_COLUMNS: tuple[str, ...] = ("prediction", "probability", "poisonous_probability", "model")
 
 DEFAULT_THRESHOLD = 0.5
+
+#: What to do with a bad row: ``fail`` refuses the whole batch (the model server's contract and
+#: batch scoring's default), ``mark`` scores the other rows and explains the bad one in ``error``.
+ON_ERROR_FAIL = "fail"
+ON_ERROR_MARK = "mark"
+ON_ERROR_MODES: tuple[str, ...] = (ON_ERROR_FAIL, ON_ERROR_MARK)
 
 _CANONICAL = {name.replace("-", "_"): name for name in ALL_FEATURES + (TARGET,)}
 
@@ -113,11 +120,24 @@ def season_codes(values: np.ndarray) -> np.ndarray:
     Returns:
         An int array of the same shape.
     """
+    import numpy as np
+
+    seasons, midpoints = _season_arrays()
     values = np.asarray(values, dtype=float)
-    nearest = np.searchsorted(_SEASON_MIDPOINTS, values)  # NaN sorts last: code 3, refused below
+    nearest = np.searchsorted(midpoints, values)  # NaN sorts last: code 3, refused below
     with np.errstate(invalid="ignore"):
-        ok = np.abs(values - _SEASON_ARRAY[nearest]) <= SEASON_TOLERANCE
+        ok = np.abs(values - seasons[nearest]) <= SEASON_TOLERANCE
     return np.where(ok, nearest, -1)
+
+
+@cache
+def _season_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The season values and the midpoints between them (NumPy imported on first use, so the CLI
+    and the DAG files can read this module's names cheaply)."""
+    import numpy as np
+
+    seasons = np.asarray(SEASON_VALUES)
+    return seasons, (seasons[1:] + seasons[:-1]) / 2
 
 
 def expected_values(column: str) -> str:

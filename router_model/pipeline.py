@@ -170,7 +170,7 @@ def validate_data(path: str, sha256: str | None = None) -> dict[str, Any]:
 
 def train_and_register(
     path: str,
-    source: str = data_mod.SOURCE_PATH,
+    source: str = settings.SOURCE_PATH,
     train_params: dict[str, Any] | None = None,
     retrain_key: str | None = None,
     sha256: str | None = None,
@@ -204,7 +204,7 @@ def train_and_register(
     local = local_copy(path, sha256)
     frame = data_mod.load_training_frame(local)
     result = train(frame, config)
-    tags = {"data_source": source, "data_sha256": data_mod.file_sha256(local), "data_path": str(path)}
+    tags = data_mod.DataSource(str(path), source, data_mod.file_sha256(local)).as_tags()
     extra = {registry.TAG_RETRAIN_KEY: retrain_key} if retrain_key else None
     return registry.log_router(result, tags, extra, frame=frame).as_dict()
 
@@ -384,7 +384,7 @@ def decide(
     if champion_version is None:
         return GateDecision(True, "first version: no champion yet", version, None)
     champion_version = int(champion_version)
-    synthetic = data_mod.SOURCE_SYNTHETIC
+    synthetic = settings.SOURCE_SYNTHETIC
     if (
         evaluation.get("data_source") == synthetic
         and evaluation.get("champion_data_source") not in (None, synthetic)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
+from typing import Any
 
 import matplotlib
 
@@ -15,8 +15,6 @@ from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 from router_model import features as F
-
-_logger = logging.getLogger(__name__)
 
 
 def roc_figure(y: np.ndarray, poisonous_by_route: Mapping[str, np.ndarray]) -> Figure:
@@ -48,5 +46,32 @@ def confusion_figure(
             colorbar=False,
         )
         ax.set_title(f"{route} (threshold {threshold:g})")
+    fig.tight_layout()
+    return fig
+
+
+def drift_figure(comparisons: list[Any], psi_threshold: float) -> Figure:
+    """Reference against current shares per bin, one panel per judged comparison, PSI in the title.
+
+    Args:
+        comparisons: :class:`router_model.drift.Comparison` objects.
+        psi_threshold: The alarm level (panels above it are titled in red).
+    """
+    shown = [c for c in comparisons if c.current]
+    cols = 3
+    rows = max(1, -(-len(shown) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.ravel()[len(shown) :]:
+        ax.axis("off")
+    for ax, comparison in zip(axes.ravel(), shown, strict=False):
+        x = np.arange(len(comparison.reference))
+        ax.bar(x - 0.2, comparison.reference, width=0.4, label="reference (held out at training)")
+        ax.bar(x + 0.2, comparison.current, width=0.4, label=f"served ({comparison.rows} rows)")
+        ax.set_xticks(x, comparison.labels, rotation=60, fontsize=6)
+        drifted = comparison.judged and comparison.psi > psi_threshold
+        psi = f"PSI {comparison.psi:.3f}" if comparison.judged else "too few rows"
+        ax.set_title(f"{comparison.name}: {psi}", fontsize=8, color="red" if drifted else "black")
+        ax.set_ylabel("share", fontsize=7)
+    axes.ravel()[0].legend(fontsize=6)
     fig.tight_layout()
     return fig

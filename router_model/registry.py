@@ -22,18 +22,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ParamSchema, ParamSpec
 
+from router_model import drift, settings, trust
 from router_model import features as F
-from router_model import settings
 from router_model.errors import RouterError
 from router_model.requirements import pinned_requirements
 from router_model.router import (
@@ -58,6 +59,8 @@ TAG_HOLDOUT_ROWS = "holdout_rows"
 #: Each version's held-out rows, logged with its run: the gate scores later candidates on them,
 #: so a retrain cannot pick the rows it is judged on (see :mod:`router_model.pipeline`).
 HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
+#: Each version's reference distribution for the drift monitor (:mod:`router_model.drift`).
+DRIFT_REFERENCE_ARTIFACT = "monitoring/reference.json"
 
 #: Folder under the experiment's artifact root where training files are shared between machines,
 #: one subfolder per sha256 of the file's bytes (content-addressed: the same file is stored once).
@@ -190,10 +193,113 @@ def alias_version(alias: str) -> ModelVersion | None:
     return None
 
 
+def registered_model() -> RegisteredModel | None:
+    """The registered router (with its aliases), or ``None`` when none is registered yet.
+
+    Raises:
+        Exception: Whatever MLflow or the database driver raises when the store cannot answer
+            (an unreachable server, a missing database): that is not an empty registry.
+    """
+    with _absent_is_fine():
+        return client().get_registered_model(settings.MODEL_NAME)
+    return None
+
+
 def set_alias(alias: str, version: int | str) -> None:
     """Point ``alias`` at ``version`` (moving it if another version had it)."""
     client().set_registered_model_alias(settings.MODEL_NAME, alias, str(version))
     _logger.info("%s@%s -> version %s", settings.MODEL_NAME, alias, version)
+
+
+class RegistryError(RouterError):
+    """The registry has no such model or version; the message says what it has instead."""
+
+
+class StoreUnreachableError(RegistryError):
+    """The tracking store did not answer: not the same as an empty registry."""
+
+    transient = True
+
+
+def _probe_database(uri: str) -> None:
+    """Connect once to a database tracking store: MLflow retries a failed connection for ~100 s."""
+    scheme = uri.split(":", 1)[0]
+    if "://" not in uri or scheme in ("http", "https", "databricks", "file", "sqlite"):
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
+def read_registry() -> tuple[RegisteredModel | None, list[ModelVersion]]:
+    """The registered router and its versions, for ``mushroom-router status``.
+
+    Returns:
+        ``(None, [])`` when nothing is registered yet.
+
+    Raises:
+        StoreUnreachableError: If the store cannot answer (an unreachable server, a missing
+            database), with the password shown as ``***``.
+    """
+    uri = settings.tracking_uri()
+    try:
+        _probe_database(uri)
+        model = registered_model()
+        versions = [] if model is None else client().search_model_versions(f"name='{settings.MODEL_NAME}'")
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        password = urlsplit(uri).password
+        first = first.replace(password, "***") if password else first
+        raise StoreUnreachableError(
+            f"cannot read the registry at {settings.redacted(uri)}: {first[:300]}"
+        ) from None
+    return model, versions
+
+
+def _version_list(versions: list[int]) -> str:
+    """``1-3, 5, 7-9``: registered versions, runs of consecutive numbers shortened."""
+    runs: list[list[int]] = []
+    for v in versions:
+        if runs and v == runs[-1][-1] + 1:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def promote(version: int, alias: str = settings.CHAMPION) -> None:
+    """Point ``alias`` at ``version`` by hand, after checking that the version exists.
+
+    MLflow would refuse a missing version too, but with a traceback-sized error; a person typing
+    ``promote 99`` needs to hear which versions there are.
+
+    Raises:
+        RegistryError: If ``version`` is not a positive number, no router is registered, or it
+            has no such version.
+        MlflowException: If the registry cannot answer (for example the server is unreachable).
+    """
+    if version < 1:
+        raise RegistryError(f"version must be a positive integer, got {version}")
+    c = client()
+    found = None
+    with _absent_is_fine():
+        found = c.get_model_version(settings.MODEL_NAME, str(version))
+    if found is None:
+        registered = sorted(int(v.version) for v in c.search_model_versions(f"name='{settings.MODEL_NAME}'"))
+        if not registered:
+            raise RegistryError(
+                f"no {settings.MODEL_NAME} is registered in "
+                f"{settings.redacted(settings.tracking_uri())}; train one first"
+            )
+        raise RegistryError(
+            f"{settings.MODEL_NAME} has no version {version}; registered versions: {_version_list(registered)}"
+        )
+    set_alias(alias, version)
 
 
 def delete_alias(alias: str) -> None:
@@ -402,6 +508,20 @@ def log_dataset_input(frame: pd.DataFrame, uri: str, sha256: str) -> None:
         mlflow.log_input(dataset, context=DATASET_CONTEXT, tags={"sha256": sha256})
 
 
+def drift_reference(version: int | str) -> dict[str, Any] | None:
+    """A version's drift reference (:data:`DRIFT_REFERENCE_ARTIFACT`), ``None`` if it has none.
+
+    Raises:
+        MlflowException: If the registry or the artifact store cannot answer.
+    """
+    c = client()
+    run_id = c.get_model_version(settings.MODEL_NAME, str(version)).run_id
+    folder = DRIFT_REFERENCE_ARTIFACT.rsplit("/", 1)[0]
+    if not any(f.path == DRIFT_REFERENCE_ARTIFACT for f in c.list_artifacts(run_id, folder)):
+        return None
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{DRIFT_REFERENCE_ARTIFACT}")
+
+
 def load_router(model_uri: str) -> Router:
     """Load a registered router and return its :class:`Router` (for evaluation in-process)."""
     client()
@@ -462,6 +582,7 @@ def log_router(
         ):
             mlflow.log_figure(figure, f"plots/{name}.png")
             plt.close(figure)
+        mlflow.log_dict(drift.reference_profile(test, scores), DRIFT_REFERENCE_ARTIFACT)
         with tempfile.TemporaryDirectory() as tmp:
             holdout = Path(tmp) / Path(HOLDOUT_ARTIFACT).name
             test.to_parquet(holdout, index=False)
@@ -487,7 +608,12 @@ def log_router(
         version = mlflow.register_model(
             info.model_uri,
             settings.MODEL_NAME,
-            tags={**tags, TAG_RUN_ID: run.info.run_id, TAG_HOLDOUT_ROWS: str(len(test))},
+            tags={
+                **tags,
+                TAG_RUN_ID: run.info.run_id,
+                TAG_HOLDOUT_ROWS: str(len(test)),
+                trust.TAG_CODE_SHA256: trust.installed_digest(),
+            },
         )
     registered = RegisteredRouter(run.info.run_id, version_uri(version.version), int(version.version))
     _logger.info("Registered %s (run %s)", registered.model_uri, registered.run_id)

@@ -22,10 +22,11 @@ works) and a tampered artifact cannot widen what gets instantiated.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
@@ -44,8 +45,6 @@ from router_model.validation import (
     refuse_rows,
 )
 
-_logger = logging.getLogger(__name__)
-
 #: Types beyond skops' defaults that the sub-model files may contain.
 TRUSTED_TYPES: tuple[str, ...] = (
     "router_model.transformers.BinCross",
@@ -59,6 +58,9 @@ CONFIG_VALIDATION_AUC = "validation_roc_auc"
 _ROUTE_INDEX = {route: i for i, route in enumerate(F.ROUTES)}
 _COLUMN_INDEX = {route: [F.ALL_FEATURES.index(c) for c in F.ROUTE_FEATURES[route]] for route in F.ROUTES}
 _NO_ROUTE = -1
+#: What :meth:`Router.predict` tells an observer: the feature matrix, route indices into
+#: ``features.ROUTES``, P(poisonous) per row, and the threshold applied.
+Observer = Callable[[np.ndarray, np.ndarray, np.ndarray, float], None]
 _ROUTE_DTYPE = pd.CategoricalDtype(list(F.ROUTES))
 _LABEL_DTYPE = pd.CategoricalDtype([F.LABELS[F.LABEL_EDIBLE], F.LABELS[F.LABEL_POISONOUS]])
 
@@ -315,30 +317,36 @@ class Router:
         self._scorers = {route: compile_scorer(model) for route, model in self.submodels.items()}
 
     def predict(
-        self, frame: Any, params: Mapping[str, Any] | None = None, on_error: str = "raise"
+        self,
+        frame: Any,
+        params: Mapping[str, Any] | None = None,
+        on_error: str = F.ON_ERROR_FAIL,
+        observe: Observer | None = None,
     ) -> pd.DataFrame:
         """Score rows.
 
         Args:
             frame: Input rows (DataFrame, records or columns).
             params: Optional ``model`` and ``threshold``.
-            on_error: ``"raise"`` (the server's contract: one bad row fails the batch) or
+            on_error: ``"fail"`` (the server's contract: one bad row fails the batch) or
                 ``"mark"`` (batch scoring: bad rows get empty predictions and a message in an
                 ``error`` column, the other rows are scored).
+            observe: Called with ``(matrix, routes, poisonous, threshold)`` once the rows are
+                scored (the model server's inference log); it must not change the arrays.
 
         Returns:
             A frame with ``features.OUTPUT_COLUMNS`` (plus ``error`` when marking), one row per
             input row.
 
         Raises:
-            InvalidInputError: On a bad param, or (``"raise"``) on any bad row; nothing is
+            InvalidInputError: On a bad param, or (``"fail"``) on any bad row; nothing is
                 scored then.
         """
-        if on_error not in ("raise", "mark"):
-            raise ValueError(f"on_error must be 'raise' or 'mark', got {on_error!r}")
+        if on_error not in F.ON_ERROR_MODES:
+            raise ValueError(f"on_error must be one of {list(F.ON_ERROR_MODES)}, got {on_error!r}")
         model, threshold = parse_params(params)
         frame = as_frame(frame)
-        problems = RowProblems(len(frame)) if on_error == "mark" else None
+        problems = RowProblems(len(frame)) if on_error == F.ON_ERROR_MARK else None
         matrix = feature_matrix(frame, problems)
         if problems is not None:
             matrix[problems.mask] = np.nan
@@ -349,6 +357,8 @@ class Router:
             if rows.any():
                 columns = matrix[np.ix_(rows, _COLUMN_INDEX[route])]
                 poisonous[rows] = self._scorers[route](columns)
+        if observe is not None:
+            observe(matrix, routes, poisonous, threshold)
         is_poisonous = poisonous >= threshold
         label_codes = is_poisonous.astype(np.int8)
         if problems is not None:
@@ -381,20 +391,48 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         """Load both sub-models from the model's artifacts with the trusted skops types.
 
-        Inside ``mlflow models serve`` this also installs :mod:`router_model.server_guard`.
+        Inside ``mlflow models serve`` this also installs :mod:`router_model.server_guard` and
+        starts the :mod:`router_model.inference_log` (unless ``MUSHROOM_INFERENCE_LOG=off``).
         """
-        from router_model import server_guard
+        from router_model import inference_log, server_guard
 
+        self._log: inference_log.InferenceLog | None = None
         if server_guard.in_scoring_server():
             server_guard.install()
+            self._log = inference_log.active()
+            if self._log is not None:
+                server_guard.on_shutdown(self._log.close)  # a SIGTERM'd server flushes its log
         config = context.model_config or {}
         submodels = {route: load_submodel(context.artifacts[route]) for route in F.ROUTES}
         self.router = Router(submodels, preferred=config.get(CONFIG_PREFERRED, F.LOGISTIC_REGRESSION))
+        self._run_id = _model_run_id(context) if self._log is not None else ""
+
+    def _observe(
+        self, matrix: np.ndarray, routes: np.ndarray, poisonous: np.ndarray, threshold: float
+    ) -> None:
+        from router_model import inference_log
+
+        batch = inference_log.Batch(
+            time.time(), inference_log.new_request_id(), self._run_id, threshold, matrix, routes, poisonous
+        )
+        self._log.submit(batch)
 
     def predict(self, context, model_input, params=None):
         """Route and score ``model_input``; bad input raises ``MlflowException`` (HTTP 400)."""
         hashable_labels(model_input)
+        observe = self._observe if getattr(self, "_log", None) is not None else None
         try:
-            return self.router.predict(model_input, params)
+            return self.router.predict(model_input, params, observe=observe)
         except InvalidInputError as err:
             raise MlflowException(f"Invalid input: {err}", error_code=INVALID_PARAMETER_VALUE) from None
+
+
+def _model_run_id(context: mlflow.pyfunc.PythonModelContext) -> str:
+    """The run that logged this model, from its ``MLmodel`` (artifacts live in ``<model>/artifacts``)."""
+    from mlflow.models import Model
+
+    model_dir = Path(context.artifacts[F.ROUTES[0]]).resolve().parents[1]
+    try:
+        return Model.load(str(model_dir)).run_id or ""
+    except (OSError, MlflowException):
+        return ""

@@ -67,6 +67,12 @@ SERVER_MODEL_PATH_ENV = "__pyfunc_model_path__"
 MAX_MESSAGE_CHARS = 2000
 _INVOCATIONS_PARAMS = ["data", "content_type", "model", "input_schema"]
 _TO_JSON_PARAMS = ["raw_predictions", "output", "metadata"]
+#: The module ``mlflow models serve`` tells uvicorn to import, and the app it holds.
+_APP_MODULE = "mlflow.pyfunc.scoring_server.app"
+_APP_NAME = "app"
+#: Called when the scoring server shuts down gracefully (see :func:`on_shutdown`).
+_SHUTDOWN: list[Callable[[], None]] = []
+_SHUTDOWN_ATTACHED: list[bool] = []
 #: MLflow's JSON request forms (its scoring protocol) and the content types the guard reads first.
 DF_RECORDS, DF_SPLIT, INSTANCES, INPUTS = "dataframe_records", "dataframe_split", "instances", "inputs"
 JSON_FORMS = (DF_RECORDS, DF_SPLIT, INSTANCES, INPUTS)
@@ -119,6 +125,43 @@ def install(module: ModuleType | None = None, max_request_bytes: int | None = No
     return True
 
 
+def on_shutdown(callback: Callable[[], None]) -> None:
+    """Run ``callback`` when the scoring server shuts down gracefully (SIGTERM, Ctrl-C).
+
+    ``atexit`` is not enough there: after its graceful shutdown uvicorn raises the signal again
+    with the default handler, which ends the process without running ``atexit`` handlers. The
+    callbacks run in the FastAPI app's shutdown event instead. The app does not exist yet while
+    the model loads, so the guard attaches them on the first request (:func:`attach_shutdown_hooks`):
+    a server that never answered has nothing to flush.
+    """
+    _SHUTDOWN.append(callback)
+
+
+def _run_shutdown_hooks() -> None:
+    for callback in _SHUTDOWN:
+        try:
+            callback()
+        except Exception:  # one failing hook must not keep the others from running
+            _logger.exception("Shutdown hook %r failed", callback)
+
+
+def attach_shutdown_hooks() -> bool:
+    """Add the :func:`on_shutdown` hooks to the scoring server's app, once.
+
+    Returns:
+        Whether they are attached (``False`` outside ``mlflow models serve``'s app).
+    """
+    if _SHUTDOWN_ATTACHED:
+        return True
+    app = getattr(sys.modules.get(_APP_MODULE), _APP_NAME, None)
+    router = getattr(app, "router", None)
+    if router is None or not hasattr(router, "on_shutdown"):
+        return False
+    router.on_shutdown.append(_run_shutdown_hooks)
+    _SHUTDOWN_ATTACHED.append(True)
+    return True
+
+
 def _takes_parsed_json(module: ModuleType) -> bool:
     """Whether MLflow's JSON reader passes an already parsed object through (:func:`prepare`)."""
     decode = getattr(module, "_decode_json_input", None)
@@ -145,6 +188,8 @@ def guard(invocations: Callable[..., Any], response_type: type, max_request_byte
 
     @functools.wraps(invocations)
     def guarded(data: bytes, content_type: str | None, model: Any, input_schema: Any) -> Any:
+        if not _SHUTDOWN_ATTACHED:
+            attach_shutdown_hooks()
         if not content_type:
             return refuse(415, "no Content-Type header; expected application/json, text/csv or parquet")
         if len(data) > max_request_bytes:

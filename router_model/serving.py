@@ -23,6 +23,11 @@ from router_model import settings
 
 _logger = logging.getLogger(__name__)
 
+#: How long :func:`stop_server` waits after SIGTERM, and then after SIGKILL (the compose file's
+#: ``stop_grace_period`` for the model server is checked against these).
+STOP_TIMEOUT_SECONDS = 20.0
+KILL_WAIT_SECONDS = 10.0
+
 
 def serve_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for an ``mlflow models serve`` subprocess.
@@ -137,7 +142,7 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
-def stop_server(proc: subprocess.Popen, timeout: float = 20.0) -> int:
+def stop_server(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_SECONDS) -> int:
     """Stop a process group started by :func:`start_server` and wait until none of it runs.
 
     Sends SIGTERM to the whole group (the ``mlflow`` process and the ``uvicorn`` it started), and
@@ -153,7 +158,7 @@ def stop_server(proc: subprocess.Popen, timeout: float = 20.0) -> int:
         The ``mlflow`` process's exit code.
     """
     pgid = proc.pid
-    for sig, wait_for in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+    for sig, wait_for in ((signal.SIGTERM, timeout), (signal.SIGKILL, KILL_WAIT_SECONDS)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
         deadline = time.monotonic() + wait_for

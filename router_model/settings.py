@@ -11,8 +11,15 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from router_model.errors import ConfigError
+
 MODEL_NAME = "mushroom-router"
 EXPERIMENT_NAME = "mushroom-router"
+#: Where ``mushroom-router monitor`` logs its drift runs.
+MONITORING_EXPERIMENT = "mushroom-router-monitoring"
+#: The Airflow asset the monitor updates when it finds drift; the retrain DAG schedules on it.
+DRIFT_ASSET_URI = "mushroom-router://monitoring/drift"
+DRIFT_ASSET_NAME = "mushroom-router-drift"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 #: A registered model with no versions that exists only while a process moves ``champion``: the
@@ -29,6 +36,21 @@ KAGGLE_FILE = "mushroom_cleaned.csv"
 
 DEFAULT_SERVE_HOST = "127.0.0.1"
 DEFAULT_SERVE_PORT = 5001
+#: Seconds between the supervisor's registry polls.
+DEFAULT_POLL_SECONDS = 10.0
+#: Rows in memory at a time when scoring or reading files.
+DEFAULT_CHUNK_ROWS = 100_000
+
+#: Hyperparameters that make a deliberately weak model, for trying the gate (it must not promote).
+WEAK_TRAIN_PARAMS = {"nb_bins": 2, "nb_orders": "1", "lr_bins": 2, "lr_orders": "1"}
+
+#: Where training data comes from: a file you give, Kaggle, or the built-in synthetic sample;
+#: ``auto`` picks the first available (see ``router_model.data.resolve_data``).
+SOURCE_PATH = "path"
+SOURCE_KAGGLE = "kaggle"
+SOURCE_SYNTHETIC = "synthetic"
+SOURCES: tuple[str, ...] = (SOURCE_KAGGLE, SOURCE_PATH, SOURCE_SYNTHETIC)
+SOURCE_AUTO = "auto"
 #: Default request-body limit of the model server: about 80,000 rows as dataframe_records, well
 #: above the largest benchmarked batch (10,000 rows, 2 MB), and about 0.3 GiB of parsing peak.
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
@@ -44,6 +66,24 @@ MIN_IMPROVEMENT_RANGE = (0.0, 0.1)
 #: Each yardstick of the gate needs at least this many held-out rows of *each* class: ROC-AUC on a
 #: handful of rows is noise (a 20-row file held out 4 rows and "matched" a champion at 1.0000).
 MIN_HOLDOUT_ROWS_PER_CLASS = 50
+
+
+#: MLflow HTTP client limits for the supervisor and ``status``: one retry without back-off and a
+#: 10 s timeout, instead of MLflow's default 7 retries with exponential back-off and 120 s
+#: timeouts (about 4 minutes per call to a dead tracking server, during which a crashed server
+#: stayed down and SIGTERM waited). No progress bars: they flooded the log with every download.
+MLFLOW_HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def bound_mlflow_http() -> None:
+    """Apply :data:`MLFLOW_HTTP_LIMITS` to this process, keeping any value already set."""
+    for name, value in MLFLOW_HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -136,11 +176,42 @@ def max_request_bytes() -> int:
     """The largest ``/invocations`` body the model server parses (``MUSHROOM_MAX_REQUEST_BYTES``).
 
     Raises:
-        ValueError: If the variable is not a positive integer.
+        ConfigError: If the variable is not a positive integer.
     """
     raw = env("MUSHROOM_MAX_REQUEST_BYTES")
     if raw is None:
         return DEFAULT_MAX_REQUEST_BYTES
     if not raw.isdigit() or int(raw) <= 0:
-        raise ValueError(f"MUSHROOM_MAX_REQUEST_BYTES is {raw!r}; expected a positive number of bytes")
+        raise ConfigError(f"MUSHROOM_MAX_REQUEST_BYTES is {raw!r}; expected a positive number of bytes")
     return int(raw)
+
+
+def _positive(name: str, default: float, kind: type) -> float:
+    raw = env(name)
+    if raw is None:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = -1
+    if not value > 0 or value != value or value == float("inf"):
+        raise ConfigError(f"{name} is {raw!r}; expected a positive {'whole ' if kind is int else ''}number")
+    return value
+
+
+def drift_psi_threshold() -> float:
+    """PSI above which a feature counts as drifted (``MUSHROOM_DRIFT_PSI``, default 0.2).
+
+    Raises:
+        ConfigError: If the variable is not a positive number.
+    """
+    return float(_positive("MUSHROOM_DRIFT_PSI", 0.2, float))
+
+
+def drift_min_rows() -> int:
+    """Fewest logged values a feature needs before the monitor judges it (``MUSHROOM_DRIFT_MIN_ROWS``).
+
+    Raises:
+        ConfigError: If the variable is not a positive whole number.
+    """
+    return int(_positive("MUSHROOM_DRIFT_MIN_ROWS", 500, int))

@@ -1,35 +1,187 @@
 """Keep ``mlflow models serve`` serving whatever version holds the ``champion`` alias.
 
 The model server in the compose stack runs ``mushroom-router supervise``: it polls the registry,
-and when ``champion`` moves it downloads the new version first, then stops the old server and
-starts ``mlflow models serve`` on the new one (same host and port). Before any champion exists it
-waits and says so, instead of crash-looping; if the tracking server is unreachable it keeps serving
-what it has; if the server process dies it starts it again.
+and when ``champion`` moves it downloads the new version into a verified cache, proves that it
+loads and answers (on a spare loopback port, while the old server keeps serving), and only then
+stops the old server and starts ``mlflow models serve`` on the new one (same host and port).
 
-A switch costs one server start: requests fail (connection refused) from the moment the old
-server stops until the new one answers ``/ping``. Downloading before stopping keeps that gap to
-the server's own start-up (measured in ``docs/``).
+The rule behind every fault: **never give up a good server for a version that has not shown it
+works, and keep serving the last good version when the registry cannot say what to serve.**
+
+- The champion cannot be downloaded or loaded (missing or corrupted artifacts): the old server
+  keeps serving, the bad download is thrown away, and the version is tried again with back-off
+  (from one poll interval up to :data:`MAX_RETRY_SECONDS`), so a repaired store is picked up.
+- The ``champion`` alias, or the version it named, is deleted: the last good version keeps being
+  served, and the log and :data:`STATE_FILE` say so; a restarted supervisor serves it again from
+  its cache.
+- The tracking server is unreachable: registry calls are bounded
+  (:data:`router_model.settings.MLFLOW_HTTP_LIMITS`), a
+  crashed server is restarted from the cache without the registry, and SIGTERM is acted on
+  within seconds.
+
+A switch still costs one server start: requests fail (connection refused) from the moment the old
+server stops until the new one answers ``/ping`` (one port, one server).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+import os
+import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from router_model import registry, serving, settings
+from router_model import registry, serving, settings, trust
 
 _logger = logging.getLogger(__name__)
 
-DEFAULT_POLL_SECONDS = 10.0
+DEFAULT_POLL_SECONDS = settings.DEFAULT_POLL_SECONDS
 START_TIMEOUT_SECONDS = 120.0
+#: Longest wait before a version that failed to download or load is tried again.
+MAX_RETRY_SECONDS = 300.0
+#: The supervisor's status, written on every change into its cache folder (read by ``status``).
+STATE_FILE = "state.json"
+MANIFEST_FILE = "manifest.json"
+MODEL_DIR = "model"
+
+
+#: Values of ``state`` in :data:`STATE_FILE`.
+SERVING, HOLDING, WAITING, DOWN = "serving", "holding", "waiting", "down"
+
+
+def default_cache_dir() -> Path:
+    """Where the supervisor keeps downloaded versions and its state (``MUSHROOM_DATA_DIR/serving``)."""
+    return settings.data_dir() / "serving"
+
+
+def read_state(cache_dir: str | Path | None = None) -> dict[str, Any] | None:
+    """The supervisor's last written status, or ``None`` when it never ran with this cache."""
+    path = Path(cache_dir or default_cache_dir()) / STATE_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def cache_key(version: Any) -> str:
+    """A cache folder name unique in the registry: version number and model id (or run id).
+
+    A version number alone is not: a registry rebuilt from scratch numbers its versions from 1
+    again, and a cached ``v1`` would then be served for a different model.
+    """
+    source = str(getattr(version, "source", "") or "")
+    ident = getattr(version, "model_id", None) or (
+        source.removeprefix("models:/") if source.startswith("models:/m-") else None
+    )
+    ident = ident or version.run_id or hashlib.sha256(source.encode()).hexdigest()[:16]
+    return f"v{version.version}-{ident}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ModelCache:
+    """Downloaded model versions, each with a sha256 manifest written after a complete download.
+
+    An entry is ``<root>/<cache_key>/`` holding ``model/`` (the MLflow model, ``MLmodel`` at its
+    root) and ``manifest.json``. A download goes to a temporary folder, is checked, and is renamed
+    into place only when complete, so an empty or partial download is never taken for a version.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def model_dir(self, key: str) -> Path:
+        """The folder to serve for ``key``."""
+        return self.root / key / MODEL_DIR
+
+    def verified(self, key: str) -> Path | None:
+        """The model folder of ``key`` if every file in its manifest is there unchanged, else ``None``."""
+        entry = self.root / key
+        try:
+            manifest = json.loads((entry / MANIFEST_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        model = entry / MODEL_DIR
+        if "MLmodel" not in manifest:
+            return None
+        for name, digest in manifest.items():
+            try:
+                if _sha256(model / name) != digest:
+                    return None
+            except OSError:
+                return None
+        return model
+
+    def fetch(self, version: Any) -> Path:
+        """The verified local copy of a registry ``ModelVersion``, downloading it if needed.
+
+        Raises:
+            RuntimeError: If the download holds no ``MLmodel`` (artifacts missing from the store).
+            Exception: Whatever MLflow raises when the registry or artifact store cannot answer.
+        """
+        import mlflow
+
+        key = cache_key(version)
+        found = self.verified(key)
+        if found is not None:
+            return found
+        self.drop(key)
+        self.root.mkdir(parents=True, exist_ok=True)
+        partial = self.root / f".{key}.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    registry.version_uri(version.version), dst_path=str(partial / MODEL_DIR)
+                )
+            )
+            if not (local / "MLmodel").is_file():
+                files = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file())
+                raise RuntimeError(
+                    f"version {version.version} has no MLmodel file in the artifact store "
+                    f"(downloaded {len(files)} files: {files[:5]}); were its artifacts deleted?"
+                )
+            if local != partial / MODEL_DIR:
+                raise RuntimeError(f"MLflow downloaded version {version.version} to {local}, not {partial}")
+            manifest = {
+                str(p.relative_to(local)): _sha256(p) for p in sorted(local.rglob("*")) if p.is_file()
+            }
+            (partial / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+            partial.rename(self.root / key)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return self.model_dir(key)
+
+    def drop(self, key: str) -> None:
+        """Forget ``key`` (its next use downloads it again)."""
+        shutil.rmtree(self.root / key, ignore_errors=True)
+
+    def prune(self, keep: set[str]) -> None:
+        """Delete every entry, and any left-over partial download, whose key is not in ``keep``."""
+        if not self.root.is_dir():
+            return
+        for entry in self.root.iterdir():
+            if entry.is_dir() and entry.name not in keep:
+                _logger.info("Removing cached model %s", entry.name)
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 @dataclass
@@ -37,7 +189,17 @@ class Served:
     """The version being served and its process."""
 
     version: int
+    key: str
     process: subprocess.Popen
+
+
+@dataclass
+class _Failure:
+    """A version that could not be served, and when to try it again."""
+
+    count: int
+    retry_at: float
+    reason: str
 
 
 class ChampionSupervisor:
@@ -49,7 +211,7 @@ class ChampionSupervisor:
         workers: Uvicorn workers.
         poll_seconds: Seconds between registry polls.
         alias: The alias to follow.
-        cache_dir: Where model versions are downloaded before serving.
+        cache_dir: Where model versions are downloaded before serving, and the state is written.
     """
 
     def __init__(
@@ -64,44 +226,47 @@ class ChampionSupervisor:
         self.host, self.port, self.workers = host, port, workers
         self.poll_seconds = poll_seconds
         self.alias = alias
-        self.cache_dir = Path(cache_dir) if cache_dir else settings.data_dir() / "serving"
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.cache = ModelCache(self.cache_dir)
         self.served: Served | None = None
         self.stopping = threading.Event()
-        self._waiting_logged = False
+        self.failures: dict[str, _Failure] = {}
+        self._said: str | None = None
+        saved = read_state(self.cache_dir) or {}
+        self.last_good: dict[str, Any] | None = saved.get("last_good")
 
-    def champion_version(self) -> int | None:
-        """The version holding the alias; ``None`` when there is none.
+    # --- state and log ---------------------------------------------------------------------------
 
-        Raises:
-            Exception: Whatever MLflow raises when the tracking server cannot be reached.
-        """
-        found = registry.alias_version(self.alias)
-        return int(found.version) if found is not None else None
+    def _report(
+        self, state: str, reason: str, level: int = logging.INFO, champion: int | None = None
+    ) -> None:
+        """Write the state file, and log ``reason`` when it differs from the last one logged."""
+        record = {
+            "state": state,
+            "reason": reason,
+            "served_version": self.served.version if self.served else None,
+            "champion_version": champion,
+            "last_good": self.last_good,
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        with contextlib.suppress(OSError):
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_dir / f".{STATE_FILE}.tmp"
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
+            tmp.replace(self.cache_dir / STATE_FILE)
+        if reason != self._said:
+            _logger.log(level, "%s: %s", state.capitalize(), reason)
+            self._said = reason
 
-    def download(self, version: int) -> Path:
-        """Fetch a version's model files into the cache (once) and return the local folder."""
-        import mlflow
+    def _name(self) -> str:
+        return f"{settings.MODEL_NAME}@{self.alias}"
 
-        target = self.cache_dir / f"v{version}"
-        done = target / ".complete"
-        if not done.exists():
-            target.mkdir(parents=True, exist_ok=True)
-            mlflow.artifacts.download_artifacts(registry.version_uri(version), dst_path=str(target))
-            done.touch()
-        return target
+    # --- the server ------------------------------------------------------------------------------
 
-    def _local_model(self, version: int) -> Path:
-        folder = self.download(version)
-        candidates = [p.parent for p in folder.rglob("MLmodel")]
-        if not candidates:
-            raise RuntimeError(f"version {version} downloaded to {folder} has no MLmodel file")
-        return candidates[0]
-
-    def _ping(self) -> bool:
+    def _ping(self, port: int | None = None) -> bool:
         try:
-            return (
-                requests.get(f"http://{self._client_host()}:{self.port}/ping", timeout=2).status_code == 200
-            )
+            url = f"http://{self._client_host()}:{port or self.port}/ping"
+            return requests.get(url, timeout=2).status_code == 200
         except requests.RequestException:
             return False
 
@@ -116,14 +281,46 @@ class ChampionSupervisor:
         serving.stop_server(self.served.process)
         self.served = None
 
-    def switch_to(self, version: int) -> float:
-        """Serve ``version``: download, stop the old server, start the new, wait for ``/ping``.
+    def _start(self, model: Path, version: int, host: str, port: int) -> subprocess.Popen:
+        """Start ``mlflow models serve`` on ``model`` and wait until it answers ``/ping``.
+
+        Raises:
+            RuntimeError: If the server exits (the version does not load) or :meth:`stop` is called.
+            TimeoutError: If it does not answer within :data:`START_TIMEOUT_SECONDS`.
+        """
+        proc = serving.start_server(str(model), host, port, self.workers)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        try:
+            while not self._ping(port):
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"mlflow models serve exited with {proc.returncode} for version {version} "
+                        "(it does not load; see the server's output above)"
+                    )
+                if self.stopping.is_set():
+                    raise RuntimeError(f"stopped while version {version} was starting")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"version {version} did not answer /ping within {START_TIMEOUT_SECONDS:.0f}s"
+                    )
+                time.sleep(0.2)
+        except BaseException:
+            serving.stop_server(proc)
+            raise
+        return proc
+
+    def _try_out(self, model: Path, version: int) -> None:
+        """Start ``version`` on a spare loopback port, wait for ``/ping``, stop it again."""
+        proc = self._start(model, version, "127.0.0.1", _free_port())
+        serving.stop_server(proc)
+
+    def _serve(self, model: Path, version: int, key: str) -> float:
+        """Replace the current server (if any) with ``version``; the old one stops only now.
 
         Returns:
             Seconds from stopping the old server until the new one answered (the request gap).
         """
-        local = self._local_model(version)
-        previous = self.served.version if self.served else None
+        previous = self.served
         started = time.monotonic()
         self._stop_served()
         if self._ping():
@@ -131,72 +328,157 @@ class ChampionSupervisor:
                 f"{self._client_host()}:{self.port} still answers /ping with no model server of ours "
                 "running: another process holds the port"
             )
-        proc = serving.start_server(str(local), self.host, self.port, self.workers)
-        self.served = Served(version, proc)
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not self._ping():
-            if proc.poll() is not None:
-                self._stop_served()
-                raise RuntimeError(f"mlflow models serve exited with {proc.returncode} for version {version}")
-            if time.monotonic() > deadline or self.stopping.is_set():
-                self._stop_served()  # the next poll starts it again
-                raise TimeoutError(
-                    f"version {version} did not answer /ping within {START_TIMEOUT_SECONDS:.0f}s"
-                )
-            time.sleep(0.2)
+        try:
+            proc = self._start(model, version, self.host, self.port)
+        except Exception:
+            if previous is not None and not self.stopping.is_set():
+                try:
+                    self._restart(previous.version, previous.key, "the new version failed on the real port")
+                except Exception as err:
+                    _logger.error("Could not bring back version %s: %s", previous.version, err)
+            raise
+        self.served = Served(version, key, proc)
+        self.last_good = {"version": version, "key": key}
         gap = time.monotonic() - started
         _logger.info(
-            "Serving %s version %s on %s:%s (was %s); switch took %.1fs",
+            "Serving %s version %s on %s:%s (pid %s, was %s); switch took %.1fs",
             settings.MODEL_NAME,
             version,
             self.host,
             self.port,
-            previous,
+            proc.pid,
+            previous.version if previous else None,
             gap,
         )
         return gap
 
-    def step(self) -> None:
-        """One poll: react to a moved alias, a missing champion or a dead server."""
-        try:
-            version = self.champion_version()
-        except Exception as err:
-            _logger.warning(
-                "Cannot read %s@%s (%s); keeping the current server", settings.MODEL_NAME, self.alias, err
-            )
-            return
-        if version is None:
-            if not self._waiting_logged:
-                _logger.warning(
-                    "Waiting: %s@%s does not exist yet in %s; train one (mushroom-router train or the "
-                    "Airflow DAG) and it will be served within %.0fs",
-                    settings.MODEL_NAME,
-                    self.alias,
-                    settings.redacted(settings.tracking_uri()),
-                    self.poll_seconds,
-                )
-                self._waiting_logged = True
-            return
-        self._waiting_logged = False
-        if self.served is not None and self.served.process.poll() is not None:
+    def _restart(self, version: int, key: str, why: str) -> bool:
+        """Start a version from the cache alone (no registry); ``False`` if its copy is gone or bad."""
+        model = self.cache.verified(key)
+        if model is None:
             _logger.error(
-                "Model server for version %s exited with %s; restarting",
-                self.served.version,
-                self.served.process.returncode,
+                "Cannot restart version %s (%s): its cached copy is missing or damaged", version, why
             )
-            self._stop_served()  # its uvicorn child may still hold the port
-        if self.served is None or self.served.version != version:
-            self.switch_to(version)
+            self.cache.drop(key)
+            return False
+        self._stop_served()
+        proc = self._start(model, version, self.host, self.port)
+        self.served = Served(version, key, proc)
+        _logger.info(
+            "Serving %s version %s again from %s (pid %s, %s)",
+            settings.MODEL_NAME,
+            version,
+            model,
+            proc.pid,
+            why,
+        )
+        return True
+
+    def switch_to(self, version: Any) -> float:
+        """Serve a registry ``ModelVersion``: download and verify it, try it out, then switch.
+
+        While a server runs, the new version is first started on a spare loopback port: a version
+        that does not load never replaces a working one.
+
+        Returns:
+            Seconds from stopping the old server until the new one answered (the request gap).
+        """
+        number, key = int(version.version), cache_key(version)
+        model = self.cache.fetch(version)
+        try:
+            trust.check_model(model, version.tags, number)
+        except trust.UntrustedCodeError as err:
+            reject(number, str(err))
+            raise
+        if self.served is not None:
+            self._try_out(model, number)
+        gap = self._serve(model, number, key)
+        self.failures.pop(key, None)
+        self.cache.prune({key})
+        return gap
+
+    # --- one poll --------------------------------------------------------------------------------
+
+    def _check_child(self) -> None:
+        """Restart a server that died, from the cache: this needs no registry."""
+        if self.served is None or self.served.process.poll() is None:
+            return
+        dead = self.served
+        _logger.error(
+            "Model server for version %s exited with %s; restarting", dead.version, dead.process.returncode
+        )
+        self._stop_served()  # its uvicorn child may still hold the port
+        self._restart(dead.version, dead.key, "after a crash")
+
+    def _hold(self, reason: str, champion: int | None = None) -> None:
+        """Keep (or bring back) the last good version because the champion cannot be served."""
+        if self.served is None and self.last_good is not None:
+            with contextlib.suppress(Exception):
+                self._restart(self.last_good["version"], self.last_good["key"], "the last good version")
+        if self.served is not None:
+            self._report(
+                HOLDING,
+                f"{reason}; keeping version {self.served.version}, the last good one",
+                logging.WARNING,
+                champion,
+            )
+        else:
+            self._report(DOWN, f"{reason}; no good version to serve", logging.ERROR, champion)
+
+    def step(self) -> None:
+        """One poll: restart a dead server, then follow the alias if it can be served."""
+        self._check_child()
+        try:
+            champion = registry.alias_version(self.alias)
+        except Exception as err:
+            self._hold(
+                f"cannot read {self._name()} from {settings.redacted(settings.tracking_uri())} ({err})"
+            )
+            return
+        if champion is None:
+            if self.served is None and self.last_good is None:
+                self._report(
+                    WAITING,
+                    f"{self._name()} does not exist yet in {settings.redacted(settings.tracking_uri())}; "
+                    "train one (mushroom-router train or the Airflow DAG) and it will be served within "
+                    f"{self.poll_seconds:g}s",
+                    logging.WARNING,
+                )
+                return
+            self._hold(f"{self._name()} does not exist (the alias or its version was deleted)")
+            return
+        number, key = int(champion.version), cache_key(champion)
+        if self.served is not None and self.served.key == key:
+            self._report(SERVING, f"version {number} is {self._name()}", champion=number)
+            return
+        failed = self.failures.get(key)
+        if failed is not None and time.monotonic() < failed.retry_at:
+            self._hold(failed.reason, number)
+            return
+        try:
+            self.switch_to(champion)
+        except Exception as err:
+            if self.stopping.is_set():
+                _logger.info("Switch to version %s abandoned: %s", number, err)
+                return
+            self.cache.drop(key)  # a repaired store is downloaded again on the next try
+            count = failed.count + 1 if failed else 1
+            delay = min(self.poll_seconds * 2**count, MAX_RETRY_SECONDS)
+            reason = f"version {number} cannot be served ({err}); next try in {delay:g}s"
+            self.failures[key] = _Failure(count, time.monotonic() + delay, reason)
+            self._hold(reason, number)
+            return
+        self._report(SERVING, f"version {number} is {self._name()}", champion=number)
 
     def run(self) -> None:
         """Poll until :meth:`stop` (or SIGTERM/SIGINT when run from the CLI)."""
-        _logger.info("Following %s@%s every %.0fs", settings.MODEL_NAME, self.alias, self.poll_seconds)
+        _logger.info("Following %s every %.0fs", self._name(), self.poll_seconds)
         try:
             while not self.stopping.is_set():
                 try:
                     self.step()
                 except Exception as err:
-                    _logger.error("Switch failed: %s; retrying in %.0fs", err, self.poll_seconds)
+                    _logger.error("Poll failed: %s; retrying in %.0fs", err, self.poll_seconds)
                 self.stopping.wait(self.poll_seconds)
         finally:
             self._stop_served()
@@ -206,8 +488,60 @@ class ChampionSupervisor:
         self.stopping.set()
 
 
+def reject(version: int, reason: str) -> None:
+    """Log a refused version and tag it ``serving=rejected`` with the reason, where allowed.
+
+    A model server's account may only read the registry; then the log line is all there is.
+    """
+    _logger.error("Refusing version %s: %s", version, reason)
+    try:
+        registry.tag_version(version, {"serving": "rejected", "serving_reason": reason[:500]})
+    except Exception as err:
+        _logger.warning("Could not tag version %s as rejected (%s)", version, str(err).splitlines()[0][:200])
+
+
+def trusted_copy(model_uri: str, cache_dir: str | Path | None = None) -> Path:
+    """A verified local copy of a registered version whose code this process trusts.
+
+    What ``mushroom-router serve`` hands to ``mlflow models serve``, so that it loads exactly the
+    bytes checked here (a ``models:/`` URI served directly would be downloaded again, unchecked).
+
+    Args:
+        model_uri: ``models:/<name>@<alias>`` or ``models:/<name>/<version>``.
+        cache_dir: The download cache (default: the supervisor's).
+
+    Raises:
+        UntrustedCodeError: If the version's code is not this installation's (it is tagged
+            ``serving=rejected``).
+        RegistryError: If the URI names no registered version.
+    """
+    name, _, ref = model_uri.removeprefix("models:/").partition("@")
+    if not model_uri.startswith("models:/"):
+        raise registry.RegistryError(f"{model_uri} is not a models:/ URI; serve a registered version")
+    c = registry.client()
+    try:
+        version = c.get_model_version_by_alias(name, ref) if ref else c.get_model_version(*name.split("/", 1))
+    except Exception as err:
+        raise registry.RegistryError(f"cannot resolve {model_uri}: {str(err).splitlines()[0]}") from None
+    model = ModelCache(Path(cache_dir) if cache_dir else default_cache_dir()).fetch(version)
+    try:
+        trust.check_model(model, version.tags, version.version)
+    except trust.UntrustedCodeError as err:
+        reject(int(version.version), str(err))
+        raise
+    return model
+
+
+def _free_port() -> int:
+    """A TCP port on loopback that is free now (for the trial server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def supervise(host: str, port: int, workers: int = 1, poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
     """Run a :class:`ChampionSupervisor` in the foreground until SIGTERM or SIGINT."""
+    settings.bound_mlflow_http()  # MLflow's defaults: ~4 minutes per call to a dead tracking server
     supervisor = ChampionSupervisor(host, port, workers, poll_seconds)
     signal.signal(signal.SIGTERM, supervisor.stop)
     signal.signal(signal.SIGINT, supervisor.stop)

@@ -16,7 +16,6 @@ transformer does the binning and crossing with two NumPy calls per column.
 from __future__ import annotations
 
 import itertools
-import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -25,8 +24,6 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from router_model import features as F
-
-_logger = logging.getLogger(__name__)
 
 
 class BinCross(TransformerMixin, BaseEstimator):

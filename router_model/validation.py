@@ -8,22 +8,22 @@ with an :class:`InvalidInputError` naming the row, the column, the value and wha
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from router_model import features as F
-
-_logger = logging.getLogger(__name__)
+from router_model.errors import RouterError
 
 _REAL_TYPES = (int, float, np.integer, np.floating)
 _BOOL_TYPES = (bool, np.bool_)
 
 
-class InvalidInputError(ValueError):
+class InvalidInputError(RouterError, ValueError):
     """Input that the router cannot score; the message says where and why.
+
+    Also a ``ValueError``, for callers (notebooks, Spark jobs) that catch the builtin.
 
     Attributes:
         row: 0-based position of the first offending row, when one row is to blame.
@@ -265,7 +265,7 @@ def feature_matrix(frame: pd.DataFrame, problems: RowProblems | None = None) -> 
                 spellings = " and ".join(repr(s) for s in groups[name])
                 raise InvalidInputError(
                     f"row {int(clash[0])}: {spellings} spell the same feature but give "
-                    f"different values ({merged[clash[0]]!r} and {values[clash[0]]!r})",
+                    f"different values ({_describe(merged[clash[0]])} and {_describe(values[clash[0]])})",
                     row=int(clash[0]),
                     column=name,
                 )

@@ -136,6 +136,9 @@ ENV_TO_CLEAR = (
     "MUSHROOM_ARTIFACT_ROOT",
     "MUSHROOM_DATA_DIR",
     "MUSHROOM_EXPERIMENT",
+    "MUSHROOM_INFERENCE_LOG",
+    "MUSHROOM_DRIFT_PSI",
+    "MUSHROOM_DRIFT_MIN_ROWS",
     "MLFLOW_REGISTRY_URI",
     "MLFLOW_EXPERIMENT_NAME",
     "MLFLOW_EXPERIMENT_ID",
@@ -153,3 +156,23 @@ def use_fresh_store(mp: pytest.MonkeyPatch, home: Path, kaggle_dir: Path) -> Non
     mp.setenv("MUSHROOM_HOME", str(home))
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
     mp.setenv("KAGGLE_CONFIG_DIR", str(kaggle_dir))
+
+
+#: Names that hold credentials: ``KAGGLE_KEY``, ``AIRFLOW_DB_PASSWORD``, ``AWS_SECRET_ACCESS_KEY``...
+#: (not any ``..._KEY``: ``TAG_RETRAIN_KEY`` is a tag name; and a ``..._FILE`` holds a path).
+SECRET_NAME = (
+    r"(?:[A-Z][A-Z0-9_]*)?(?:PASSWORD|PASSWD|SECRET|TOKEN|FERNET"
+    r"|(?:API|SECRET|ACCESS|PRIVATE|KAGGLE|SIGNING|ENCRYPTION|FERNET)_KEY)(?:[A-Z0-9_]*(?<!_FILE))?\b"
+)
+
+#: Credentials a training process may find in its environment (the values are generated per test).
+#: Not ``MLFLOW_TRACKING_USERNAME``: MLflow records it as the run's user (``mlflow.user``) by design.
+CREDENTIAL_ENV = (
+    "KAGGLE_API_TOKEN",
+    "KAGGLE_USERNAME",
+    "KAGGLE_KEY",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+)

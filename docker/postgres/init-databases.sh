@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create one database and one login role each for Airflow and MLflow.
+# Create one database and one login role each for Airflow, MLflow and the inference log.
 #
 # Run by the postgres image's entrypoint (/docker-entrypoint-initdb.d) once, when the data volume
 # is empty. The passwords come from the environment (docker-compose.yaml passes them from .env)
@@ -9,6 +9,7 @@ set -euo pipefail
 
 : "${AIRFLOW_DB_PASSWORD:?AIRFLOW_DB_PASSWORD must be set}"
 : "${MLFLOW_DB_PASSWORD:?MLFLOW_DB_PASSWORD must be set}"
+: "${INFERENCE_DB_PASSWORD:?INFERENCE_DB_PASSWORD must be set}"
 
 create_database() {
   local name="$1" password="$2"
@@ -25,3 +26,4 @@ SQL
 
 create_database airflow "$AIRFLOW_DB_PASSWORD"
 create_database mlflow "$MLFLOW_DB_PASSWORD"
+create_database inference "$INFERENCE_DB_PASSWORD"

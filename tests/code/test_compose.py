@@ -20,12 +20,12 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from support import SECRET_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 README = ROOT / "README.md"
-DOCKERIGNORE = ROOT / ".dockerignore"
 PACKAGE_DIR = ROOT / "router_model"
 DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
 #: The venv's console scripts (check-jsonschema, hadolint come with the ``dev`` extra).
@@ -68,11 +68,11 @@ NOT_NEEDED = {
     },
 }
 
-#: Must never reach an image (.dockerignore).
-DOCKERIGNORED = [".git", ".env", ".venv", ".airflow", "mlflow.db", "mlartifacts", "data"]
 
-#: Environment variable names that hold secrets (a ``..._FILE`` variable holds a path, not a secret).
-SECRET_NAME = re.compile(r"^(?!.*_FILE$).*(PASSWORD|SECRET|TOKEN|FERNET|_KEY$)")
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable holds a secret (one regex for every test: support.SECRET_NAME)."""
+    return re.fullmatch(SECRET_NAME, name) is not None
+
 
 #: ``${NAME}``, ``${NAME:-default}``, ``${NAME-default}``, ``${NAME:?message}``, ``${NAME?message}``;
 #: ``$$`` is Compose's escaped dollar.
@@ -270,12 +270,6 @@ def test_image_does_not_run_as_root(dockerfile):
     assert user.split(":")[0] not in ("root", "0"), f"{dockerfile.name} ends with USER {user}"
 
 
-@pytest.mark.parametrize("entry", DOCKERIGNORED)
-def test_dockerignore_keeps_local_state_out_of_images(entry):
-    entries = {line.strip().strip("/") for line in DOCKERIGNORE.read_text().splitlines()}
-    assert entry in entries, f".dockerignore does not exclude {entry!r}"
-
-
 # ---------------------------------------------------------------------------------------- wiring
 
 
@@ -426,7 +420,7 @@ def test_env_example_documents_every_variable_compose_reads():
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), sorted((n, v) for n, v in env_example().items() if SECRET_NAME.search(n))
+    ("name", "value"), sorted((n, v) for n, v in env_example().items() if is_secret_name(n))
 )
 def test_env_example_holds_placeholders_only(name, value):
     assert value in ("", "change-me"), (
@@ -434,17 +428,10 @@ def test_env_example_holds_placeholders_only(name, value):
     )
 
 
-def test_env_is_gitignored():
-    result = subprocess.run(
-        ["git", "check-ignore", "-q", ".env"], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, ".env must be gitignored"
-
-
 @pytest.mark.parametrize("service", service_names())
 def test_no_literal_secret_in_environment(service):
     for key, value in environment(service).items():
-        if not SECRET_NAME.search(key):
+        if not is_secret_name(key):
             continue
         match = _INTERPOLATION.fullmatch(value)
         assert match and match.group("name"), (
@@ -475,6 +462,96 @@ def test_readme_lists_the_published_ports():
         f"README lists ports {sorted(rows)}, docker-compose.yaml publishes "
         f"{ {port: published[port] for port in sorted(published)} }"
     )
+
+
+def test_the_model_server_has_time_to_stop_cleanly():
+    """Without stop_grace_period, Docker kills the supervisor 10 s after SIGTERM (issue #20)."""
+    from router_model import serving, settings
+
+    limits = settings.MLFLOW_HTTP_LIMITS
+    registry_call = float(limits["MLFLOW_HTTP_REQUEST_TIMEOUT"]) * (
+        1 + int(limits["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    )
+    # The trial server of a switch and the served one are stopped one after the other.
+    needed = registry_call + 2 * (serving.STOP_TIMEOUT_SECONDS + serving.KILL_WAIT_SECONDS)
+    grace = services()["model-server"].get("stop_grace_period", "10s")
+    assert re.fullmatch(r"\d+s", grace), f"model-server: stop_grace_period {grace!r}: write it as seconds"
+    assert int(grace[:-1]) >= needed, (
+        f"model-server: stop_grace_period {grace} < the {needed:.0f}s a stop may take"
+    )
+
+
+# ------------------------------------------------------------------------- placeholders (#20)
+
+#: The passwords PostgreSQL's init script bakes into the roles on its first start.
+DATABASE_PASSWORDS = (
+    "POSTGRES_PASSWORD",
+    "AIRFLOW_DB_PASSWORD",
+    "MLFLOW_DB_PASSWORD",
+    "INFERENCE_DB_PASSWORD",
+)
+
+
+def compose_shell(script: str) -> str:
+    """A ``command`` script as the container's shell gets it (Compose turns ``$$`` into ``$``)."""
+    return script.replace("$$", "$")
+
+
+@pytest.mark.parametrize(
+    ("placeholders", "status"),
+    [((), 0), (("POSTGRES_PASSWORD",), 1), (("MLFLOW_DB_PASSWORD", "AIRFLOW_DB_PASSWORD"), 1)],
+    ids=["real-passwords", "postgres-placeholder", "two-placeholders"],
+)
+def test_check_secrets_refuses_change_me_database_passwords(placeholders, status):
+    """airflow-init checked the Airflow secrets only, and the mlflow service did not wait for it."""
+    spec = services()["check-secrets"]
+    assert set(spec["environment"]) == set(DATABASE_PASSWORDS)
+    shell, flag, script = spec["command"]
+    env = {name: "change-me" if name in placeholders else "s3cret-value" for name in DATABASE_PASSWORDS}
+    done = subprocess.run(
+        [shell, flag, compose_shell(script)], env=env, capture_output=True, text=True, check=False, timeout=30
+    )
+    assert done.returncode == status, done.stderr
+    if placeholders:
+        named = re.search(r"replace the change-me placeholders in \.env \((.*)\)", done.stderr)
+        assert named and set(named.group(1).split()) == set(placeholders), done.stderr
+
+
+@pytest.mark.parametrize("service", ["postgres", "mlflow"])
+def test_the_database_and_the_tracking_server_wait_for_check_secrets(service):
+    assert depends_on(service).get("check-secrets") == {"condition": "service_completed_successfully"}
+
+
+@pytest.mark.parametrize("service", service_names())
+def test_no_secret_on_a_command_line(service):
+    """A command line is shown by ``ps`` on the host and by ``docker inspect``."""
+    spec = services()[service]
+    argv = [str(a) for key in ("entrypoint", "command") for a in (spec.get(key) or [])]
+    for match in interpolations("\n".join(argv)):
+        name = match.group("name")
+        assert not (name and is_secret_name(name)), f"{service}: ${{{name}}} on its command line"
+
+
+def test_mlflow_gets_its_store_uri_from_the_secret_file_in_its_environment(tmp_path):
+    spec = services()["mlflow"]
+    assert spec["secrets"] == ["mlflow_db_password"]
+    assert compose()["secrets"]["mlflow_db_password"] == {"environment": "MLFLOW_DB_PASSWORD"}
+    shell, flag, script, name = spec["entrypoint"]
+    (tmp_path / "mlflow_db_password").write_text("s3cret-value")
+    script = compose_shell(script).replace("/run/secrets/", f"{tmp_path}/")
+    show = "import os, sys; print(os.environ['MLFLOW_BACKEND_STORE_URI']); print(sys.argv)"
+    done = subprocess.run(
+        [shell, flag, script, name, sys.executable, "-c", show],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    uri, argv = done.stdout.splitlines()
+    assert uri == "postgresql+psycopg2://mlflow:" + "s3cret-value" + "@postgres:5432/mlflow"
+    assert "s3cret" not in argv
+    assert spec["command"][:2] == ["mlflow", "server"] and "--backend-store-uri" not in spec["command"]
 
 
 # ------------------------------------------------------------------------------- the celery profile

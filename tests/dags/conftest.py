@@ -108,3 +108,13 @@ def retrain_dag(airflow_db: str, mlflow_env: Path):
     bag = DagBag(dag_folder=str(DAGS_FOLDER))
     assert not bag.import_errors, bag.import_errors
     return bag.dags["mushroom_router_retrain"]
+
+
+@pytest.fixture(scope="module")
+def dag_bag(airflow_db: str, mlflow_env: Path):
+    """Every DAG in the DAGs folder, parsed, written to the metadata DB (as the DAG processor does)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+    assert not bag.import_errors, bag.import_errors
+    return bag

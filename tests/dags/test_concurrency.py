@@ -85,7 +85,7 @@ def test_cli_retrain_between_gate_and_promote_keeps_its_champion(
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Alias: champion - version 3 beats or matches champion version 1" in done.stdout
     decision = next(ti for ti in raced.get_task_instances() if ti.task_id == "gate").xcom_pull(
-        task_ids="gate", key="decision"
+        task_ids="gate"
     )
     assert (decision["promote"], decision["version"], decision["champion_version"]) == (True, 2, 1)
 

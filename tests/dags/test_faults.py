@@ -263,7 +263,7 @@ def test_tracking_server_outage_retries_fails_cleanly_and_the_next_run_succeeds(
     }
     assert (states["promote"], states["keep_challenger"]) == ("failed", "skipped")
     assert task_instance(dies, "promote").try_number == 1 + RETRIES
-    decision = task_instance(dies, "gate").xcom_pull(task_ids="gate", key="decision")
+    decision = task_instance(dies, "gate").xcom_pull(task_ids="gate")
     assert decision["promote"] is True
     assert (decision["version"], decision["champion_version"]) == (2, 1)
     tracking_server.start()

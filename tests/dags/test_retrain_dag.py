@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from router_model.settings import WEAK_TRAIN_PARAMS
+
 pytestmark = pytest.mark.airflow
 
 DAG_ID = "mushroom_router_retrain"
@@ -44,7 +46,6 @@ UPSTREAM = {
     "promote": {"gate"},
     "keep_challenger": {"gate"},
 }
-WEAK_TRAIN_PARAMS = {"nb_bins": 2, "nb_orders": "1", "lr_bins": 2, "lr_orders": "1"}
 #: A fixed logical date, so the weak run can be re-run as the same DAG run (same run id).
 WEAK_LOGICAL_DATE = datetime(2026, 1, 2, tzinfo=UTC)
 
@@ -145,14 +146,17 @@ def test_dagbag_parses_with_expected_tasks_and_order(airflow_db: str) -> None:
     bag = DagBag(dag_folder=str(DAGS_FOLDER))
 
     assert bag.import_errors == {}
-    assert bag.dag_ids == [DAG_ID]
+    assert sorted(bag.dag_ids) == ["mushroom_router_monitor", DAG_ID]
     dag = bag.dags[DAG_ID]
     assert set(dag.task_ids) == TASK_IDS
     assert {t.task_id: set(t.upstream_task_ids) for t in dag.tasks} == UPSTREAM
     [stat] = [s for s in bag.dagbag_stats if s.file.endswith(DAG_FILE.name)]
     assert stat.duration < timedelta(seconds=1), stat.duration
 
-    assert dag.schedule == "@daily"
+    # Daily, and whenever the drift monitor updates its asset.
+    assert type(dag.schedule).__name__ == "AssetOrTimeSchedule"
+    assert dag.schedule.timetable.expression in ("@daily", "0 0 * * *")
+    assert dag.schedule.asset_condition.uri == "mushroom-router://monitoring/drift"
     assert dag.catchup is False
     assert dag.max_active_runs == 1
     assert dag.start_date.utcoffset() == timedelta(0)
@@ -169,16 +173,20 @@ def test_dagbag_parses_with_expected_tasks_and_order(airflow_db: str) -> None:
         assert task.retries == 2, task.task_id
         assert task.retry_delay > timedelta(0), task.task_id
         assert task.execution_timeout is not None, task.task_id
-    assert type(dag.task_dict["gate"]).__name__.startswith("_Branch")
+    # The gate returns its decision; promote and keep_challenger each skip when it is not theirs.
+    assert not type(dag.task_dict["gate"]).__name__.startswith("_Branch")
     assert [o.uri for o in dag.task_dict["promote"].outlets] == [ASSET_URI]
     assert dag.task_dict["keep_challenger"].outlets == []
 
 
-def test_importing_the_dag_file_is_light_and_touches_no_db(airflow_db: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("dag_file", sorted(DAGS_FOLDER.glob("*.py")), ids=lambda p: p.name)
+def test_importing_the_dag_file_is_light_and_touches_no_db(
+    airflow_db: str, tmp_path: Path, dag_file: Path
+) -> None:
     """Parsing imports no MLflow/scikit-learn/pandas/NumPy, of router_model only settings, and opens no DB."""
     probe = (
         "import importlib.util, json, sys\n"
-        f"spec = importlib.util.spec_from_file_location('dagfile', {str(DAG_FILE)!r})\n"
+        f"spec = importlib.util.spec_from_file_location('dagfile', {str(dag_file)!r})\n"
         "module = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(module)\n"
         "heavy = ('mlflow', 'sklearn', 'pandas', 'numpy', 'router_model')\n"
@@ -317,7 +325,7 @@ def test_weak_model_becomes_challenger_and_champion_stays(challenger_run: Any) -
     assert tags["data_source"] == "synthetic"  # "auto" with no path and no Kaggle credentials
     assert tags["gate"] == "rejected"
     assert "is worse than champion version 1" in tags["gate_reason"]
-    decision = task_instance(challenger_run, "gate").xcom_pull(task_ids="gate", key="decision")
+    decision = task_instance(challenger_run, "gate").xcom_pull(task_ids="gate")
     assert decision == {"promote": False, "reason": tags["gate_reason"], "version": 2, "champion_version": 1}
 
 
@@ -348,7 +356,7 @@ def test_rerunning_the_same_run_registers_no_duplicate(
 def test_broken_data_file_fails_at_validate_data(
     retrain_dag: Any, champion_run: Any, mlflow_env: Path, tmp_path: Path
 ) -> None:
-    from router_model.data import make_synthetic
+    from router_model.synthetic import make_synthetic
 
     frame = make_synthetic(200).astype({"cap-shape": "object"})
     frame.loc[7, "cap-shape"] = "convex"

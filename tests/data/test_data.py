@@ -6,19 +6,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from router_model import data
+from router_model import data, kaggle, synthetic
 from router_model import features as F
 
 
 @pytest.fixture
 def good_csv(tmp_path):
     path = tmp_path / "good.csv"
-    data.make_synthetic(200).to_csv(path, index=False)
+    synthetic.make_synthetic(200).to_csv(path, index=False)
     return path
 
 
 def test_synthetic_is_deterministic_and_shaped_like_the_real_file():
-    a, b = data.make_synthetic(500), data.make_synthetic(500)
+    a, b = synthetic.make_synthetic(500), synthetic.make_synthetic(500)
     pd.testing.assert_frame_equal(a, b)
     assert list(a.columns) == list(F.ALL_FEATURES) + ["class"]
     assert set(a["class"]) == {0, 1}
@@ -27,7 +27,7 @@ def test_synthetic_is_deterministic_and_shaped_like_the_real_file():
 
 
 def test_synthetic_seed_changes_rows():
-    assert not data.make_synthetic(500, seed=1).equals(data.make_synthetic(500, seed=2))
+    assert not synthetic.make_synthetic(500, seed=1).equals(synthetic.make_synthetic(500, seed=2))
 
 
 def test_resolve_prefers_explicit_path(good_csv, monkeypatch):
@@ -56,6 +56,14 @@ def test_resolve_missing_path_fails():
         data.resolve_data(path="/nope.csv")
 
 
+def test_resolve_a_directory_says_it_is_one(tmp_path):
+    with pytest.raises(
+        data.DataError,
+        match=r"data path .* is a directory; expected a CSV file such as mushroom_cleaned\.csv",
+    ):
+        data.resolve_data(path=str(tmp_path))
+
+
 def test_resolve_unknown_source_fails():
     with pytest.raises(data.DataError, match="unknown data source 'ftp'"):
         data.resolve_data(source="ftp")
@@ -78,7 +86,7 @@ class FakeKaggle:
         self.calls.append((dataset, file_name, unzip))
         if self.mode == "network":
             raise ConnectionError("Max retries exceeded with url: /api/v1/datasets\nmore detail")
-        data.make_synthetic(100).to_csv(Path(path) / file_name, index=False)
+        synthetic.make_synthetic(100).to_csv(Path(path) / file_name, index=False)
         return True
 
 
@@ -96,25 +104,25 @@ def test_kaggle_download_with_fake_client_is_cached(fresh_store):
 def test_kaggle_is_chosen_automatically_when_credentials_exist(fresh_store, monkeypatch):
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "k")
-    assert data.kaggle_credentials_present()
+    assert kaggle.kaggle_credentials_present()
     fake = FakeKaggle()
-    monkeypatch.setattr(data, "_default_kaggle_api", lambda: fake)
+    monkeypatch.setattr(kaggle, "_default_kaggle_api", lambda: fake)
     assert data.resolve_data().source == "kaggle"
 
 
 def test_kaggle_systemexit_becomes_one_line_error(fresh_store, capsys):
     with pytest.raises(data.DataError, match=r"^Kaggle authentication failed \(client exited with 1\)"):
-        data.download_kaggle(api_factory=lambda: FakeKaggle("exit"))
+        kaggle.download_kaggle(api_factory=lambda: FakeKaggle("exit"))
     assert "help text" not in capsys.readouterr().out
 
 
 def test_kaggle_network_error_becomes_one_line_error(fresh_store):
     with pytest.raises(data.DataError, match=r"failed: Max retries exceeded with url: /api/v1/datasets$"):
-        data.download_kaggle(api_factory=lambda: FakeKaggle("network"))
+        kaggle.download_kaggle(api_factory=lambda: FakeKaggle("network"))
 
 
 def test_kaggle_without_credentials_fails_before_importing_the_client(fresh_store):
-    assert not data.kaggle_credentials_present()
+    assert not kaggle.kaggle_credentials_present()
     with pytest.raises(data.DataError, match="no Kaggle credentials: set KAGGLE_API_TOKEN"):
         data.resolve_data(source="kaggle")
 
@@ -128,12 +136,12 @@ def test_kaggle_without_credentials_fails_before_importing_the_client(fresh_stor
     ],
 )
 def test_credentials_detection(tmp_path, env, present):
-    assert data.kaggle_credentials_present({**env, "KAGGLE_CONFIG_DIR": str(tmp_path)}) is present
+    assert kaggle.kaggle_credentials_present({**env, "KAGGLE_CONFIG_DIR": str(tmp_path)}) is present
 
 
 def test_credentials_file_counts(tmp_path):
     (tmp_path / "kaggle.json").write_text("{}")
-    assert data.kaggle_credentials_present({"KAGGLE_CONFIG_DIR": str(tmp_path)})
+    assert kaggle.kaggle_credentials_present({"KAGGLE_CONFIG_DIR": str(tmp_path)})
 
 
 def _corrupt(frame, column, row, value):
@@ -170,14 +178,14 @@ def _corrupt(frame, column, row, value):
 )
 def test_bad_training_files_name_the_column_and_a_row(tmp_path, mutate, message):
     path = tmp_path / "bad.csv"
-    mutate(data.make_synthetic(50)).to_csv(path, index=False)
+    mutate(synthetic.make_synthetic(50)).to_csv(path, index=False)
     with pytest.raises(data.DataError, match=message):
         data.load_training_frame(path)
 
 
 def test_underscore_headers_are_accepted(tmp_path):
     path = tmp_path / "underscored.csv"
-    frame = data.make_synthetic(50)
+    frame = synthetic.make_synthetic(50)
     frame.columns = [c.replace("-", "_") for c in frame.columns]
     frame.to_csv(path, index=False)
     assert list(data.load_training_frame(path).columns) == list(F.ALL_FEATURES) + ["class"]

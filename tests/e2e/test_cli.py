@@ -7,8 +7,8 @@ import subprocess
 import pandas as pd
 import pytest
 
-from router_model import data
 from router_model import features as F
+from router_model import synthetic
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def test_help_lists_the_commands(run_cli):
 
 def test_train_then_weaker_train_says_why_it_is_challenger(run_cli, cli_home, tmp_path):
     path = tmp_path / "train.csv"
-    data.make_synthetic(2000).to_csv(path, index=False)
+    synthetic.make_synthetic(2000).to_csv(path, index=False)
     first = run_cli("train", "--data", str(path), env=cli_home)
     assert first.returncode == 0, first.stderr
     assert "Alias: champion - first version: no champion yet" in first.stdout
@@ -52,6 +52,14 @@ def test_train_then_weaker_train_says_why_it_is_challenger(run_cli, cli_home, tm
     )
     status = run_cli("status", env=cli_home)
     assert "@champion -> version 1" in status.stdout and "@challenger -> version 2" in status.stdout
+    missing = run_cli("promote", "99", env=cli_home)
+    assert (missing.returncode, missing.stderr.strip()) == (
+        2,
+        "mushroom-router promote: error: mushroom-router has no version 99; registered versions: 1-2",
+    )
+    promoted = run_cli("promote", "2", env=cli_home)
+    assert promoted.returncode == 0, promoted.stderr
+    assert "@champion -> version 2" in run_cli("status", env=cli_home).stdout
 
 
 def test_train_synthetic_warns(run_cli, cli_home):
@@ -79,6 +87,14 @@ def test_train_synthetic_warns(run_cli, cli_home):
             ["predict", "/no/such.csv"],
             "mushroom-router predict: error: cannot load models:/mushroom-router@champion",
         ),
+        (
+            ["predict", "/no/such.csv", "/no/such/folder/out.csv"],
+            "mushroom-router predict: error: output folder not found: /no/such/folder",
+        ),
+        (["predict", "/no/such.csv", "/"], "mushroom-router predict: error: output / is a folder"),
+        (["promote", "0"], "mushroom-router promote: error: version must be a positive integer, got 0"),
+        (["promote", "-1"], "mushroom-router promote: error: version must be a positive integer, got -1"),
+        (["promote", "1"], "mushroom-router promote: error: no mushroom-router is registered in sqlite:///"),
     ],
 )
 def test_errors_are_one_line_without_traceback(run_cli, cli_home, args, message):
@@ -90,7 +106,7 @@ def test_errors_are_one_line_without_traceback(run_cli, cli_home, args, message)
 
 def test_bad_training_file_names_the_column(run_cli, cli_home, tmp_path):
     path = tmp_path / "bad.csv"
-    frame = data.make_synthetic(100).astype(object)
+    frame = synthetic.make_synthetic(100).astype(object)
     frame.loc[5, "stem-color"] = 77
     frame.to_csv(path, index=False)
     out = run_cli("train", "--data", str(path), env=cli_home)
@@ -138,23 +154,3 @@ def test_module_and_console_script_are_the_same_cli(registered):
     )
     assert out.returncode == 0, out.stderr
     assert "@champion -> version" in out.stdout
-
-
-def test_serve_hands_over_to_mlflow_without_importing_it():
-    """`serve` starts `mlflow models serve` at once: importing MLflow first cost 1.5-4.5 s of cold start."""
-    probe = (
-        "import sys\n"
-        "from router_model import cli, serving\n"
-        "class Done:\n"
-        "    def wait(self):\n"
-        "        print('mlflow imported:', 'mlflow' in sys.modules)\n"
-        "        return 0\n"
-        "serving.start_server = lambda *a, **k: Done()\n"
-        "serving.stop_server = lambda proc: 0\n"
-        "sys.exit(cli.main(['serve', '--port', '1']))\n"
-    )
-    out = subprocess.run(
-        [os.sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=os.environ.copy()
-    )
-    assert out.returncode == 0, out.stderr
-    assert "mlflow imported: False" in out.stdout

@@ -38,12 +38,12 @@ from support import (
 
 from router_model import features as F
 from router_model import serving
+from router_model.settings import WEAK_TRAIN_PARAMS
 
 pytestmark = [pytest.mark.services, pytest.mark.serving, pytest.mark.airflow]
 
 _logger = logging.getLogger(__name__)
 BIN = Path(sys.executable).parent
-WEAK = {"nb_bins": 2, "nb_orders": "1", "lr_bins": 2, "lr_orders": "1"}
 
 
 @dataclass
@@ -281,7 +281,9 @@ def test_retrain_registers_serves_and_the_server_follows_a_better_champion(
         assert time.monotonic() < deadline, stack.log("model-server")
         time.sleep(0.5)
 
-    stack.retrain({"data_source": "synthetic", "train_params": WEAK}, "2026-01-01T00:00:00+00:00")
+    stack.retrain(
+        {"data_source": "synthetic", "train_params": WEAK_TRAIN_PARAMS}, "2026-01-01T00:00:00+00:00"
+    )
     assert champion(stack) == 1
     wait_for_http(f"http://127.0.0.1:{stack.model_port}/ping", server, timeout=120)
     v1 = expected_probabilities(stack, 1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from router_model import data, pipeline, registry, settings
+from router_model import data, pipeline, registry, settings, synthetic
 from router_model.errors import ConfigError
 
 
@@ -21,7 +21,7 @@ def champion() -> int | None:
 def world(fresh_store: Path, name: str, rows: int, seed: int) -> str:
     """A training file from one synthetic 'world' (each seed draws its own species)."""
     path = fresh_store / f"{name}.csv"
-    data.make_synthetic(rows, seed=seed).to_csv(path, index=False)
+    synthetic.make_synthetic(rows, seed=seed).to_csv(path, index=False)
     return str(path)
 
 
@@ -73,7 +73,7 @@ def test_too_few_held_out_rows_cannot_promote(fresh_store, first):
 
 def test_synthetic_data_never_replaces_a_real_data_champion_unless_allowed(fresh_store):
     # A file given by path counts as real data: that is how users bring mushroom_cleaned.csv.
-    pipeline.retrain(path=world(fresh_store, "real", 3000, seed=data.SYNTHETIC_SEED))
+    pipeline.retrain(path=world(fresh_store, "real", 3000, seed=synthetic.SYNTHETIC_SEED))
     refused = pipeline.retrain(source="synthetic")
     assert (refused["alias"], champion()) == ("challenger", 1)
     assert "trained on synthetic data and champion version 1 on path data" in refused["decision"]["reason"]

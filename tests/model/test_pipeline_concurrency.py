@@ -23,7 +23,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from support import free_port
 
-from router_model import data, pipeline, registry, settings
+from router_model import pipeline, registry, settings, synthetic
 
 STALE = re.compile(
     r"^champion moved from version (\d+) to version (\d+) during this retrain; "
@@ -34,7 +34,7 @@ STALE = re.compile(
 @pytest.fixture
 def small_csv(fresh_store: Path) -> str:
     path = fresh_store / "train.csv"
-    data.make_synthetic(3000).to_csv(path, index=False)
+    synthetic.make_synthetic(3000).to_csv(path, index=False)
     return str(path)
 
 

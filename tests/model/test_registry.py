@@ -4,15 +4,14 @@ import mlflow
 import pandas as pd
 import pytest
 
-from router_model import data, pipeline, registry, settings
-
-WEAK = {"nb_bins": 2, "nb_orders": "1", "lr_bins": 2, "lr_orders": "1"}
+from router_model import data, pipeline, registry, settings, synthetic
+from router_model.settings import WEAK_TRAIN_PARAMS
 
 
 @pytest.fixture
 def small_csv(fresh_store):
     path = fresh_store / "train.csv"
-    data.make_synthetic(3000).to_csv(path, index=False)
+    synthetic.make_synthetic(3000).to_csv(path, index=False)
     return str(path)
 
 
@@ -32,7 +31,7 @@ def test_gate_promotes_first_keeps_champion_against_weaker_and_promotes_equal(sm
     assert (first["version"], first["alias"], champion()) == (1, "champion", 1)
     assert first["decision"]["reason"] == "first version: no champion yet"
 
-    weak = pipeline.retrain(path=small_csv, train_params=WEAK)
+    weak = pipeline.retrain(path=small_csv, train_params=WEAK_TRAIN_PARAMS)
     assert (weak["version"], weak["alias"], champion()) == (2, "challenger", 1)
     assert "is worse than champion version 1" in weak["decision"]["reason"]
     assert int(registry.alias_version(settings.CHALLENGER).version) == 2

@@ -16,7 +16,7 @@ from urllib.request import url2pathname
 
 import pytest
 
-from router_model import data, pipeline, registry
+from router_model import data, pipeline, registry, synthetic
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def shared(fresh_store: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]
     source_dir = fresh_store / "worker-a"
     source_dir.mkdir()
     csv = source_dir / "train.csv"
-    data.make_synthetic(3000).to_csv(csv, index=False)
+    synthetic.make_synthetic(3000).to_csv(csv, index=False)
     fetched = pipeline.share_data(source="path", path=str(csv))
     shutil.rmtree(source_dir)
     # Another worker: same tracking store, nothing on its disk.
@@ -83,7 +83,7 @@ def test_a_worker_with_an_empty_disk_validates_trains_and_evaluates_from_the_uri
 
 def test_a_local_path_still_trains_and_is_recorded_as_the_dataset_source(fresh_store: Path) -> None:
     csv = fresh_store / "local.csv"
-    data.make_synthetic(3000).to_csv(csv, index=False)
+    synthetic.make_synthetic(3000).to_csv(csv, index=False)
     registered = pipeline.train_and_register(str(csv))
     [dataset_input] = registry.client().get_run(registered["run_id"]).inputs.dataset_inputs
     assert dataset_input.dataset.digest == data.file_sha256(csv)[: registry.DATASET_DIGEST_CHARS]

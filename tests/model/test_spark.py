@@ -72,7 +72,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 @pytest.fixture(scope="module")
 def parquet_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1,000,000 rows of features only; NB-only and LR-only rows are null in the other set."""
-    from router_model.data import make_synthetic
+    from router_model.synthetic import make_synthetic
 
     frame = make_synthetic(N_ROWS, seed=7).drop(columns=F.TARGET)
     kind = np.arange(N_ROWS) % 10
@@ -155,8 +155,8 @@ def test_raw_spark_udf_call_from_the_readme(spark, registered, parquet_input, tm
 
 
 def test_a_file_with_only_the_lr_features_in_underscore_spelling(spark, registered, tmp_path):
-    from router_model.data import make_synthetic
     from router_model.spark import score
+    from router_model.synthetic import make_synthetic
 
     frame = make_synthetic(5_000, seed=11)[[*F.LR_FEATURES, F.TARGET]]
     frame.columns = [c.replace("-", "_") for c in frame.columns]

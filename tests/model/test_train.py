@@ -4,6 +4,7 @@ import pytest
 
 from router_model import features as F
 from router_model.errors import ConfigError
+from router_model.settings import WEAK_TRAIN_PARAMS
 from router_model.train import METRICS, TrainConfig, parse_orders, train
 
 
@@ -28,10 +29,19 @@ def test_held_out_rows_are_not_trained_on(trained, synthetic_frame):
     assert trained.train_rows + len(trained.test) == len(synthetic_frame)
 
 
+@pytest.mark.parametrize("route", F.ROUTES)
+def test_poisonous_probability_is_the_probability_of_class_one(trained, route):
+    """class 1 = poisonous end to end: held-out class-1 rows get the higher P(poisonous) on each route."""
+    scored = trained.router.predict(trained.test, {"model": route})["poisonous_probability"].to_numpy()
+    y = trained.test[F.TARGET].to_numpy()
+    assert F.LABELS[1] == "poisonous"
+    assert scored[y == 1].mean() > scored[y == 0].mean() + 0.2
+
+
 def test_weak_setting_is_worse_on_both_routes(trained, synthetic_frame):
     weak = train(
         synthetic_frame,
-        TrainConfig.from_mapping({"nb_bins": 2, "nb_orders": "1", "lr_bins": 2, "lr_orders": "1"}),
+        TrainConfig.from_mapping(WEAK_TRAIN_PARAMS),
     )
     for route in F.ROUTES:
         assert weak.metrics[f"{route}_roc_auc"] < trained.metrics[f"{route}_roc_auc"]

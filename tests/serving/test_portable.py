@@ -47,7 +47,7 @@ def test_requirements_follow_every_import_of_the_model_code():
     # orjson is imported only by the scoring-server guard, which load_context imports lazily.
     assert {"mlflow", "sklearn", "skops", "pandas", "numpy", "scipy", "orjson"} <= modules
     # What only training, the registry or the CLI import stays out of the served model.
-    assert not modules & {"airflow", "kaggle", "matplotlib", "pyarrow", "requests", "tqdm"}
+    assert not modules & {"airflow", "kaggle", "matplotlib", "requests", "tqdm"}
     reqs = registry.pip_requirements()
     assert all("==" in r for r in reqs)
     assert {r.split("==")[0] for r in reqs} >= {"mlflow", "scikit-learn", "skops", "orjson"}

@@ -372,10 +372,29 @@ def test_max_request_bytes_setting(monkeypatch, value, expected):
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "16MB", "1e6"])
-def test_bad_max_request_bytes_stops_the_server_at_start(monkeypatch, value):
+def test_install_refuses_a_bad_max_request_bytes(monkeypatch, value):
     monkeypatch.setenv("MUSHROOM_MAX_REQUEST_BYTES", value)
     with pytest.raises(ValueError, match=f"MUSHROOM_MAX_REQUEST_BYTES is '{value}'; expected a positive"):
         server_guard.install(types.SimpleNamespace())
+
+
+@pytest.mark.serving
+def test_a_bad_max_request_bytes_stops_a_real_server_at_start(registered, monkeypatch):
+    """The server fails when it loads the model, not on its first request."""
+    import subprocess
+
+    from support import free_port
+
+    from router_model import serving
+
+    monkeypatch.setenv("MUSHROOM_MAX_REQUEST_BYTES", "16MB")
+    proc = serving.start_server(port=free_port(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        serving.stop_server(proc)
+    assert proc.returncode != 0
+    assert "MUSHROOM_MAX_REQUEST_BYTES is '16MB'; expected a positive number of bytes" in output.decode()
 
 
 def test_guard_is_only_installed_inside_the_scoring_server(monkeypatch):

@@ -1,0 +1,14 @@
+"""The README's Layout names every module of the package, and nothing that is gone."""
+
+import re
+
+from support import REPO
+
+
+def test_readme_layout_lists_every_module():
+    readme = (REPO / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    listed = set(re.findall(r"^  (\w+)\.py ", layout, re.M))
+    modules = {p.stem for p in (REPO / "router_model").glob("*.py")} - {"__init__", "__main__"}
+    assert modules - listed == set(), "modules missing from the README's Layout"
+    assert listed - modules == set(), "the README's Layout names modules that are gone"

@@ -1,0 +1,174 @@
+"""The inference log: every answered row written off the request path, to Parquet or PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from support import create_database, drop_database, free_port, pg_url, postgres_or_skip, wait_for_http
+
+from router_model import features as F
+from router_model import inference_log, serving
+from router_model.inference_log import Batch, InferenceLog, ParquetSink, PostgresSink, read_rows
+
+NB, LR = F.ROUTES.index(F.NAIVE_BAYES), F.ROUTES.index(F.LOGISTIC_REGRESSION)
+
+
+def batch(n: int, t: float | None = None, threshold: float = 0.5) -> Batch:
+    matrix = np.full((n, len(F.ALL_FEATURES)), np.nan)
+    matrix[:, : len(F.NB_FEATURES)] = [[30.0, 2.0, 1.0, 5.0]]
+    routes = np.array([NB, LR] * (n // 2) + [NB] * (n % 2))
+    poisonous = np.linspace(0.0, 1.0, n)
+    return Batch(
+        time.time() if t is None else t,
+        inference_log.new_request_id(),
+        "run-1",
+        threshold,
+        matrix,
+        routes,
+        poisonous,
+    )
+
+
+def test_rows_are_written_as_answered_and_read_back(tmp_path):
+    log = InferenceLog(ParquetSink(tmp_path), flush_seconds=60)
+    sent = [batch(3), batch(4, threshold=0.2)]
+    for b in sent:
+        assert log.submit(b)
+    log.close()  # flushes what is queued
+    rows = read_rows(target=str(tmp_path))
+    assert list(rows.columns) == list(inference_log.COLUMNS)
+    assert len(rows) == 7 and log.written == 7 and log.dropped == 0
+    assert rows["request_id"].tolist() == [sent[0].request_id] * 3 + [sent[1].request_id] * 4
+    assert rows["route"].tolist()[:3] == ["naive_bayes", "logistic_regression", "naive_bayes"]
+    assert rows["poisonous_probability"].tolist() == [*sent[0].poisonous, *sent[1].poisonous]
+    # prediction at each request's own threshold
+    assert rows["prediction"].tolist() == [
+        "edible",
+        "poisonous",
+        "poisonous",
+        "edible",
+        "poisonous",
+        "poisonous",
+        "poisonous",
+    ]
+    assert rows["cap-diameter"].eq(30.0).all() and rows["stem-height"].isna().all()
+
+
+def test_read_rows_since_is_exclusive_and_sorted(tmp_path):
+    log = InferenceLog(ParquetSink(tmp_path), flush_seconds=60)
+    for t in (300.0, 100.0, 200.0):
+        log.submit(batch(1, t=t))
+    log.close()
+    since = datetime.fromtimestamp(100.0, UTC)
+    assert [ts.timestamp() for ts in read_rows(since, target=str(tmp_path))["time"]] == [200.0, 300.0]
+
+
+class BlockedSink:
+    """A sink that holds the writer until released (a slow disk or database)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.frames: list[pd.DataFrame] = []
+
+    def write(self, frame: pd.DataFrame) -> None:
+        self.release.wait(30)
+        self.frames.append(frame)
+
+
+def test_a_full_queue_drops_and_counts_instead_of_blocking():
+    sink = BlockedSink()
+    log = InferenceLog(sink, max_batches=2, flush_seconds=0.01)
+    log.submit(batch(1))
+    time.sleep(0.2)  # the writer has taken that one and is stuck writing it
+    started = time.monotonic()
+    accepted = [log.submit(batch(5)) for _ in range(4)]
+    assert time.monotonic() - started < 1.0  # never waits for the writer
+    assert accepted == [True, True, False, False]
+    assert log.dropped == 10
+    sink.release.set()
+    log.close()
+    assert sum(len(f) for f in sink.frames) == 1 + 10
+
+
+class FailingSink:
+    def write(self, frame: pd.DataFrame) -> None:
+        raise OSError("disk full")
+
+
+def test_a_failing_sink_counts_rows_as_dropped_and_keeps_the_writer_alive(caplog):
+    log = InferenceLog(FailingSink(), flush_seconds=0.01)
+    log.submit(batch(3))
+    time.sleep(0.3)
+    log.submit(batch(2))
+    log.close()
+    assert (log.written, log.dropped) == (0, 5)
+    assert "could not write" in caplog.text
+
+
+@pytest.mark.services
+def test_postgres_sink_appends_to_a_table_and_reads_back():
+    postgres_or_skip()
+    database = create_database("inference_log")
+    try:
+        url = pg_url(database).replace("postgresql+psycopg2://", "postgresql://")
+        assert len(read_rows(target=url)) == 0  # no table yet: nothing logged
+        log = InferenceLog(PostgresSink(url), flush_seconds=60)
+        sent = batch(5)
+        log.submit(sent)
+        log.submit(batch(2, t=sent.time + 1))
+        log.close()
+        rows = read_rows(target=url)
+        assert len(rows) == 7 and log.written == 7
+        assert rows["poisonous_probability"].tolist()[:5] == sent.poisonous.tolist()
+        assert rows["stem-width"].isna().all() and rows["gill-color"].eq(5.0).all()
+        assert len(read_rows(datetime.fromtimestamp(sent.time, UTC), target=url)) == 2
+    finally:
+        drop_database(database)
+
+
+@pytest.mark.parametrize("value", ["off", "OFF"])
+def test_off_disables_the_log(monkeypatch, value):
+    monkeypatch.setenv("MUSHROOM_INFERENCE_LOG", value)
+    assert inference_log.active() is None
+
+
+@pytest.mark.serving
+def test_a_real_server_logs_every_answered_row_and_flushes_on_sigterm(
+    registered, isolated_env, tmp_path, monkeypatch
+):
+    folder = tmp_path / "inference"
+    monkeypatch.setenv("MUSHROOM_INFERENCE_LOG", str(folder))
+    port = free_port()
+    proc = serving.start_server(port=port)
+    url = f"http://127.0.0.1:{port}"
+    rows = [*F.example_rows(), F.example_rows()[1], F.example_rows()[0]]
+    try:
+        wait_for_http(f"{url}/ping", proc)
+        for threshold in (0.5, 0.1):
+            answer = requests.post(
+                f"{url}/invocations",
+                json={"dataframe_records": rows, "params": {"threshold": threshold}},
+                timeout=30,
+            )
+            assert answer.status_code == 200
+        refused = requests.post(
+            f"{url}/invocations", json={"dataframe_records": [{"cap-shape": 99}]}, timeout=30
+        )
+        assert refused.status_code == 400
+    finally:
+        assert serving.stop_server(proc) is not None  # SIGTERM: the log must flush before exit
+    logged = read_rows(target=str(folder))
+    assert len(logged) == 8  # every answered row, none of the refused request
+    assert (
+        logged["route"].tolist()
+        == ["naive_bayes", "logistic_regression", "logistic_regression", "naive_bayes"] * 2
+    )
+    assert logged["threshold"].tolist() == [0.5] * 4 + [0.1] * 4
+    assert logged["model_run_id"].eq(registered["run_id"]).all()
+    assert logged["request_id"].nunique() == 2
