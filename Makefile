@@ -66,7 +66,7 @@ airflow: install ## run Airflow 3 (airflow standalone) with the retrain DAG on h
 	airflow standalone
 
 lock: ## re-resolve constraints.txt from pyproject.toml (needs uv)
-	$(VENV)/bin/uv pip compile pyproject.toml --all-extras --python-version 3.11 -o constraints.txt
+	$(VENV)/bin/uv pip compile pyproject.toml --all-extras --python-version 3.11 -c docker/airflow-image-bounds.txt -o constraints.txt
 
 clean: ## remove the local store, artifacts, data cache and venv
 	rm -rf $(VENV) mlflow.db mlartifacts mlruns data .airflow .pytest_cache .ruff_cache

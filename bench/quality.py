@@ -1,10 +1,14 @@
-"""Quality on the real data: each route next to the original project's raw baselines.
+"""Quality on the real data: each route before and after calibration, next to the raw baselines.
 
-Usage: ``python bench/quality.py [--data PATH] [--cv 5] [--check]``. Prints Markdown tables: the
-held-out metrics on the original 80/20 stratified split (seed 42) for the router's two sub-models
-and for raw ``GaussianNB()`` / ``LogisticRegression()`` on the same features, then a stratified
-k-fold cross-validation mean and spread of ROC-AUC. ``--check`` exits 1 when a target is missed
-(LR route ROC-AUC >= 0.89, NB route >= 0.78).
+Usage: ``python bench/quality.py [--data PATH] [--cv 5] [--plot PNG] [--check]``. Prints Markdown
+tables: the held-out metrics on the original 80/20 stratified split (seed 42) for the router's two
+sub-models (calibrated, as shipped, and their uncalibrated pipelines) and for raw ``GaussianNB()``
+/ ``LogisticRegression()`` on the same features; the calibration of each (ECE and the poisonous
+share among rows below P(poisonous) = 0.02, 0.05, 0.1); the safe thresholds training would record
+and what they give on the held-out rows; then the stratified k-fold cross-validation mean, spread
+and worst fold. ``--plot`` writes the held-out reliability diagram. ``--check`` exits 1 when a
+target is missed (LR route ROC-AUC >= 0.89, NB route >= 0.78; per route ECE <= 0.02 and, for each
+t, the poisonous share below t at most t).
 """
 
 from __future__ import annotations
@@ -15,29 +19,72 @@ import time
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.naive_bayes import GaussianNB
 
 from router_model import data, settings
 from router_model import features as F
-from router_model.train import TrainConfig, binary_metrics, fit_submodels
+from router_model.calibration import TAIL_THRESHOLDS, poisonous_share_below, safe_threshold, tail_metric_name
+from router_model.train import TrainConfig, binary_metrics, fit_calibrated
 
 TARGETS = {F.LOGISTIC_REGRESSION: 0.89, F.NAIVE_BAYES: 0.78}
+MAX_ECE = 0.02
 BASELINES = {F.NAIVE_BAYES: GaussianNB, F.LOGISTIC_REGRESSION: LogisticRegression}
+OURS = "router sub-model (calibrated)"
+BEFORE = "uncalibrated pipeline"
+TAILS = [tail_metric_name(t) for t in TAIL_THRESHOLDS]
+COLUMNS = ["roc_auc", "accuracy", "log_loss", "brier", "ece", *TAILS]
+HEADERS = ["ROC-AUC", "accuracy", "log-loss", "Brier", "ECE", *(f"share < {t:g}" for t in TAIL_THRESHOLDS)]
 
 
 def evaluate_split(train, test, config):
-    """Metrics of both sub-models and both raw baselines on one split."""
+    """Metrics of both sub-models (after and before calibration) and both raw baselines on one split.
+
+    The calibration maps and safe thresholds come from a validation split of ``train`` only, as in
+    :func:`router_model.train.train`.
+
+    Returns:
+        ``(rows, scores, safe)``: ``(route, model, metrics)`` rows, the held-out P(poisonous) of
+        each route before and after, and each route's safe threshold with its held-out outcome.
+    """
     y_test = test[F.TARGET].to_numpy()
-    models = fit_submodels(train, config)
-    rows = []
+    fit_rows, val_rows = train_test_split(
+        train, test_size=settings.TEST_SIZE, stratify=train[F.TARGET], random_state=settings.SPLIT_SEED
+    )
+    models, _, val_scores = fit_calibrated(fit_rows, val_rows, config, final_rows=train)
+    y_val = val_rows[F.TARGET].to_numpy()
+    rows, scores, safe = [], {}, {}
     for route in F.ROUTES:
         cols = list(F.ROUTE_FEATURES[route])
-        ours = models[route].predict_proba(test[cols].to_numpy(float))[:, 1]
+        X = test[cols].to_numpy(float)
+        after = models[route].predict_proba(X)[:, 1]
+        before = models[route].estimator.predict_proba(X)[:, 1]
         raw = BASELINES[route]().fit(train[cols], train[F.TARGET]).predict_proba(test[cols])[:, 1]
-        rows.append((route, "router sub-model", binary_metrics(y_test, ours)))
+        rows.append((route, OURS, binary_metrics(y_test, after)))
+        rows.append((route, BEFORE, binary_metrics(y_test, before)))
         rows.append((route, f"raw {BASELINES[route].__name__}()", binary_metrics(y_test, raw)))
-    return rows
+        scores[f"{route} before"], scores[f"{route} after"] = before, after
+        found = safe_threshold(y_val, val_scores[route])
+        edible = y_test == F.LABEL_EDIBLE
+        safe[route] = (
+            found,
+            poisonous_share_below(y_test, after, found.threshold),
+            float(np.mean(after[edible] >= found.threshold)),
+        )
+    return rows, scores, safe
+
+
+def fmt(value: float) -> str:
+    return f"{value:.4f}"
+
+
+def targets_met(route: str, m: dict[str, float]) -> list[tuple[str, bool]]:
+    """Each quality target of a calibrated route and whether ``m`` meets it."""
+    found = [(f"ROC-AUC >= {TARGETS[route]}: {fmt(m['roc_auc'])}", m["roc_auc"] >= TARGETS[route])]
+    found.append((f"ECE <= {MAX_ECE}: {fmt(m['ece'])}", m["ece"] <= MAX_ECE))
+    for t, name in zip(TAIL_THRESHOLDS, TAILS, strict=True):
+        found.append((f"poisonous share below {t:g} <= {t:g}: {fmt(m[name])}", m[name] <= t))
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "--data", default=settings.data_path(), help="mushroom_cleaned.csv (default MUSHROOM_DATA)"
     )
     parser.add_argument("--cv", type=int, default=5, help="folds for cross-validation (0 skips it)")
+    parser.add_argument("--plot", default=None, help="write the held-out reliability diagram here (.png)")
     parser.add_argument("--check", action="store_true", help="exit 1 if a quality target is missed")
     args = parser.parse_args(argv)
     if not args.data:
@@ -55,39 +103,93 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig()
     train, test = data.split(frame)
     started = time.perf_counter()
-    rows = evaluate_split(train, test, config)
+    rows, scores, safe = evaluate_split(train, test, config)
     print(
         f"Held-out split: {len(train)} train / {len(test)} test rows (stratified 80/20, seed 42); "
-        f"{time.perf_counter() - started:.1f}s\n"
+        f"{time.perf_counter() - started:.1f}s. Calibration maps and safe thresholds are fitted on a "
+        "validation split of the training rows only. ECE: 10 equal-width bins; share < t: poisonous "
+        "share among rows given P(poisonous) < t.\n"
     )
-    print("| route | model | ROC-AUC | accuracy | log-loss | Brier |")
-    print("|---|---|---|---|---|---|")
+    print("| route | model | " + " | ".join(HEADERS) + " |")
+    print("|---|---|" + "---|" * len(HEADERS))
     for route, model, m in rows:
-        print(
-            f"| {route} | {model} | {m['roc_auc']:.4f} | {m['accuracy']:.4f} | {m['log_loss']:.4f} | {m['brier']:.4f} |"
-        )
+        print(f"| {route} | {model} | " + " | ".join(fmt(m[c]) for c in COLUMNS) + " |")
     ok = True
+    print()
     for route, model, m in rows:
-        if model == "router sub-model":
-            met = m["roc_auc"] >= TARGETS[route]
-            ok &= met
-            print(
-                f"\ntarget {route} ROC-AUC >= {TARGETS[route]}: {m['roc_auc']:.4f} {'met' if met else 'MISSED'}",
-                end="",
-            )
-    print("\n")
+        if model == OURS:
+            for text, met in targets_met(route, m):
+                ok &= met
+                print(f"target {route} {text} {'met' if met else 'MISSED'}  ")
+    print(
+        "\nSafe thresholds (the largest threshold keeping poisonous rows at or below 1% of the "
+        "'edible' calls on the validation rows, as training records it) and what they give on the "
+        "held-out rows:\n"
+    )
+    print(
+        "| route | safe_threshold_1pct | validation false-alarm rate | held-out poisonous share "
+        "among 'edible' | held-out false-alarm rate |"
+    )
+    print("|---|---|---|---|---|")
+    for route, (found, share, alarms) in safe.items():
+        print(
+            f"| {route} | {found.threshold:.4f} | {found.false_alarm_rate:.3f} | {share:.4f} | {alarms:.3f} |"
+        )
+    if args.plot:
+        import matplotlib.pyplot as plt
+
+        from router_model.plots import reliability_figure
+
+        figure = reliability_figure(test[F.TARGET].to_numpy(), scores, title="Held-out (seed 42)")
+        figure.savefig(args.plot, dpi=110)
+        plt.close(figure)
+        print(f"\n![Held-out reliability before and after calibration]({args.plot.rsplit('/', 1)[-1]})")
+    print()
     if args.cv:
         folds = StratifiedKFold(args.cv, shuffle=True, random_state=settings.SPLIT_SEED)
-        scores: dict[tuple[str, str], list[float]] = {}
+        collected: dict[tuple[str, str], list[dict[str, float]]] = {}
+        safe_folds: dict[str, list[tuple[float, float, float]]] = {}
         for train_idx, test_idx in folds.split(frame, frame[F.TARGET]):
-            for route, model, m in evaluate_split(frame.iloc[train_idx], frame.iloc[test_idx], config):
-                scores.setdefault((route, model), []).append(m["roc_auc"])
-        print(f"{args.cv}-fold stratified cross-validation, ROC-AUC:\n")
-        print("| route | model | mean | std | min | max |")
-        print("|---|---|---|---|---|---|")
-        for (route, model), values in scores.items():
-            v = np.asarray(values)
-            print(f"| {route} | {model} | {v.mean():.4f} | {v.std():.4f} | {v.min():.4f} | {v.max():.4f} |")
+            fold_rows, _, fold_safe = evaluate_split(frame.iloc[train_idx], frame.iloc[test_idx], config)
+            for route, model, m in fold_rows:
+                collected.setdefault((route, model), []).append(m)
+            for route, (found, share, alarms) in fold_safe.items():
+                safe_folds.setdefault(route, []).append((found.threshold, share, alarms))
+        print(
+            f"{args.cv}-fold stratified cross-validation: mean ± std (worst fold: lowest ROC-AUC, "
+            "highest of the others):\n"
+        )
+        shown = ["roc_auc", "log_loss", "ece", *TAILS]
+        print("| route | model | " + " | ".join(HEADERS[COLUMNS.index(c)] for c in shown) + " |")
+        print("|---|---|" + "---|" * len(shown))
+        for (route, model), folds_m in collected.items():
+            cells = []
+            for c in shown:
+                v = np.asarray([m[c] for m in folds_m])
+                worst = v.min() if c == "roc_auc" else v.max()
+                cells.append(f"{v.mean():.4f} ± {v.std():.4f} ({worst:.4f})")
+            print(f"| {route} | {model} | " + " | ".join(cells) + " |")
+        print()
+        print(
+            "\nSafe threshold per fold (fitted on each fold's validation rows), and on the fold's "
+            "held-out rows: mean ± std [min, max]:\n"
+        )
+        print("| route | safe_threshold_1pct | poisonous share among 'edible' | false-alarm rate |")
+        print("|---|---|---|---|")
+        for route, values in safe_folds.items():
+            cells = []
+            for column in np.asarray(values).T:
+                cells.append(
+                    f"{column.mean():.4f} ± {column.std():.4f} [{column.min():.4f}, {column.max():.4f}]"
+                )
+            print(f"| {route} | " + " | ".join(cells) + " |")
+        print()
+        for (route, model), folds_m in collected.items():
+            if model == OURS:
+                missed = [text for m in folds_m for text, met in targets_met(route, m) if not met]
+                ok &= not missed
+                verdict = "met in every fold" if not missed else "MISSED: " + "; ".join(missed)
+                print(f"targets {route}: {verdict}  ")
     return 0 if ok or not args.check else 1
 
 

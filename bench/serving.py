@@ -1,10 +1,15 @@
-"""Serving benchmark: the router against its own Logistic Regression sub-model served plainly.
+"""Serving benchmark: the router against its plain sub-model and against a hand-written app.
 
 Three ``mlflow models serve --env-manager local`` processes with the same worker count on
 loopback: the router, the LR sub-model as a plain ``mlflow.sklearn`` model answering labels
-(``plain``), and the same answering ``predict_proba`` (``plain_proba``). wrk (a C load generator)
-sends them the identical requests, taking the servers in turn each round: single rows and batches
-of 100, 1,000 and 10,000 rows of the real data's LR features. Also measures the cold start of
+(``plain``), and the same answering ``predict_proba`` (``plain_proba``); and the yardstick
+``bench/reference_app.py`` (``reference``: FastAPI + pydantic + pandas + scikit-learn, one record
+per request, uvicorn, one worker), the kind of app ``mlflow models serve`` is meant to replace.
+wrk (a C load generator) sends them the identical requests, taking the servers in turn each
+round: single rows as ``dataframe_records`` (the reference app gets the same record as its own
+JSON object), batches of 100, 1,000 and 10,000 rows of the real data's LR features as
+``dataframe_split`` (the reference app takes one record per request: its rows/s is its single-row
+requests/s), and single rows from 64 concurrent connections. Also measures the cold start of
 ``mushroom-router serve`` and the wall time of ``mushroom-router train`` on the real data (which
 registers the router it then serves).
 
@@ -34,11 +39,18 @@ from router_model import serving
 BATCHES = (1, 100, 1000, 10000)
 #: The router, its LR sub-model answering labels, and the same answering probabilities.
 SERVERS = ("router", "plain", "plain_proba")
+#: The hand-written app (bench/reference_app.py) and the path it answers on.
+REFERENCE = "reference"
+REFERENCE_PATH = "/predict"
+#: Concurrent connections of the many-clients case (single rows).
+MANY_CLIENTS = 64
 RESULT = re.compile(r"RESULT (.*)")
 
 
-def wrk(port: int, body_file: Path, duration: int, connections: int, threads: int) -> dict[str, float]:
-    """One wrk run against /invocations; returns requests/s, latency percentiles and error counts."""
+def wrk(
+    port: int, body_file: Path, duration: int, connections: int, threads: int, path: str = "/invocations"
+) -> dict[str, float]:
+    """One wrk run against ``path``; returns requests/s, latency percentiles and error counts."""
     out = subprocess.run(
         [
             "wrk",
@@ -49,7 +61,7 @@ def wrk(port: int, body_file: Path, duration: int, connections: int, threads: in
             "30s",
             "-s",
             str(REPO / "bench" / "post.lua"),
-            f"http://127.0.0.1:{port}/invocations",
+            f"http://127.0.0.1:{port}{path}",
         ],
         env={**os.environ, "BODY_FILE": str(body_file)},
         capture_output=True,
@@ -65,6 +77,20 @@ def wrk(port: int, body_file: Path, duration: int, connections: int, threads: in
         "p99_ms": int(fields["p99_us"]) / 1000,
         "non2xx": int(fields["non2xx"]),
         "socket_errors": int(fields["socket_errors"]),
+    }
+
+
+def summary(measured: list[dict], batch: int) -> dict[str, float]:
+    """The median of the rounds of one server in one case."""
+    rps = statistics.median(r["rps"] for r in measured)
+    return {
+        "rps": rps,
+        "rows_per_s": rps * batch,
+        "p50_ms": statistics.median(r["p50_ms"] for r in measured),
+        "p99_ms": statistics.median(r["p99_ms"] for r in measured),
+        "non2xx": sum(r["non2xx"] for r in measured),
+        "socket_errors": sum(r["socket_errors"] for r in measured),
+        "requests": sum(r["requests"] for r in measured),
     }
 
 
@@ -120,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
 
     from router_model import registry
-    from router_model.router import TRUSTED_TYPES
+    from router_model.submodels import TRUSTED_TYPES
 
     router = registry.load_router("models:/mushroom-router@champion")
     lr_model = router.submodels[F.LOGISTIC_REGRESSION]
@@ -155,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     results["cold_start_seconds"] = cold
     print(f"cold start: {', '.join(f'{c:.1f}s' for c in cold)}", flush=True)
 
-    ports = {name: free_port() for name in SERVERS}
+    ports = {name: free_port() for name in (*SERVERS, REFERENCE)}
     serve = [
         str(BIN / "mlflow"),
         "models",
@@ -182,34 +208,52 @@ def main(argv: list[str] | None = None) -> int:
             )
             for name, path in plain_dirs.items()
         },
+        REFERENCE: start(
+            [
+                sys.executable,
+                str(REPO / "bench" / "reference_app.py"),
+                "--data",
+                args.data,
+                "--port",
+                str(ports[REFERENCE]),
+            ],
+            env,
+            work / "reference.log",
+        ),
     }
     try:
         for name, proc in procs.items():
             wait_ping(ports[name], proc)
+        # The reference app's body: the same single record, as its own JSON object.
+        record = frame.sample(1, random_state=1).iloc[0].to_dict()
+        reference_body = work / "body-reference.json"
+        reference_body.write_text(json.dumps(record))
+
+        def measure(name: str, body: Path, connections: int) -> dict[str, float]:
+            path = REFERENCE_PATH if name == REFERENCE else "/invocations"
+            body = reference_body if name == REFERENCE else body
+            return wrk(ports[name], body, args.duration, connections, args.threads, path)
+
         cases = []
         for batch in BATCHES:
-            rows = frame.sample(batch, replace=batch > len(frame), random_state=batch)
             body = work / f"body-{batch}.json"
-            body.write_text(
-                json.dumps(
-                    {"dataframe_split": {"columns": list(F.LR_FEATURES), "data": rows.to_numpy().tolist()}}
+            if batch == 1:  # the most common request: one record
+                body.write_text(json.dumps({"dataframe_records": [record]}))
+            else:
+                rows = frame.sample(batch, replace=batch > len(frame), random_state=batch)
+                columns = list(F.LR_FEATURES)
+                body.write_text(
+                    json.dumps({"dataframe_split": {"columns": columns, "data": rows.to_numpy().tolist()}})
                 )
-            )
-            runs: dict[str, list[dict]] = {name: [] for name in SERVERS}
+            names = (*SERVERS, REFERENCE) if batch == 1 else SERVERS
+            runs: dict[str, list[dict]] = {name: [] for name in names}
             for _ in range(args.rounds):
-                for name in SERVERS:
-                    runs[name].append(wrk(ports[name], body, args.duration, args.connections, args.threads))
-            case = {"batch": batch}
-            for name, measured in runs.items():
-                case[name] = {
-                    "rps": statistics.median(r["rps"] for r in measured),
-                    "rows_per_s": statistics.median(r["rps"] for r in measured) * batch,
-                    "p50_ms": statistics.median(r["p50_ms"] for r in measured),
-                    "p99_ms": statistics.median(r["p99_ms"] for r in measured),
-                    "non2xx": sum(r["non2xx"] for r in measured),
-                    "socket_errors": sum(r["socket_errors"] for r in measured),
-                    "requests": sum(r["requests"] for r in measured),
-                }
+                for name in names:
+                    runs[name].append(measure(name, body, args.connections))
+            case: dict = {
+                "batch": batch,
+                **{name: summary(measured, batch) for name, measured in runs.items()},
+            }
             case["ratio"] = case["router"]["rps"] / case["plain"]["rps"]
             case["ratio_proba"] = case["router"]["rps"] / case["plain_proba"]["rps"]
             cases.append(case)
@@ -219,7 +263,29 @@ def main(argv: list[str] | None = None) -> int:
                 f"{case['ratio_proba']:.3f}; non-2xx {'/'.join(str(case[n]['non2xx']) for n in SERVERS)}",
                 flush=True,
             )
+        reference = cases[0][REFERENCE]
+        for case in cases:  # the reference app answers one row per request
+            case["ratio_reference"] = case["router"]["rows_per_s"] / reference["rows_per_s"]
+            print(
+                f"batch {case['batch']:>5}: router rows/s over the reference app's: {case['ratio_reference']:.2f}x"
+            )
         results["cases"] = cases
+
+        many_names = ("router", "plain", REFERENCE)
+        runs = {name: [] for name in many_names}
+        for _ in range(args.rounds):
+            for name in many_names:
+                runs[name].append(measure(name, work / "body-1.json", MANY_CLIENTS))
+        many: dict = {"connections": MANY_CLIENTS, **{name: summary(runs[name], 1) for name in many_names}}
+        many["ratio_reference"] = many["router"]["rps"] / many[REFERENCE]["rps"]
+        many["ratio"] = many["router"]["rps"] / many["plain"]["rps"]
+        results["many_clients"] = many
+        print(
+            f"{MANY_CLIENTS} clients, single rows: router {many['router']['rps']:.1f} req/s, plain "
+            f"{many['plain']['rps']:.1f}, reference {many[REFERENCE]['rps']:.1f}; router/reference "
+            f"{many['ratio_reference']:.2f}",
+            flush=True,
+        )
     finally:
         for proc in procs.values():
             serving.stop_server(proc)

@@ -15,8 +15,8 @@ import pendulum
 from airflow.sdk import Asset, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-# Names and the error policy only: both modules import nothing beyond the standard library.
-from router_model.errors import fail_fast
+# Names and the error policy only: these modules import nothing beyond the standard library.
+from router_model.airflow_tasks import fail_fast
 from router_model.settings import DRIFT_ASSET_NAME, DRIFT_ASSET_URI
 
 DAG_ID = "mushroom_router_monitor"

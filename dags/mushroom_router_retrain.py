@@ -1,9 +1,9 @@
 """Airflow 3 DAG: retrain the mushroom router and promote it only when it passes the quality gate.
 
 Every task is one call into :mod:`router_model.pipeline`, imported inside the task, so parsing this
-file imports neither MLflow, scikit-learn nor pandas and touches no database. Of ``router_model`` it
-imports only ``settings`` and ``errors`` (standard library only), for the params' ranges and the
-error policy.
+file imports neither MLflow, scikit-learn nor pandas and touches no database. Of ``router_model``
+it imports only ``settings``, ``errors`` and ``airflow_tasks`` (standard library only), for the
+params' ranges and the error policy.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-# Names, ranges and the error policy only: both modules import nothing beyond the standard library.
-from router_model.errors import fail_fast
+# Names, ranges and the error policy only: these modules import nothing beyond the standard library.
+from router_model.airflow_tasks import fail_fast
 from router_model.settings import DRIFT_ASSET_NAME, DRIFT_ASSET_URI, MIN_IMPROVEMENT_RANGE, WEAK_TRAIN_PARAMS
 
 DAG_ID = "mushroom_router_retrain"

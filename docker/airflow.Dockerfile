@@ -1,7 +1,9 @@
-# Airflow 3.3 (LocalExecutor or CeleryExecutor) with this package installed, so DAG tasks can import router_model.
+# Airflow 3.3 (LocalExecutor or CeleryExecutor: the image ships the celery provider) with this package installed, so DAG tasks can import router_model.
 # Build context: the repository root (docker-compose.yaml).
 #
-# The -python3.11 variant: constraints.txt is resolved for Python 3.11 (`make lock`).
+# The -python3.11 variant: constraints.txt is resolved for Python 3.11 (`make lock`), within the
+# bounds this image's providers set (docker/airflow-image-bounds.txt), so that installing it here
+# moves none of the image's packages out of their range (tests/code/test_airflow_image.py).
 FROM apache/airflow:3.3.2-python3.11
 
 # The source folder must be writable by the airflow user: pip builds the package in place.
@@ -15,9 +17,8 @@ COPY --chown=50000:0 router_model /opt/mushroom-router/router_model
 
 # Only the package and its runtime dependencies (not the `airflow` extra: the image has Airflow).
 # Naming apache-airflow==$AIRFLOW_VERSION keeps pip from moving Airflow itself, as the Airflow
-# image documentation recommends; its celery extra pins Celery to the version constraints.txt
-# tests (the CeleryExecutor workers of the compose profile celery). data/ and auth/ are created
-# here, owned by airflow, so that the named volumes mounted there start with the right owner.
+# image documentation recommends. data/ and auth/ are created here, owned by airflow, so that the
+# named volumes mounted there start with the right owner.
 RUN pip install --no-cache-dir -c /opt/mushroom-router/constraints.txt \
-        "apache-airflow[celery]==${AIRFLOW_VERSION}" /opt/mushroom-router \
+        "apache-airflow==${AIRFLOW_VERSION}" /opt/mushroom-router \
     && mkdir -p /opt/airflow/data /opt/airflow/auth

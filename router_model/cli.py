@@ -18,6 +18,16 @@ from router_model import settings
 from router_model.errors import RouterError
 
 
+def _threshold(text: str) -> float | str:
+    """``--threshold``: a number, or ``safe`` (each route's recorded safe threshold)."""
+    if text.strip().lower() == "safe":
+        return "safe"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'safe', got {text!r}") from None
+
+
 def _key_value(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
@@ -112,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model-uri", help="default: models:/mushroom-router@champion")
     predict.add_argument("--model", choices=(F.AUTO, *F.ROUTES), default=F.AUTO)
     predict.add_argument(
-        "--threshold", type=float, default=F.DEFAULT_THRESHOLD, help="poisonous when P(poisonous) >= this"
+        "--threshold",
+        type=_threshold,
+        default=F.DEFAULT_THRESHOLD,
+        help="poisonous when P(poisonous) >= this; 'safe': each route's recorded safe threshold",
     )
 
     monitor = sub.add_parser(
@@ -153,6 +166,7 @@ def _train(args: argparse.Namespace) -> int:
         print(
             f"  {route:<20} ROC-AUC {metrics[f'{route}_roc_auc']:.4f}  accuracy {metrics[f'{route}_accuracy']:.4f}"
             f"  log-loss {metrics[f'{route}_log_loss']:.4f}  Brier {metrics[f'{route}_brier']:.4f}"
+            f"  ECE {metrics[f'{route}_ece']:.4f}"
         )
     print(f"Registered {outcome['model_uri']} (run {outcome['run_id']})")
     print(f"Alias: {outcome['alias']} - {outcome['decision']['reason']}")
@@ -240,6 +254,21 @@ def _promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _safe_thresholds(tags: dict[str, str]) -> str:
+    """``naive_bayes 0.0713 (false alarms 50.7%), ...`` from a version's tags ('' if it has none)."""
+    from router_model.registry import route_tag
+    from router_model.router import CONFIG_SAFE_FALSE_ALARM, CONFIG_SAFE_THRESHOLD
+
+    parts = []
+    for route in F.ROUTES:
+        threshold = tags.get(route_tag(CONFIG_SAFE_THRESHOLD, route))
+        alarms = tags.get(route_tag(CONFIG_SAFE_FALSE_ALARM, route))
+        if threshold is not None:
+            cost = f" (false alarms {float(alarms):.1%})" if alarms is not None else ""
+            parts.append(f"{route} {float(threshold):.4g}{cost}")
+    return ", ".join(parts)
+
+
 def _status(args: argparse.Namespace) -> int:
     from router_model import registry, supervisor
 
@@ -264,6 +293,9 @@ def _status(args: argparse.Namespace) -> int:
         print(
             f"  version {v.version}: data={v.tags.get('data_source')} gate={v.tags.get('gate', '-')} ({reason})"
         )
+        safe = _safe_thresholds(v.tags)
+        if safe:
+            print(f"    safe threshold (at most 1% poisonous among 'edible'): {safe}")
     return 0
 
 

@@ -9,15 +9,11 @@
 * Any other exception is a bug or an outage this package did not name: the CLI keeps its
   traceback (with a hint), and the DAG retries it like any failure.
 
-This module imports nothing at import time, so the CLI and the DAG files can use it without
-loading MLflow; :func:`fail_fast` imports Airflow only when a task fails.
+This module imports nothing, so the CLI and the DAG files can use it without loading MLflow;
+:mod:`router_model.airflow_tasks` applies it to Airflow tasks.
 """
 
 from __future__ import annotations
-
-import functools
-from collections.abc import Callable
-from typing import Any
 
 
 class RouterError(Exception):
@@ -50,26 +46,3 @@ class DataUnavailableError(DataError):
 def is_permanent(err: BaseException) -> bool:
     """Whether ``err`` is a user error that no retry can fix (the policy above)."""
     return isinstance(err, RouterError) and not err.transient
-
-
-def fail_fast(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Apply the policy above to an Airflow task: a permanent error fails it without retries.
-
-    A ``RouterError`` that is not transient (bad data, missing Kaggle credentials, a param out of
-    range, a precondition) becomes ``AirflowFailException`` with its one-line message: a retry
-    cannot fix it. Transient ones and every other error (an unreachable tracking server, a bug)
-    keep the task's normal retries.
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except Exception as err:
-            if is_permanent(err):
-                from airflow.sdk.exceptions import AirflowFailException
-
-                raise AirflowFailException(f"{type(err).__name__}: {err}") from err
-            raise
-
-    return wrapper

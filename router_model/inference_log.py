@@ -4,7 +4,8 @@ The model server hands each answered batch to :meth:`InferenceLog.submit`, which
 bounded queue; a writer thread turns batches into rows and writes them in batches, to Parquet
 files under ``<data dir>/inference/`` (the default) or to a PostgreSQL table when
 ``MUSHROOM_INFERENCE_LOG`` is a ``postgresql://`` URL (``off`` disables the log). When the queue is
-full the batch is dropped and counted (:attr:`InferenceLog.dropped`), never blocking a request.
+full the batch is dropped and counted (:attr:`InferenceLog.dropped`, and ``/metrics`` through
+:attr:`InferenceLog.on_drop`), never blocking a request.
 :meth:`InferenceLog.close` writes what is queued: the model server runs it when it shuts down
 (a SIGTERM included, see :func:`router_model.server_guard.on_shutdown`), and any other process at
 interpreter exit.
@@ -27,6 +28,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,6 +200,8 @@ class InferenceLog:
         self.sink = sink
         self.flush_seconds = flush_seconds
         self.dropped = 0
+        #: Called with the number of rows each time rows are dropped (the server's ``/metrics``).
+        self.on_drop: Callable[[int], None] | None = None
         self.written = 0
         self._queue: queue.Queue[Batch | None] = queue.Queue(max_batches)
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
@@ -209,7 +213,7 @@ class InferenceLog:
         try:
             self._queue.put_nowait(batch)
         except queue.Full:
-            self.dropped += len(batch.poisonous)
+            self._dropped(len(batch.poisonous))
             return False
         return True
 
@@ -239,10 +243,15 @@ class InferenceLog:
         try:
             self.sink.write(frame)
         except Exception:  # a log outage must not take the server down: count and say so
-            self.dropped += len(frame)
+            self._dropped(len(frame))
             _logger.exception("Inference log: could not write %d rows; dropped", len(frame))
             return
         self.written += len(frame)
+
+    def _dropped(self, rows: int) -> None:
+        self.dropped += rows
+        if self.on_drop is not None:
+            self.on_drop(rows)
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued and stop the writer (idempotent)."""

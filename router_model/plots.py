@@ -1,4 +1,4 @@
-"""Evaluation figures logged with each training run: ROC curves and confusion matrices per route."""
+"""Evaluation figures logged with each training run: ROC curves, confusion matrices and reliability per route."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 from router_model import features as F
+from router_model.calibration import ECE_BINS, expected_calibration_error, reliability
 
 
 def roc_figure(y: np.ndarray, poisonous_by_route: Mapping[str, np.ndarray]) -> Figure:
@@ -46,6 +47,36 @@ def confusion_figure(
             colorbar=False,
         )
         ax.set_title(f"{route} (threshold {threshold:g})")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(
+    y: np.ndarray, poisonous_by_route: Mapping[str, np.ndarray], bins: int = ECE_BINS, title: str = "Held-out"
+) -> Figure:
+    """Reliability diagram: mean predicted vs observed poisonous share per bin, with row counts below.
+
+    A calibrated route follows the diagonal; points below it mean the model over-states the risk,
+    points above it (the dangerous side at low probabilities) that it under-states it.
+    """
+    fig, (ax, counts) = plt.subplots(
+        2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="perfect calibration")
+    width = 1.0 / bins / (len(poisonous_by_route) + 1)
+    for i, (route, scores) in enumerate(poisonous_by_route.items()):
+        table = reliability(y, scores, bins)
+        ece = expected_calibration_error(y, scores, bins)
+        ax.plot(table.predicted, table.observed, marker="o", label=f"{route} (ECE {ece:.3f})")
+        counts.bar(table.lower + (i + 0.5) * width, table.count, width=width, align="edge", label=route)
+    ax.set_ylabel("observed poisonous share")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    ax.set_title(f"{title} reliability ({bins} bins of P(poisonous))")
+    counts.set_xlabel("predicted P(poisonous)")
+    counts.set_ylabel("rows")
+    counts.set_yscale("log")
     fig.tight_layout()
     return fig
 

@@ -39,12 +39,13 @@ from router_model.errors import RouterError
 from router_model.requirements import pinned_requirements
 from router_model.router import (
     CONFIG_PREFERRED,
+    CONFIG_SAFE_FALSE_ALARM,
+    CONFIG_SAFE_THRESHOLD,
     CONFIG_VALIDATION_AUC,
     MushroomRouterModel,
     Router,
-    save_submodel,
-    submodel_filename,
 )
+from router_model.submodels import save_submodel, submodel_filename
 
 _logger = logging.getLogger(__name__)
 
@@ -71,6 +72,12 @@ DATASET_CONTEXT = "training"
 #: MLflow stores a dataset digest in 36 characters: the digest is the sha256's first 32 hex digits,
 #: and the full sha256 is the input's ``sha256`` tag.
 DATASET_DIGEST_CHARS = 32
+
+
+def route_tag(key: str, route: str) -> str:
+    """The version tag of a per-route value, such as ``safe_threshold_1pct.naive_bayes``."""
+    return f"{key}.{route}"
+
 
 #: What MLflow answers for a model or alias that does not exist (a missing alias is an
 #: ``INVALID_PARAMETER_VALUE``). Any other error, such as an unreachable tracking server, is raised:
@@ -333,6 +340,18 @@ def version_tags(version: int | str) -> dict[str, str]:
     return dict(client().get_model_version(settings.MODEL_NAME, str(version)).tags)
 
 
+def _version_artifact(version: int | str, path: str) -> str | None:
+    """The run id of ``version`` if its run logged ``path``, else ``None`` (logged by an older release).
+
+    Raises:
+        MlflowException: If the registry or the artifact store cannot answer.
+    """
+    c = client()
+    run_id = c.get_model_version(settings.MODEL_NAME, str(version)).run_id
+    folder = path.rsplit("/", 1)[0]
+    return run_id if any(f.path == path for f in c.list_artifacts(run_id, folder)) else None
+
+
 def holdout_frame(version: int | str) -> pd.DataFrame | None:
     """The held-out rows a version was evaluated on at training time (:data:`HOLDOUT_ARTIFACT`).
 
@@ -343,10 +362,8 @@ def holdout_frame(version: int | str) -> pd.DataFrame | None:
     Raises:
         MlflowException: If the registry or the artifact store cannot answer.
     """
-    c = client()
-    run_id = c.get_model_version(settings.MODEL_NAME, str(version)).run_id
-    folder = HOLDOUT_ARTIFACT.rsplit("/", 1)[0]
-    if not any(f.path == HOLDOUT_ARTIFACT for f in c.list_artifacts(run_id, folder)):
+    run_id = _version_artifact(version, HOLDOUT_ARTIFACT)
+    if run_id is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(
@@ -514,12 +531,10 @@ def drift_reference(version: int | str) -> dict[str, Any] | None:
     Raises:
         MlflowException: If the registry or the artifact store cannot answer.
     """
-    c = client()
-    run_id = c.get_model_version(settings.MODEL_NAME, str(version)).run_id
-    folder = DRIFT_REFERENCE_ARTIFACT.rsplit("/", 1)[0]
-    if not any(f.path == DRIFT_REFERENCE_ARTIFACT for f in c.list_artifacts(run_id, folder)):
-        return None
-    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{DRIFT_REFERENCE_ARTIFACT}")
+    run_id = _version_artifact(version, DRIFT_REFERENCE_ARTIFACT)
+    return (
+        None if run_id is None else mlflow.artifacts.load_dict(f"runs:/{run_id}/{DRIFT_REFERENCE_ARTIFACT}")
+    )
 
 
 def load_router(model_uri: str) -> Router:
@@ -553,7 +568,7 @@ def log_router(
     """
     import matplotlib.pyplot as plt
 
-    from router_model.plots import confusion_figure, roc_figure
+    from router_model.plots import confusion_figure, reliability_figure, roc_figure
 
     exp = experiment_id()
     tags = {**data_tags, **(extra_tags or {})}
@@ -576,9 +591,22 @@ def log_router(
         mlflow.log_metrics(result.metrics)
         mlflow.log_metrics({f"{r}_validation_roc_auc": v for r, v in result.validation_auc.items()})
         mlflow.log_metric("train_seconds", result.seconds)
+        safe = result.safe_thresholds
+        for route, found in safe.items():
+            mlflow.log_metrics(
+                {
+                    f"{route}_{CONFIG_SAFE_THRESHOLD}": found.threshold,
+                    f"{route}_{CONFIG_SAFE_FALSE_ALARM}": found.false_alarm_rate,
+                }
+            )
+        for route, (slope, intercept) in result.calibration.items():
+            mlflow.log_params(
+                {f"{route}_calibration_slope": slope, f"{route}_calibration_intercept": intercept}
+            )
         for figure, name in (
             (roc_figure(y, scores), "roc"),
             (confusion_figure(y, scores), "confusion_matrix"),
+            (reliability_figure(y, scores), "reliability"),
         ):
             mlflow.log_figure(figure, f"plots/{name}.png")
             plt.close(figure)
@@ -600,16 +628,23 @@ def log_router(
                 model_config={
                     CONFIG_PREFERRED: result.router.preferred,
                     CONFIG_VALIDATION_AUC: result.validation_auc,
+                    CONFIG_SAFE_THRESHOLD: {r: s.threshold for r, s in safe.items()},
+                    CONFIG_SAFE_FALSE_ALARM: {r: s.false_alarm_rate for r, s in safe.items()},
                 },
                 signature=SIGNATURE,
                 input_example=input_example(),
                 pip_requirements=pip_requirements(),
             )
+        safe_tags = {}
+        for route, found in safe.items():
+            safe_tags[route_tag(CONFIG_SAFE_THRESHOLD, route)] = repr(found.threshold)
+            safe_tags[route_tag(CONFIG_SAFE_FALSE_ALARM, route)] = repr(found.false_alarm_rate)
         version = mlflow.register_model(
             info.model_uri,
             settings.MODEL_NAME,
             tags={
                 **tags,
+                **safe_tags,
                 TAG_RUN_ID: run.info.run_id,
                 TAG_HOLDOUT_ROWS: str(len(test)),
                 trust.TAG_CODE_SHA256: trust.installed_digest(),

@@ -11,6 +11,10 @@ trains, the arithmetic is tiny and exact:
   ``feature_log_prob_`` entry per code; P(poisonous) = expit(jll[1] - jll[0]), what
   ``CategoricalNB.predict_proba`` computes for two classes.
 
+* :class:`~router_model.calibration.LogOddsCalibrated` around either: Platt's map is affine in the
+  log-odds, so it folds into the same tables (each scaled by ``slope``, ``intercept`` added to the
+  bias) and costs nothing per row.
+
 The models stay the scikit-learn estimators they are (that is what is stored and what a notebook
 gets); :func:`compile_scorer` only reads their fitted parameters, checks the result against
 ``predict_proba`` once, and falls back to ``predict_proba`` for any other estimator.
@@ -29,6 +33,7 @@ from sklearn.naive_bayes import CategoricalNB
 from sklearn.pipeline import Pipeline
 
 from router_model import features as F
+from router_model.calibration import LogOddsCalibrated
 from router_model.transformers import BinCross, OneHotCodes
 
 _logger = logging.getLogger(__name__)
@@ -45,22 +50,58 @@ def _fallback(estimator: Any) -> Scorer:
     return lambda X: estimator.predict_proba(X)[:, positive]
 
 
-def _logistic(codes: BinCross, onehot: OneHotCodes, lr: LogisticRegression) -> Scorer | None:
+#: A route's log-odds as ``bias + sum over output columns of table[column][code]``.
+Additive = tuple[BinCross, list[np.ndarray], float]
+
+
+def _logistic(codes: BinCross, onehot: OneHotCodes, lr: LogisticRegression) -> Additive | None:
     if list(lr.classes_) != [F.LABEL_EDIBLE, F.LABEL_POISONOUS] or lr.coef_.shape[0] != 1:
         return None
     coef = lr.coef_.ravel()
     tables = [
         coef[start : start + size] for start, size in zip(onehot.offsets_, onehot.cardinalities, strict=True)
     ]
-    return _additive(codes, tables, float(lr.intercept_[0]))
+    return codes, tables, float(lr.intercept_[0])
 
 
-def _naive_bayes(codes: BinCross, nb: CategoricalNB) -> Scorer | None:
+def _naive_bayes(codes: BinCross, nb: CategoricalNB) -> Additive | None:
     if list(nb.classes_) != [F.LABEL_EDIBLE, F.LABEL_POISONOUS]:
         return None
     # Log-likelihood ratio (poisonous minus edible) of every code of every output column.
     tables = [table[1] - table[0] for table in nb.feature_log_prob_]
-    return _additive(codes, tables, float(nb.class_log_prior_[1] - nb.class_log_prior_[0]))
+    return codes, tables, float(nb.class_log_prior_[1] - nb.class_log_prior_[0])
+
+
+def _pipeline_log_odds(estimator: Any) -> Additive | None:
+    """The additive log-odds of a pipeline this module knows, else ``None``."""
+    if not isinstance(estimator, Pipeline):
+        return None
+    steps = [step for _, step in estimator.steps]
+    kinds = tuple(type(step) for step in steps)
+    if kinds == (BinCross, OneHotCodes, LogisticRegression):
+        return _logistic(*steps)
+    if kinds == (BinCross, CategoricalNB):
+        return _naive_bayes(*steps)
+    return None
+
+
+def log_odds_tables(estimator: Any) -> Additive | None:
+    """A sub-model's log-odds as ``(codes, tables, bias)``, calibration map folded in.
+
+    Args:
+        estimator: A known pipeline, or :class:`LogOddsCalibrated` around one.
+
+    Returns:
+        ``None`` for any other estimator.
+    """
+    if isinstance(estimator, LogOddsCalibrated):
+        inner = _pipeline_log_odds(estimator.estimator)
+        if inner is None:
+            return None
+        codes, tables, bias = inner
+        slope = float(estimator.slope)
+        return codes, [slope * table for table in tables], slope * bias + float(estimator.intercept)
+    return _pipeline_log_odds(estimator)
 
 
 def _additive(codes: BinCross, tables: list[np.ndarray], bias: float) -> Scorer:
@@ -96,23 +137,18 @@ def compile_scorer(estimator: Any) -> Scorer:
     otherwise (or for an estimator it does not know) ``predict_proba`` itself is used.
 
     Args:
-        estimator: A fitted sub-model with ``predict_proba``.
+        estimator: A fitted sub-model with ``predict_proba`` (a known pipeline, optionally
+            calibrated, gets the fast path).
 
     Returns:
         The scorer.
     """
-    fast: Scorer | None = None
     slow = _fallback(estimator)
-    if isinstance(estimator, Pipeline):
-        steps = [step for _, step in estimator.steps]
-        kinds = tuple(type(step) for step in steps)
-        if kinds == (BinCross, OneHotCodes, LogisticRegression):
-            fast = _logistic(*steps)
-        elif kinds == (BinCross, CategoricalNB):
-            fast = _naive_bayes(*steps)
-    if fast is None:
+    additive = log_odds_tables(estimator)
+    if additive is None:
         return slow
-    rows = probe_rows(tuple(estimator.steps[0][1].columns))
+    fast = _additive(*additive)
+    rows = probe_rows(tuple(additive[0].columns))
     if not np.allclose(fast(rows), slow(rows), rtol=0, atol=1e-9):
         _logger.warning("Fast scorer for %s disagrees with predict_proba; using predict_proba", estimator)
         return slow

@@ -27,18 +27,35 @@ writes the same JSON value five to ten times faster (orjson for the router's ans
 builds the FastAPI app after the model has loaded, and its handler looks ``invocations`` up when
 called, so the guard is in place from the first request. The guard parses a JSON body itself
 (:func:`prepare`) and hands MLflow the parsed object, which its ``_decode_json_input`` takes as
-is. Nothing else in MLflow changes; with an MLflow whose functions no longer have the expected
-signatures or behaviour, :func:`install` logs a warning and changes nothing.
+is.
+
+Before that, the guard tries a fast path (:func:`fast_answer`): a plain JSON request in one of
+the four documented forms, numbers in every feature column, goes from bytes (orjson) to a float
+matrix to the router's scorers (:meth:`router_model.router.Router.score`) to the same answer
+bytes, without pandas, MLflow's parse or its schema handling; MLflow's params-schema enforcement
+still runs. Everything else (and every error) takes MLflow's path, so the fast path answers
+nothing differently, only faster; tests/serving/test_fuzz.py checks that on every fuzzed body.
+A body the fast path takes is answered on the event loop, without MLflow's hop to a worker
+thread (:class:`_EventLoopFastPath` stands in for the module's ``asyncio``).
+
+All coupling to MLflow's private scoring-server names is in this module: ``invocations``,
+``predictions_to_json``, ``InvocationsResponse``, ``_decode_json_input``, the module's
+``asyncio`` and ``init``'s source (the thread hop), ``mlflow.models.utils._enforce_params_schema``
+and ``Model._is_signature_from_type_hint``. tests/serving/test_server_guard.py pins each of
+them; with an MLflow whose functions no longer have the expected signatures or behaviour,
+:func:`install` logs a warning and changes nothing (or leaves the thread hop in place).
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import functools
 import inspect
 import io
 import json
 import logging
+import operator
 import os
 import sys
 from collections import Counter
@@ -50,15 +67,24 @@ import numpy as np
 import orjson
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, INVALID_PARAMETER_VALUE
 from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
 
 from router_model import features as F
 from router_model import settings
-from router_model.router import column_rows, few_labels
-from router_model.validation import InvalidInputError
+from router_model.inputs import column_rows, few_labels
+from router_model.metrics import METRICS_PATH, RequestCounter, ServerMetrics
+from router_model.params import parse_params
+from router_model.router import MushroomRouterModel, Router
+from router_model.validation import InvalidInputError, rows_in_domain
 
 _logger = logging.getLogger(__name__)
+
+try:  # MLflow's own params-schema enforcement (private; install() checks it is there)
+    from mlflow.models.utils import _enforce_params_schema
+except ImportError:  # pragma: no cover - another MLflow: install() serves it unchanged
+    _enforce_params_schema = None
 
 SCORING_SERVER = "mlflow.pyfunc.scoring_server"
 #: The variable ``mlflow models serve`` sets for its uvicorn worker (``_SERVER_MODEL_PATH``).
@@ -67,6 +93,9 @@ SERVER_MODEL_PATH_ENV = "__pyfunc_model_path__"
 MAX_MESSAGE_CHARS = 2000
 _INVOCATIONS_PARAMS = ["data", "content_type", "model", "input_schema"]
 _TO_JSON_PARAMS = ["raw_predictions", "output", "metadata"]
+_ENFORCE_PARAMS_ARGS = ["params", "schema"]
+#: How MLflow's ``/invocations`` handler calls ``invocations`` (``init``'s source).
+_THREAD_HOP = "await asyncio.to_thread(invocations, data, content_type, model, input_schema)"
 #: The module ``mlflow models serve`` tells uvicorn to import, and the app it holds.
 _APP_MODULE = "mlflow.pyfunc.scoring_server.app"
 _APP_NAME = "app"
@@ -80,6 +109,12 @@ JSON_TYPE, CSV_TYPE, PARQUET_TYPE = "application/json", "text/csv", "application
 _ECHO_PREFIX = "Failed to predict data '"
 _ECHO_SEPARATOR = "'. \nError: "
 _GUARDED = "_mushroom_router_guard"
+_FAST, _SLOW = "_mushroom_router_fast", "_mushroom_router_slow"
+#: MLflow's key for the request params beside the data (its ``SERVING_PARAMS_KEY``).
+PARAMS = "params"
+#: Bodies up to this size that the fast path takes are answered on the event loop, without the
+#: hop to a worker thread (about 1,000 rows of ``dataframe_split``: a millisecond of work).
+INLINE_MAX_BYTES = 64 * 1024
 
 
 def in_scoring_server() -> bool:
@@ -110,19 +145,52 @@ def install(module: ModuleType | None = None, max_request_bytes: int | None = No
         "invocations": list(inspect.signature(module.invocations).parameters),
         "predictions_to_json": list(inspect.signature(module.predictions_to_json).parameters),
         "takes_parsed_json": _takes_parsed_json(module),
+        "params_schema": _params_schema_hook(),
     }
     expected = {
         "invocations": _INVOCATIONS_PARAMS,
         "predictions_to_json": _TO_JSON_PARAMS,
         "takes_parsed_json": True,
+        "params_schema": _ENFORCE_PARAMS_ARGS,
     }
     if found != expected:
         _logger.warning("MLflow's scoring server is not the expected one (%s); serving it unchanged", found)
         return False
     module.invocations = guard(module.invocations, module.InvocationsResponse, limit)
     module.predictions_to_json = predictions_to_json
-    _logger.info("Scoring server guard installed: request bodies up to %d bytes", limit)
+    inline = hops_to_thread(module)
+    if inline:
+        module.asyncio = _EventLoopFastPath()
+    else:
+        _logger.warning("MLflow's handler does not hop to a thread as expected; the fast path runs there")
+    _logger.info(
+        "Scoring server guard installed: request bodies up to %d bytes, fast path %s",
+        limit,
+        "on the event loop" if inline else "in the worker thread",
+    )
     return True
+
+
+def _params_schema_hook() -> list[str] | None:
+    """The parameters of MLflow's params-schema enforcement, which the fast path calls as MLflow's
+    ``PyFuncModel.predict`` does (``None`` when this MLflow has no such function)."""
+    if _enforce_params_schema is None or not hasattr(Model, "_is_signature_from_type_hint"):
+        return None
+    return list(inspect.signature(_enforce_params_schema).parameters)
+
+
+def hops_to_thread(module: ModuleType) -> bool:
+    """Whether MLflow's ``/invocations`` handler runs ``invocations`` via ``asyncio.to_thread``.
+
+    Only then does :class:`_EventLoopFastPath` stand in for the module's ``asyncio``.
+    """
+    if getattr(module, "asyncio", None) is not asyncio or not hasattr(module, "init"):
+        return False
+    try:
+        source = inspect.getsource(module.init)
+    except (OSError, TypeError):
+        return False
+    return _THREAD_HOP in source
 
 
 def on_shutdown(callback: Callable[[], None]) -> None:
@@ -162,6 +230,58 @@ def attach_shutdown_hooks() -> bool:
     return True
 
 
+def serve_metrics(metrics: ServerMetrics) -> bool:
+    """Answer ``GET /metrics`` and count ``/invocations`` requests on the scoring server's app.
+
+    Runs while the model loads, inside the import of MLflow's ``app.py``, whose ``app`` does not
+    exist yet (it is assigned once ``scoring_server.init`` returns). The module's class becomes
+    one whose ``app`` attribute, when uvicorn reads it right after the import and before it
+    serves, adds the route and the request-counting middleware (:func:`_add_metrics`), so
+    ``/metrics`` answers from the first request. The shutdown hooks are attached then too.
+
+    Args:
+        metrics: The server's metrics (:func:`router_model.metrics.start`).
+
+    Returns:
+        Whether the app will serve them (``False`` when MLflow's app module is not loading).
+    """
+    module = sys.modules.get(_APP_MODULE)
+    if module is None:
+        _logger.warning("MLflow's scoring app module %s is not loading; no /metrics", _APP_MODULE)
+        return False
+    app = vars(module).get(_APP_NAME)
+    if app is not None:  # already built (not how mlflow models serve loads): hook it now
+        _add_metrics(app, metrics)
+        return True
+
+    class _MetricsAppModule(type(module)):  # type: ignore[misc]
+        @property
+        def app(self) -> Any:
+            try:
+                found = vars(self)[_APP_NAME]
+            except KeyError:
+                raise AttributeError(_APP_NAME) from None
+            self.__class__ = _module_class  # once: then a plain module again
+            _add_metrics(found, metrics)
+            attach_shutdown_hooks()
+            return found
+
+    _module_class = type(module)
+    module.__class__ = _MetricsAppModule
+    return True
+
+
+def _add_metrics(app: Any, metrics: ServerMetrics) -> None:
+    from fastapi import Request, Response  # MLflow's scoring server is a FastAPI app
+
+    def metrics_endpoint(request: Request) -> Response:  # a plain function: run in a thread
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    app.add_route(METRICS_PATH, metrics_endpoint, methods=["GET"], include_in_schema=False)
+    app.add_middleware(RequestCounter, metrics=metrics)
+
+
 def _takes_parsed_json(module: ModuleType) -> bool:
     """Whether MLflow's JSON reader passes an already parsed object through (:func:`prepare`)."""
     decode = getattr(module, "_decode_json_input", None)
@@ -176,18 +296,22 @@ def guard(invocations: Callable[..., Any], response_type: type, max_request_byte
     """Wrap MLflow's ``invocations(data, content_type, model, input_schema)``.
 
     The wrapper refuses a missing content type (415) and an oversized body (413) before parsing,
-    reads JSON and CSV bodies first (:func:`prepare`: one row per instance, no duplicated keys or
-    columns, a ``dataframe_split`` index as long as its data), turns the parser's uncaught errors
-    into 400s, and answers every error as MLflow's JSON ``{"error_code", "message"}`` with no
-    stack trace and a bounded message.
+    answers a plain JSON request in a documented form straight from the bytes (:func:`fast_answer`),
+    reads every other JSON and CSV body first (:func:`prepare`: one row per instance, no
+    duplicated keys or columns, a ``dataframe_split`` index as long as its data) before MLflow's
+    own path, turns the parser's uncaught errors into 400s, and answers every error as MLflow's
+    JSON ``{"error_code", "message"}`` with no stack trace and a bounded message.
+
+    The wrapper carries its two halves as attributes for the event-loop shortcut
+    (:class:`_EventLoopFastPath`): ``_FAST`` (the checks and the fast path, ``None`` when it
+    declines) and ``_SLOW`` (the checks and MLflow's path).
     """
 
     def refuse(status: int, message: str, error_code: str = "BAD_REQUEST") -> Any:
         body = json.dumps({"error_code": error_code, "message": _bounded(message)})
         return response_type(response=body, status=status, mimetype="application/json")
 
-    @functools.wraps(invocations)
-    def guarded(data: bytes, content_type: str | None, model: Any, input_schema: Any) -> Any:
+    def refused(data: bytes, content_type: str | None) -> Any:
         if not _SHUTDOWN_ATTACHED:
             attach_shutdown_hooks()
         if not content_type:
@@ -199,6 +323,21 @@ def guard(invocations: Callable[..., Any], response_type: type, max_request_byte
                 "(MUSHROOM_MAX_REQUEST_BYTES): send the rows in smaller batches",
                 "RESOURCE_EXHAUSTED",
             )
+        return None
+
+    def fast(data: bytes, content_type: str | None, model: Any, input_schema: Any) -> Any:
+        refusal = refused(data, content_type)
+        if refusal is not None:
+            return refusal
+        answer = fast_answer(data, content_type, model, input_schema)
+        if answer is None:
+            return None
+        return response_type(response=answer, status=200, mimetype="application/json")
+
+    def slow(data: bytes, content_type: str | None, model: Any, input_schema: Any) -> Any:
+        refusal = refused(data, content_type)
+        if refusal is not None:
+            return refusal
         try:
             body = prepare(data, content_type)
         except InvalidInputError as err:
@@ -219,8 +358,242 @@ def guard(invocations: Callable[..., Any], response_type: type, max_request_byte
             return refuse(result.status, result.response)
         return result
 
+    @functools.wraps(invocations)
+    def guarded(data: bytes, content_type: str | None, model: Any, input_schema: Any) -> Any:
+        result = fast(data, content_type, model, input_schema)
+        return slow(data, content_type, model, input_schema) if result is None else result
+
     setattr(guarded, _GUARDED, True)
+    setattr(guarded, _FAST, fast)
+    setattr(guarded, _SLOW, slow)
     return guarded
+
+
+class _EventLoopFastPath:
+    """Stands in for the ``asyncio`` module in MLflow's scoring server, to skip one thread hop.
+
+    MLflow's handler runs every request as ``await asyncio.to_thread(invocations, ...)``. For a
+    body of up to :data:`INLINE_MAX_BYTES` that the fast path takes (tens of microseconds of
+    work), the hop to a worker thread and back costs more than the request itself, so such a
+    request is answered on the event loop; every other request goes to the thread as before
+    (without trying the fast path twice). Everything else is the real ``asyncio``.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def to_thread(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        fast = getattr(func, _FAST, None)
+        if fast is not None and not kwargs and len(args[0]) <= INLINE_MAX_BYTES:
+            result = fast(*args)
+            if result is not None:
+                return result
+            func = getattr(func, _SLOW)
+        return await asyncio.to_thread(func, *args, **kwargs)
+
+
+class _DeclinedError(Exception):
+    """The fast path does not take this body; MLflow's own path answers it."""
+
+
+#: A value of a column the router does not read may be any JSON scalar (it is ignored).
+_SCALARS = (str, int, float, bool, type(None))
+_PREDICTION, _PROBABILITY, _POISONOUS, _ROUTE = F.OUTPUT_COLUMNS
+_LABEL_NAMES = (F.LABELS[F.LABEL_EDIBLE], F.LABELS[F.LABEL_POISONOUS])
+_FEATURE_INDEX: dict[str, int] = {}
+#: The cache of column labels is bounded: clients choose the labels.
+_FEATURE_INDEX_MAX, _FEATURE_LABEL_MAX = 4096, 64
+_fast_target: list[Any] = [None, None]  # [model object, its MushroomRouterModel or False]
+
+
+def _feature_index(label: str) -> int:
+    """Column of ``label`` in ``ALL_FEATURES`` (-1 for a column the router ignores), cached."""
+    index = _FEATURE_INDEX.get(label)
+    if index is None:
+        name = F.canonical_name(label)
+        index = F.ALL_FEATURES.index(name) if name in F.ALL_FEATURES else -1
+        if len(_FEATURE_INDEX) < _FEATURE_INDEX_MAX and len(label) <= _FEATURE_LABEL_MAX:
+            _FEATURE_INDEX[label] = index
+    return index
+
+
+def fast_router(model: Any, input_schema: Any) -> MushroomRouterModel | None:
+    """The router pyfunc behind MLflow's ``model``, when the fast path may answer for it.
+
+    Only for the router's own pyfunc, with no input schema and a signature not taken from type
+    hints (what :mod:`router_model.registry` logs): then MLflow's path does nothing to a table
+    of numbers between parsing it and the router's ``predict``, besides enforcing the params
+    schema, which the fast path runs too.
+    """
+    if _fast_target[0] is not model:
+        found: MushroomRouterModel | bool = False
+        try:
+            python_model = model.unwrap_python_model()
+            if (
+                isinstance(python_model, MushroomRouterModel)
+                and isinstance(getattr(python_model, "router", None), Router)
+                and model.metadata.get_input_schema() is None
+                and not model.metadata._is_signature_from_type_hint()
+                and "params" in inspect.signature(model.predict).parameters
+            ):
+                found = python_model
+        except MlflowException:  # not a PythonModel
+            pass
+        _fast_target[:] = [model, found]
+    if input_schema is not None or _fast_target[1] is False:
+        return None
+    return _fast_target[1]
+
+
+def fast_answer(data: bytes, content_type: str, model: Any, input_schema: Any = None) -> bytes | None:
+    """Answer a plain JSON request straight from bytes to a float matrix to the scorers to bytes.
+
+    Takes a body that MLflow would read into a table of numbers: one of the four JSON forms (and
+    optionally ``params``, nothing else at the top), with every value of a feature column a
+    number or null, valid for its column, and every row routable. Anything else (text, booleans,
+    out-of-domain values, duplicated keys, nested values, unknown shapes) is declined and takes
+    MLflow's path (with :func:`prepare`), which answers it, so every error message is MLflow's
+    path's. The answer is the bytes that path writes (:func:`predictions_to_json`), with the
+    same doubles (:meth:`router_model.router.Router.score`), and the rows go to the inference log
+    as on MLflow's path (``MushroomRouterModel.observer``).
+
+    Returns:
+        The JSON answer, or ``None`` to decline.
+    """
+    pyfunc = fast_router(model, input_schema)
+    if pyfunc is None or _media_type(content_type) != JSON_TYPE:
+        return None
+    try:
+        parsed = orjson.loads(data)
+        if type(parsed) is not dict:
+            return None
+        matrix, keys = _fast_matrix(parsed)
+        params = parsed.get(PARAMS)
+        if params is not None:
+            if type(params) is not dict or not all(type(v) in _SCALARS for v in params.values()):
+                return None
+            keys += len(params)
+        # orjson keeps the last of a duplicated key without a word. Each object member has one
+        # ':' outside strings, and strings may hold more, so as many ':' as keys read means
+        # that no key was given twice (otherwise MLflow's path, which refuses it, decides).
+        if data.count(b":") != keys:
+            return None
+        model_name, threshold = parse_params(
+            _enforce_params_schema(params, model.metadata.get_params_schema())
+        )
+        if not rows_in_domain(matrix).all():
+            return None
+        scores = pyfunc.router.score(matrix, model_name, threshold, observe=pyfunc.observer())
+    except (_DeclinedError, orjson.JSONDecodeError, InvalidInputError, MlflowException, OverflowError):
+        return None
+    routes = [F.ROUTES[r] for r in scores.routes.tolist()]
+    labels = [_LABEL_NAMES[p] for p in scores.is_poisonous.tolist()]
+    predictions = [
+        {_PREDICTION: label, _PROBABILITY: probability, _POISONOUS: poisonous, _ROUTE: route}
+        for label, probability, poisonous, route in zip(
+            labels, scores.probability.tolist(), scores.poisonous.tolist(), routes, strict=True
+        )
+    ]
+    return orjson.dumps({"predictions": predictions})
+
+
+def _fast_matrix(parsed: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """The feature matrix of a parsed body, and how many object keys the body held.
+
+    Raises:
+        _DeclinedError: For anything but a table of numbers in one of the four JSON forms.
+    """
+    forms = [key for key in parsed if key != PARAMS]
+    if len(forms) != 1 or forms[0] not in JSON_FORMS:
+        raise _DeclinedError
+    form = forms[0]
+    value = parsed[form]
+    keys = len(parsed)
+    if form == DF_SPLIT:
+        matrix, more = _split_matrix(value)
+        return matrix, keys + more
+    if form == DF_RECORDS:
+        if type(value) is not list:
+            raise _DeclinedError
+        matrix, more = _records_matrix(value)
+        return matrix, keys + more
+    if type(value) is dict:  # instances/inputs: one record, or columns
+        records = _one_record_per_row(value)
+        matrix, _ = _records_matrix(records or [])
+        return matrix, keys + len(value)
+    if type(value) is list:
+        matrix, more = _records_matrix(value)
+        return matrix, keys + more
+    raise _DeclinedError
+
+
+def _records_matrix(records: list[Any]) -> tuple[np.ndarray, int]:
+    """Rows from records (dicts of column to value); each row takes the spelling it gives."""
+    if not records:
+        raise _DeclinedError
+    nan = float("nan")
+    width = len(F.ALL_FEATURES)
+    rows = []
+    keys = 0
+    for record in records:
+        if type(record) is not dict:
+            raise _DeclinedError
+        keys += len(record)
+        row = [nan] * width
+        for label, value in record.items():
+            j = _feature_index(label)
+            kind = type(value)
+            if j < 0:
+                if kind not in _SCALARS:
+                    raise _DeclinedError
+            elif value is not None:
+                if (kind is not float and kind is not int) or row[j] == row[j]:  # given twice
+                    raise _DeclinedError
+                row[j] = value
+        rows.append(row)
+    return np.array(rows, dtype=np.float64), keys
+
+
+def _split_matrix(split: Any) -> tuple[np.ndarray, int]:
+    """Rows from ``dataframe_split``: ``columns`` of distinct strings, ``data`` rows as long."""
+    if type(split) is not dict or not split.keys() <= {"columns", "data", "index"}:
+        raise _DeclinedError
+    columns, data, index = split.get("columns"), split.get("data"), split.get("index")
+    if type(columns) is not list or type(data) is not list or not data:
+        raise _DeclinedError
+    if not all(type(c) is str for c in columns) or len(set(columns)) != len(columns):
+        raise _DeclinedError
+    if index is not None and (
+        type(index) is not list or len(index) != len(data) or not all(type(i) in (str, int) for i in index)
+    ):
+        raise _DeclinedError
+    if set(map(type, data)) != {list} or set(map(len, data)) != {len(columns)}:
+        raise _DeclinedError
+    matrix = np.full((len(data), len(F.ALL_FEATURES)), np.nan)
+    seen: set[int] = set()
+    for position, label in enumerate(columns):
+        j = _feature_index(label)
+        column = list(map(operator.itemgetter(position), data))
+        kinds = set(map(type, column))
+        if j < 0:
+            if not kinds <= _SCALAR_KINDS:
+                raise _DeclinedError
+            continue
+        if not kinds <= _NUMBER_KINDS:
+            raise _DeclinedError
+        values = np.array(column, dtype=np.float64)
+        if j in seen:  # two spellings of one feature: each row gives at most one of them
+            given = ~np.isnan(matrix[:, j])
+            if (given & ~np.isnan(values)).any():
+                raise _DeclinedError
+            values[given] = matrix[given, j]
+        seen.add(j)
+        matrix[:, j] = values
+    return matrix, len(split)
+
+
+_SCALAR_KINDS = frozenset(_SCALARS)
+_NUMBER_KINDS = frozenset((int, float, type(None)))
 
 
 def _media_type(content_type: str) -> str | None:
@@ -242,7 +615,7 @@ def prepare(data: bytes, content_type: str) -> Any:
       feature sets merge into fewer rows or are refused; ``instances``/``inputs`` columns become
       NumPy arrays, which fold a boolean among integers into 1 and flatten nested lists into
       extra rows. Here both forms become ``dataframe_records``, one record per instance (a
-      mapping of columns is read by :func:`router_model.router.column_rows`).
+      mapping of columns is read by :func:`router_model.inputs.column_rows`).
     * ``json.loads`` keeps the last of a duplicated key and pandas renames a duplicated CSV
       header ``cap-shape.1`` (and scores the first); both are refused here, naming the key, and
       so is a Parquet schema naming a feature twice.

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from router_model import features as F
@@ -93,6 +94,7 @@ def start_server(
     host: str = settings.DEFAULT_SERVE_HOST,
     port: int = settings.DEFAULT_SERVE_PORT,
     workers: int = 1,
+    extra_env: Mapping[str, str] | None = None,
     **popen_kwargs: object,
 ) -> subprocess.Popen:
     """Start ``mlflow models serve`` as a subprocess in its own process group.
@@ -106,6 +108,7 @@ def start_server(
         host: Interface to bind.
         port: TCP port.
         workers: Uvicorn worker processes.
+        extra_env: Variables added to :func:`serve_env` (e.g. :func:`router_model.metrics.served_env`).
         **popen_kwargs: Passed to :class:`subprocess.Popen` (``stdout``, ``stderr``, ...).
 
     Returns:
@@ -114,7 +117,7 @@ def start_server(
     cmd = serve_command(model_uri, host, port, workers)
     _logger.info("Starting: %s", " ".join(cmd))
     popen_kwargs.setdefault("start_new_session", True)
-    return subprocess.Popen(cmd, env=serve_env(), **popen_kwargs)
+    return subprocess.Popen(cmd, env={**serve_env(), **(extra_env or {})}, **popen_kwargs)
 
 
 def group_pids(pgid: int) -> list[int]:

@@ -119,8 +119,8 @@ def router_udf(
     """
     import mlflow.pyfunc
 
+    from router_model.params import parse_params
     from router_model.registry import client
-    from router_model.router import parse_params
 
     model, threshold = parse_params(params)
     client()
@@ -166,7 +166,7 @@ def score(
         ValueError: If ``df`` already has an output column, its columns complete no feature set
             (or not the one of param ``model``), or a param is invalid.
     """
-    from router_model.router import parse_params
+    from router_model.params import parse_params
 
     clash = [c for c in df.columns if c.lower() in F.OUTPUT_COLUMNS or c == _RESULT_COLUMN]
     if clash:

@@ -43,7 +43,7 @@ from typing import Any
 
 import requests
 
-from router_model import registry, serving, settings, trust
+from router_model import metrics, registry, serving, settings, trust
 
 _logger = logging.getLogger(__name__)
 
@@ -234,6 +234,10 @@ class ChampionSupervisor:
         self._said: str | None = None
         saved = read_state(self.cache_dir) or {}
         self.last_good: dict[str, Any] | None = saved.get("last_good")
+        #: Completed switches from one version to another (a first start, a restart or a try-out is
+        #: none); each server is told the count, and exposes it on /metrics.
+        self.switches = 0
+        self._last_served: int | None = None
 
     # --- state and log ---------------------------------------------------------------------------
 
@@ -288,7 +292,10 @@ class ChampionSupervisor:
             RuntimeError: If the server exits (the version does not load) or :meth:`stop` is called.
             TimeoutError: If it does not answer within :data:`START_TIMEOUT_SECONDS`.
         """
-        proc = serving.start_server(str(model), host, port, self.workers)
+        switches = self.switches + (self._last_served not in (None, version))
+        proc = serving.start_server(
+            str(model), host, port, self.workers, extra_env=metrics.served_env(version, switches)
+        )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         try:
             while not self._ping(port):
@@ -339,6 +346,8 @@ class ChampionSupervisor:
             raise
         self.served = Served(version, key, proc)
         self.last_good = {"version": version, "key": key}
+        self.switches += self._last_served not in (None, version)
+        self._last_served = version
         gap = time.monotonic() - started
         _logger.info(
             "Serving %s version %s on %s:%s (pid %s, was %s); switch took %.1fs",
@@ -364,6 +373,8 @@ class ChampionSupervisor:
         self._stop_served()
         proc = self._start(model, version, self.host, self.port)
         self.served = Served(version, key, proc)
+        self.switches += self._last_served not in (None, version)
+        self._last_served = version
         _logger.info(
             "Serving %s version %s again from %s (pid %s, %s)",
             settings.MODEL_NAME,

@@ -6,6 +6,10 @@
 
 Each pipeline is assembled from steps fitted in order, so the encoder and the naive Bayes know the
 full code space up front (codes never seen in training get a smoothed, not a failing, score).
+
+Each route then gets Platt's map on its log-odds (:class:`~router_model.calibration.LogOddsCalibrated`),
+fitted on a validation split carved from the training rows, never on the held-out rows; the same
+validation rows pick the preferred route and the published safe threshold.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, roc_auc_score
@@ -29,13 +34,22 @@ from sklearn.pipeline import Pipeline
 
 from router_model import features as F
 from router_model import settings
+from router_model.calibration import (
+    CALIBRATION_METRICS,
+    LogOddsCalibrated,
+    SafeThreshold,
+    calibration_metrics,
+    fit_log_odds_map,
+    log_odds,
+    safe_threshold,
+)
 from router_model.errors import ConfigError
 from router_model.router import Router
 from router_model.transformers import BinCross, OneHotCodes
 
 _logger = logging.getLogger(__name__)
 
-METRICS = ("roc_auc", "accuracy", "log_loss", "brier")
+METRICS = ("roc_auc", "accuracy", "log_loss", "brier", *CALIBRATION_METRICS)
 
 
 #: Largest number of quantile bins per continuous feature: crossed in triples, more bins than this
@@ -147,6 +161,9 @@ class TrainResult:
         router: The fitted :class:`Router`.
         metrics: Held-out metrics, ``{route}_{metric}`` plus ``auto_{metric}``.
         validation_auc: Validation ROC-AUC per route (decides the preferred route).
+        calibration: Per route, the ``(slope, intercept)`` of its log-odds map.
+        safe_thresholds: Per route, the largest threshold keeping poisonous rows at or below 1%
+            of the "edible" calls on the validation rows, and its false-alarm rate.
         test: The held-out rows.
         config: The hyperparameters used.
         train_rows: Number of rows the final sub-models were fitted on.
@@ -160,6 +177,8 @@ class TrainResult:
     config: TrainConfig
     train_rows: int = 0
     seconds: float = 0.0
+    calibration: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    safe_thresholds: dict[str, SafeThreshold] = dataclasses.field(default_factory=dict)
 
 
 def parse_orders(text: str) -> tuple[int, ...]:
@@ -215,13 +234,70 @@ def fit_submodels(frame: pd.DataFrame, config: TrainConfig) -> dict[str, Pipelin
 def binary_metrics(
     y: np.ndarray, poisonous: np.ndarray, threshold: float = F.DEFAULT_THRESHOLD
 ) -> dict[str, float]:
-    """ROC-AUC, accuracy (at ``threshold``), log-loss and Brier score of P(poisonous)."""
+    """ROC-AUC, accuracy (at ``threshold``), log-loss, Brier score and calibration of P(poisonous).
+
+    Calibration: expected calibration error and the poisonous share below each of
+    :data:`router_model.calibration.TAIL_THRESHOLDS` (see
+    :func:`router_model.calibration.calibration_metrics`).
+    """
     return {
         "roc_auc": float(roc_auc_score(y, poisonous)),
         "accuracy": float(accuracy_score(y, poisonous >= threshold)),
         "log_loss": float(log_loss(y, np.clip(poisonous, 1e-15, 1 - 1e-15), labels=[0, 1])),
         "brier": float(brier_score_loss(y, poisonous)),
+        **calibration_metrics(y, poisonous),
     }
+
+
+#: The map that leaves a model's probabilities as they are (slope 1, intercept 0).
+IDENTITY_MAP = (1.0, 0.0)
+
+
+def calibrate(
+    submodels: dict[str, Pipeline], maps: dict[str, tuple[float, float]]
+) -> dict[str, LogOddsCalibrated]:
+    """Wrap each fitted route in its log-odds map."""
+    return {route: LogOddsCalibrated(model, *maps[route]) for route, model in submodels.items()}
+
+
+def fit_calibrated(
+    fit_rows: pd.DataFrame,
+    val_rows: pd.DataFrame,
+    config: TrainConfig,
+    final_rows: pd.DataFrame | None = None,
+) -> tuple[dict[str, LogOddsCalibrated], dict[str, tuple[float, float]], dict[str, np.ndarray]]:
+    """Fit both routes on ``fit_rows``, their maps on ``val_rows``, then refit on ``final_rows``.
+
+    Args:
+        fit_rows: Rows the validation models learn from.
+        val_rows: Rows the maps (and the callers' choices) are fitted on.
+        config: Hyperparameters.
+        final_rows: Rows of the returned models (default ``fit_rows`` and ``val_rows`` together).
+
+    Returns:
+        The calibrated final models, the ``(slope, intercept)`` per route (:data:`IDENTITY_MAP`,
+        with a warning, when ``val_rows`` cannot fit one: a single class, or a model that ranks
+        them no better than chance), and the calibrated P(poisonous) of the validation models on
+        ``val_rows`` per route.
+    """
+    if final_rows is None:
+        final_rows = pd.concat([fit_rows, val_rows])
+    y_val = val_rows[F.TARGET].to_numpy()
+    maps: dict[str, tuple[float, float]] = {}
+    val_scores: dict[str, np.ndarray] = {}
+    for route, model in fit_submodels(fit_rows, config).items():
+        z = log_odds(model, val_rows[list(F.ROUTE_FEATURES[route])].to_numpy(np.float64))
+        try:
+            maps[route] = fit_log_odds_map(z, y_val)
+        except ValueError as err:
+            # A handful of validation rows (a tiny file) cannot fit a map; the gate refuses such
+            # versions anyway ("too few to judge"), so training goes on with the model's own
+            # probabilities rather than failing.
+            _logger.warning("No calibration map for %s (%s); keeping its own probabilities", route, err)
+            maps[route] = IDENTITY_MAP
+        slope, intercept = maps[route]
+        val_scores[route] = expit(slope * z + intercept)
+    return calibrate(fit_submodels(final_rows, config), maps), maps, val_scores
 
 
 def evaluate(router: Router, frame: pd.DataFrame) -> dict[str, float]:
@@ -248,8 +324,9 @@ def train(frame: pd.DataFrame, config: TrainConfig | None = None) -> TrainResult
     """Split, fit, pick the preferred route on a validation split, and evaluate on held-out rows.
 
     The preferred route (for rows that carry both feature sets) is the one with the higher
-    ROC-AUC on a validation split carved from the training rows, so the held-out rows stay
-    untouched by every choice.
+    ROC-AUC on a validation split carved from the training rows; the same validation rows fit each
+    route's calibration map and give its safe threshold, so the held-out rows stay untouched by
+    every choice.
 
     Args:
         frame: A validated training frame (see :func:`router_model.data.validate_training_frame`).
@@ -270,19 +347,23 @@ def train(frame: pd.DataFrame, config: TrainConfig | None = None) -> TrainResult
         random_state=settings.SPLIT_SEED,
     )
     y_val = val_rows[F.TARGET].to_numpy()
-    validation_auc = {}
-    for route, model in fit_submodels(fit_rows, config).items():
-        X_val = val_rows[list(F.ROUTE_FEATURES[route])].to_numpy(np.float64)
-        validation_auc[route] = float(roc_auc_score(y_val, model.predict_proba(X_val)[:, 1]))
+    submodels, maps, val_scores = fit_calibrated(fit_rows, val_rows, config, final_rows=train_rows)
+    validation_auc = {route: float(roc_auc_score(y_val, p)) for route, p in val_scores.items()}
+    safe = {route: safe_threshold(y_val, p) for route, p in val_scores.items()}
     preferred = max(F.ROUTES, key=lambda r: validation_auc[r])
-    router = Router(fit_submodels(train_rows, config), preferred=preferred)
+    router = Router(submodels, preferred=preferred, safe_thresholds={r: s.threshold for r, s in safe.items()})
     seconds = time.perf_counter() - started
     metrics = evaluate(router, test_rows)
     _logger.info(
-        "Trained in %.1fs; held-out ROC-AUC naive_bayes=%.4f logistic_regression=%.4f; preferred %s",
+        "Trained in %.1fs; held-out ROC-AUC naive_bayes=%.4f logistic_regression=%.4f, "
+        "ECE %.4f / %.4f; preferred %s",
         seconds,
         metrics[f"{F.NAIVE_BAYES}_roc_auc"],
         metrics[f"{F.LOGISTIC_REGRESSION}_roc_auc"],
+        metrics[f"{F.NAIVE_BAYES}_ece"],
+        metrics[f"{F.LOGISTIC_REGRESSION}_ece"],
         preferred,
     )
-    return TrainResult(router, metrics, validation_auc, test_rows, config, len(train_rows), seconds)
+    return TrainResult(
+        router, metrics, validation_auc, test_rows, config, len(train_rows), seconds, maps, safe
+    )

@@ -287,3 +287,41 @@ def missing_features(matrix: np.ndarray, row: int, route: str) -> list[str]:
         The missing canonical feature names, in route order.
     """
     return [name for name in F.ROUTE_FEATURES[route] if np.isnan(matrix[row, F.ALL_FEATURES.index(name)])]
+
+
+def _domain_bounds() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per feature of ``ALL_FEATURES``: lowest and highest valid value, and whether it is a code."""
+    low = np.zeros(len(F.ALL_FEATURES))
+    high = np.full(len(F.ALL_FEATURES), np.finfo(np.float64).max)
+    code = np.zeros(len(F.ALL_FEATURES), dtype=bool)
+    for j, name in enumerate(F.ALL_FEATURES):
+        if name in F.CATEGORY_CARDINALITY:
+            high[j] = F.CATEGORY_CARDINALITY[name] - 1
+            code[j] = True
+        elif name == F.SEASON:  # F.season_codes decides
+            low[j], high[j] = -np.inf, np.inf
+    return low, high, code
+
+
+_LOW, _HIGH, _CODE = _domain_bounds()
+_SEASON_COLUMN = F.ALL_FEATURES.index(F.SEASON)
+
+
+def rows_in_domain(matrix: np.ndarray) -> np.ndarray:
+    """Which rows of a feature matrix :func:`feature_matrix` would accept, in one vectorised pass.
+
+    For a matrix built without a DataFrame (the scoring server's fast path): float64 in
+    ``ALL_FEATURES`` order, NaN for "not given". A row is refused when a given value is infinite
+    or outside its column's domain, exactly the values :func:`feature_matrix` refuses.
+
+    Args:
+        matrix: An ``(n_rows, len(ALL_FEATURES))`` float64 array.
+
+    Returns:
+        A boolean array, one entry per row.
+    """
+    given = ~np.isnan(matrix)
+    with np.errstate(invalid="ignore"):
+        bad = (matrix < _LOW) | (matrix > _HIGH) | (_CODE & (matrix != np.round(matrix)))
+    bad[:, _SEASON_COLUMN] |= F.season_codes(matrix[:, _SEASON_COLUMN]) < 0
+    return ~(bad & given).any(axis=1)

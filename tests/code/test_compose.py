@@ -42,6 +42,10 @@ OPTIONAL_ENV = {
     "MUSHROOM_EXPERIMENT": "the default experiment name mushroom-router is the one the stack uses",
     "MUSHROOM_MODEL_URI": "the default models:/mushroom-router@champion is what the model server follows",
     "KAGGLE_CONFIG_DIR": "Kaggle credentials reach the containers as KAGGLE_* variables, not kaggle.json",
+    "MUSHROOM_METRICS": "/metrics is on by default, as the stack's Prometheus needs",
+    "PROMETHEUS_MULTIPROC_DIR": "the model server picks a folder for its workers' metric files itself",
+    "MUSHROOM_SERVED_VERSION": "set by the supervisor for each server it starts, not by the stack",
+    "MUSHROOM_SERVED_SWITCHES": "set by the supervisor for each server it starts, not by the stack",
 }
 
 #: Variables a particular package service does not need, with the reason.

@@ -16,8 +16,6 @@ back-off, so an outage costs seconds, not minutes.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,16 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port, wait_for_http
-
-from router_model import serving
+from support import TrackingServer
 
 pytestmark = pytest.mark.airflow
 
 DAG_ID = "mushroom_router_retrain"
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 MODEL_NAME = "mushroom-router"
-BIN = Path(sys.executable).parent
 RETRIES = 2
 #: A fixed logical date per run, so each run id (and retrain key) is known before it starts.
 DATES = {
@@ -48,62 +43,6 @@ FAST_MLFLOW_HTTP = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
-
-
-class TrackingServer:
-    """``mlflow server`` on a fixed loopback port and store, which can be stopped and started again."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        """Start the server on the same port and store as before; wait until ``/health`` answers."""
-        assert not self.running
-        self.starts += 1
-        log = open(self.root / f"mlflow-{self.starts}.log", "wb")  # noqa: SIM115 - closed in stop()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MUSHROOM_"))}
-        self.proc = subprocess.Popen(
-            [
-                str(BIN / "mlflow"),
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{self.root / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(self.root / "artifacts"),
-                "--serve-artifacts",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "1",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.proc.log_file = log
-        wait_for_http(f"{self.url}/health", self.proc, timeout=120)
-
-    def stop(self) -> None:
-        """Stop the server (its store stays); nothing answers on the port afterwards."""
-        if self.proc is None:
-            return
-        serving.stop_server(self.proc)
-        self.proc.log_file.close()
-        self.proc = None
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.root.glob("mlflow-*.log")))
 
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -204,6 +204,7 @@ def test_importing_the_dag_file_is_light_and_touches_no_db(
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [
         "router_model",
+        "router_model.airflow_tasks",
         "router_model.errors",
         "router_model.settings",
     ]

@@ -52,6 +52,8 @@ def test_train_then_weaker_train_says_why_it_is_challenger(run_cli, cli_home, tm
     )
     status = run_cli("status", env=cli_home)
     assert "@champion -> version 1" in status.stdout and "@challenger -> version 2" in status.stdout
+    assert status.stdout.count("safe threshold (at most 1% poisonous among 'edible'): naive_bayes 0.") == 2
+    assert "logistic_regression 0." in status.stdout and "(false alarms " in status.stdout
     missing = run_cli("promote", "99", env=cli_home)
     assert (missing.returncode, missing.stderr.strip()) == (
         2,

@@ -113,6 +113,7 @@ def test_min_improvement_outside_its_range_is_refused_before_training(fresh_stor
         ConfigError, match=r"min_improvement is .*; expected a ROC-AUC margin from 0.0 to 0.1"
     ):
         pipeline.retrain(source="synthetic", min_improvement=value)
+    registry.client()  # this test's store: MLflow keeps the last URI set process-wide
     assert not mlflow.search_runs(search_all_experiments=True).shape[0]
 
 

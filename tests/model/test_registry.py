@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from router_model import data, pipeline, registry, settings, synthetic
+from router_model import features as F
 from router_model.settings import WEAK_TRAIN_PARAMS
 
 
@@ -77,6 +78,12 @@ def test_run_records_params_metrics_data_and_plots(small_csv):
         "logistic_regression_log_loss",
         "auto_brier",
         "naive_bayes_validation_roc_auc",
+        "naive_bayes_ece",
+        "logistic_regression_ece_chance",
+        "naive_bayes_poisonous_share_below_0.05",
+        "logistic_regression_brier",
+        "naive_bayes_safe_threshold_1pct",
+        "logistic_regression_safe_threshold_false_alarm_rate",
     ):
         assert key in run.data.metrics
     assert run.data.params["nb_orders"] == "3" and run.data.params["preferred_route"] in (
@@ -84,7 +91,25 @@ def test_run_records_params_metrics_data_and_plots(small_csv):
         "logistic_regression",
     )
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(out["run_id"], "plots")}
-    assert artifacts == {"plots/roc.png", "plots/confusion_matrix.png"}
+    assert artifacts == {"plots/roc.png", "plots/confusion_matrix.png", "plots/reliability.png"}
+
+
+def test_version_records_its_safe_thresholds_in_tags_and_model_config(small_csv):
+    out = pipeline.retrain(path=small_csv)
+    run = mlflow.get_run(out["run_id"])
+    tags = registry.client().get_model_version(settings.MODEL_NAME, str(out["version"])).tags
+    config = mlflow.pyfunc.load_model(out["model_uri"]).model_config
+    for route in F.ROUTES:
+        threshold = float(tags[f"safe_threshold_1pct.{route}"])
+        assert 0.0 <= threshold <= 1.0
+        assert (
+            threshold
+            == config["safe_threshold_1pct"][route]
+            == run.data.metrics[f"{route}_safe_threshold_1pct"]
+        )
+        assert float(tags[f"safe_threshold_false_alarm_rate.{route}"]) == pytest.approx(
+            config["safe_threshold_false_alarm_rate"][route]
+        )
 
 
 def test_synthetic_source_is_recorded(fresh_store):

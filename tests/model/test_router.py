@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 
 from router_model import features as F
-from router_model.router import Router, as_frame, assign_routes, parse_params
+from router_model.inputs import as_frame
+from router_model.params import parse_params
+from router_model.router import Router, assign_routes
 from router_model.validation import InvalidInputError
 
 

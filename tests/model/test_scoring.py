@@ -77,6 +77,22 @@ def test_unknown_on_error_is_refused(rows, tmp_path):
         score_table(tmp_path / "x.csv", on_error="skip")
 
 
+def test_safe_threshold_scores_each_row_at_its_routes_recorded_value(rows, registered, tmp_path):
+    import mlflow
+
+    src = tmp_path / "in.csv"
+    rows.to_csv(src, index=False)
+    safe = mlflow.pyfunc.load_model(registered["model_uri"]).model_config["safe_threshold_1pct"]
+    out = tmp_path / "out.csv"
+    score_file(src, out, params={"threshold": "safe"}, quiet=True)
+    scored = pd.read_csv(out)
+    for route, threshold in safe.items():
+        part = scored[scored["model"].astype(str) == route]
+        assert len(part) > 0
+        expected = np.where(part["poisonous_probability"] >= threshold, "poisonous", "edible")
+        np.testing.assert_array_equal(part["prediction"].astype(str), expected)
+
+
 #: Cells a file may hold, chosen to catch any re-typing of the input columns: leading zeros,
 #: exponents, integers in a column with blanks, missing markers, quotes, padding, full-precision
 #: floats. ``route`` is where the row must go (``NA`` and ``null`` in a feature mean "not given").

@@ -20,8 +20,14 @@ def test_model_families_are_what_their_names_say(router):
     from sklearn.linear_model import LogisticRegression
     from sklearn.naive_bayes import CategoricalNB
 
-    assert isinstance(router.submodels[F.NAIVE_BAYES][-1], CategoricalNB)
-    assert isinstance(router.submodels[F.LOGISTIC_REGRESSION][-1], LogisticRegression)
+    from router_model.calibration import LogOddsCalibrated
+
+    # One model of the named family, followed by one monotone map on its log-odds.
+    for route, family in ((F.NAIVE_BAYES, CategoricalNB), (F.LOGISTIC_REGRESSION, LogisticRegression)):
+        model = router.submodels[route]
+        assert isinstance(model, LogOddsCalibrated)
+        assert isinstance(model.estimator[-1], family)
+        assert model.slope > 0
 
 
 def test_held_out_rows_are_not_trained_on(trained, synthetic_frame):

@@ -16,6 +16,7 @@ a one-line reproducer there once fixed.
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
@@ -210,20 +211,23 @@ TEXT = st.text(
 UNKNOWN_COLUMNS = TEXT.map(lambda s: f"x-{s}")
 
 
-def good_value(column: str) -> st.SearchStrategy:
-    """An in-domain value of a feature, as JSON may carry it (numbers or numeric strings)."""
+def good_value(column: str, numbers: bool = False) -> st.SearchStrategy:
+    """An in-domain value of a feature, as JSON may carry it (numbers or numeric strings; only
+    numbers when ``numbers``)."""
     if column in F.CATEGORY_CARDINALITY:
         codes = st.integers(0, F.CATEGORY_CARDINALITY[column] - 1)
-        return st.one_of(codes, codes.map(float), codes.map(str))
+        return st.one_of(codes, codes.map(float), *([] if numbers else [codes.map(str)]))
     if column == F.SEASON:
         return st.sampled_from(F.SEASON_VALUES).flatmap(
-            lambda v: st.sampled_from([v, repr(v), v + 4e-7, v - 4e-7])
+            lambda v: st.sampled_from([v, v + 4e-7, v - 4e-7, *([] if numbers else [repr(v)])])
         )
     return st.one_of(
         st.integers(0, 10**15),
         st.floats(0, 1e300, allow_nan=False, allow_infinity=False),
-        st.integers(0, 10**6).map(str),
-        st.floats(0, 1e6, allow_nan=False).map(repr),
+        # numbers: also past exact doubles, past int64 and past uint64
+        *[st.integers(2**53, 2**64 + 2**12)]
+        if numbers
+        else [st.integers(0, 10**6).map(str), st.floats(0, 1e6, allow_nan=False).map(repr)],
     )
 
 
@@ -260,13 +264,13 @@ def bad_value(column: str, envelope: str) -> st.SearchStrategy:
 
 
 @st.composite
-def good_row(draw, envelope: str | None = None) -> dict:
+def good_row(draw, envelope: str | None = None, numbers: bool = False) -> dict:
     """A row completing one or both feature sets, with in-domain values, mixed spellings and extras."""
     routes = draw(st.sampled_from([(F.NAIVE_BAYES,), (F.LOGISTIC_REGRESSION,), F.ROUTES]))
     row: dict = {}
     for route in routes:
         for column in F.ROUTE_FEATURES[route]:
-            row[spell(column, draw(SPELLINGS))] = draw(good_value(column))
+            row[spell(column, draw(SPELLINGS))] = draw(good_value(column, numbers))
     if envelope != "csv":
         for name in draw(st.lists(UNKNOWN_COLUMNS, max_size=2, unique=True)):
             row[name] = draw(st.one_of(st.none(), st.integers(), TEXT, st.booleans()))
@@ -659,6 +663,207 @@ def test_fixed_row_count_regressions(server, served_router, case):
     response = send(server, body, JSON)
     _check_predictions(response, records, None, case, served_router.predict(records))
     assert len(response.json()["predictions"]) == rows
+
+
+# --------------------------------------------------------------------------------------------
+# Differential: the guard's fast path against MLflow's own path, in this process
+# --------------------------------------------------------------------------------------------
+
+
+class BothPaths:
+    """The two halves of :func:`router_model.server_guard.guard` around the served model.
+
+    ``fast`` is what the server tries first (``None`` when it declines the body); ``slow`` is
+    MLflow's own path behind the guard's checks, which answers everything.
+    """
+
+    def __init__(self, model: object) -> None:
+        from mlflow.pyfunc import scoring_server
+
+        from router_model import server_guard
+
+        wrapped = server_guard.guard(
+            inspect.unwrap(scoring_server.invocations),
+            scoring_server.InvocationsResponse,
+            settings_module.DEFAULT_MAX_REQUEST_BYTES,
+        )
+        self._fast = getattr(wrapped, server_guard._FAST)
+        self._slow = getattr(wrapped, server_guard._SLOW)
+        self.model = model
+        self.schema = model.metadata.get_input_schema()
+
+    def fast(self, data: bytes, content_type: str | None) -> tuple[int, bytes] | None:
+        result = self._fast(data, content_type, self.model, self.schema)
+        if result is None:
+            return None
+        answer = result.response
+        return result.status, answer if isinstance(answer, bytes) else answer.encode()
+
+    def slow(self, data: bytes, content_type: str | None) -> tuple[int, bytes]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            result = self._slow(data, content_type, self.model, self.schema)
+        except MlflowException as err:  # what MLflow's handler answers
+            return err.get_http_status_code(), err.serialize_as_json().encode()
+        return result.status, result.response.encode()
+
+
+@pytest.fixture(scope="module")
+def both_paths(registered):
+    """:class:`BothPaths` for the registered router, with the guard's serialiser in MLflow's module
+    (as inside the server)."""
+    import mlflow.pyfunc
+    from mlflow.pyfunc import scoring_server
+
+    from router_model import server_guard
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scoring_server, "predictions_to_json", server_guard.predictions_to_json)
+        yield BothPaths(mlflow.pyfunc.load_model(registered["model_uri"]))
+
+
+def differential(paths: BothPaths, body: bytes | str, content_type: str | None) -> bool:
+    """Send ``body`` both ways; where the fast path answers, status and bytes must be MLflow's.
+
+    Returns:
+        Whether the fast path answered.
+    """
+    data = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    fast = paths.fast(data, content_type)
+    FIGURES["differential_bodies"] += 1
+    if fast is None:
+        return False
+    FIGURES["differential_fast"] += 1
+    slow = paths.slow(data, content_type)
+    assert fast == slow, (
+        f"fast path {fast[0]} {fast[1][:300]!r} != {slow[0]} {slow[1][:300]!r}; body {data[:400]!r}"
+    )
+    return True
+
+
+def _plain_params(params: dict | None) -> bool:
+    """No params, or a threshold in [0, 1] written as a float."""
+    if not params:
+        return True
+    threshold = params.get("threshold")
+    return set(params) == {"threshold"} and isinstance(threshold, float) and 0 <= threshold <= 1
+
+
+def _plain_numbers(rows: list[dict]) -> bool:
+    """Whether a valid body is what the fast path must take: numbers in every feature column and
+    no ':' in any string (the fast path counts them to rule out a duplicated key)."""
+    for row in rows:
+        for key, value in row.items():
+            if ":" in key or (isinstance(value, str) and ":" in value):
+                return False
+            if key.startswith("x-"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or isinstance(value, Raw):
+                return False
+    return True
+
+
+DIFF_PARAMS = st.one_of(
+    PARAMS,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "threshold": st.one_of(st.integers(-1, 2), st.floats(-0.5, 1.5), st.booleans(), TEXT),
+            "model": st.one_of(st.sampled_from([F.AUTO, *F.ROUTES, "nope"]), st.none(), st.integers()),
+            "other": JSON_SCALARS,
+        },
+    ),
+)
+JSON_ENVELOPES = ENVELOPES[:-1]
+
+
+@settings(FUZZ, max_examples=300)
+@given(data=st.data())
+def test_differential_valid_bodies(both_paths, data):
+    """Valid rows in every JSON form, with params of every kind: where the fast path answers, it
+    answers MLflow's bytes; a body of plain numbers (and valid params) it always answers."""
+    numbers = data.draw(st.booleans(), label="numbers only")
+    rows = data.draw(st.lists(good_row(numbers=numbers), min_size=1, max_size=12), label="rows")
+    params = data.draw(DIFF_PARAMS, label="params")
+    for envelope in JSON_ENVELOPES:
+        body, content_type = encode(rows, envelope, params)
+        took = differential(both_paths, body, content_type)
+        if _plain_numbers(rows) and _plain_params(params):
+            assert took, f"the fast path declined a plain body: {body[:600]}"
+
+
+@settings(FUZZ, max_examples=300)
+@given(data=st.data())
+def test_differential_one_bad_row(both_paths, data):
+    """Valid rows and one invalid row: the fast path leaves every such body to MLflow's path."""
+    route = data.draw(st.sampled_from(F.ROUTES), label="route")
+    good = data.draw(st.lists(good_row(numbers=True), min_size=0, max_size=8), label="good")
+    index = data.draw(st.integers(0, len(good)), label="index")
+    bad = {c: data.draw(good_value(c, numbers=True)) for c in F.ROUTE_FEATURES[route]}
+    column = data.draw(st.sampled_from(F.ROUTE_FEATURES[route]), label="column")
+    how = data.draw(st.sampled_from(["value", "value", "null", "absent", "twice"]), label="how")
+    if how == "value":
+        bad[column] = data.draw(bad_value(column, "dataframe_records"), label="bad value")
+    elif how == "null":
+        bad[column] = None
+    elif how == "absent":
+        del bad[column]
+    else:  # the same feature under a second spelling, with another value
+        bad[column.replace("-", "_") if "-" in column else column.upper()] = data.draw(
+            good_value(column, numbers=True)
+        )
+    rows = [*good[:index], bad, *good[index:]]
+    for envelope in JSON_ENVELOPES:
+        body, content_type = encode(rows, envelope)
+        status, _ = both_paths.slow(body.encode("utf-8", "surrogatepass"), content_type)
+        took = differential(both_paths, body, content_type)
+        assert not took or status == 200  # a same value twice is valid; any refusal is MLflow's
+
+
+@settings(FUZZ, max_examples=1500)
+@given(request=broken_request())
+def test_differential_anything(both_paths, request):
+    """Junk, near-valid envelopes, odd params, invalid UTF-8: the fast path answers as MLflow's path
+    or not at all."""
+    differential(both_paths, *request)
+
+
+DOCUMENTED_FORMS = {
+    "dataframe_records": {"dataframe_records": [NB_ROW, LR_ROW]},
+    "dataframe_split": {
+        "dataframe_split": {"columns": [*NB_ROW, *LR_ROW], "data": [[*NB_ROW.values(), *LR_ROW.values()]]}
+    },
+    "dataframe_split_with_index": {
+        "dataframe_split": json.loads(pd.DataFrame([NB_ROW, LR_ROW]).to_json(orient="split"))
+    },
+    "instances_records": {"instances": [NB_ROW, LR_ROW]},
+    "instances_columns": {"instances": {c: [v, v] for c, v in LR_ROW.items()}},
+    "inputs_records": {"inputs": [LR_ROW, NB_ROW]},
+    "inputs_columns": {"inputs": {c: [v] for c, v in NB_ROW.items()}},
+    "inputs_one_record": {"inputs": NB_ROW},
+    "with_params": {
+        "dataframe_records": [NB_ROW | LR_ROW],
+        "params": {"threshold": 0.9, "model": F.NAIVE_BAYES},
+    },
+    "integer_threshold": {"dataframe_records": [LR_ROW], "params": {"threshold": 1}},
+    "unknown_column": {"dataframe_records": [LR_ROW | {"id": "m-17", "note": None}]},
+}
+
+
+@pytest.mark.parametrize("form", list(DOCUMENTED_FORMS))
+def test_differential_documented_forms_take_the_fast_path(both_paths, form):
+    """Every documented JSON form of plain numbers is answered by the fast path, with MLflow's bytes."""
+    assert differential(both_paths, json.dumps(DOCUMENTED_FORMS[form]), JSON), "the fast path declined it"
+
+
+@pytest.mark.parametrize("case", list(REGRESSIONS) + list(ROW_COUNT_REGRESSIONS))
+def test_differential_regressions(both_paths, case):
+    """Each input once answered wrongly: the fast path answers it as MLflow's path does, or leaves it."""
+    body, content_type = (
+        REGRESSIONS[case][:2] if case in REGRESSIONS else (ROW_COUNT_REGRESSIONS[case][0], JSON)
+    )
+    differential(both_paths, body, content_type)
 
 
 # --------------------------------------------------------------------------------------------

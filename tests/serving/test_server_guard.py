@@ -7,9 +7,11 @@ these tests pin each rule on its own and prove the fast serialiser writes MLflow
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import json
+import threading
 import types
 
 import mlflow.pyfunc
@@ -402,3 +404,212 @@ def test_guard_is_only_installed_inside_the_scoring_server(monkeypatch):
     assert not server_guard.in_scoring_server()
     monkeypatch.setenv(server_guard.SERVER_MODEL_PATH_ENV, "file:///model")
     assert server_guard.in_scoring_server()
+
+
+# --------------------------------------------------------------------------------------------
+# The fast path (bytes -> matrix -> scorers -> bytes) and what it relies on in MLflow 3.17
+# --------------------------------------------------------------------------------------------
+
+
+def test_mlflow_still_has_what_the_fast_path_relies_on(monkeypatch):
+    """Pinned to MLflow 3.17: if any of these changes, update server_guard (install() would serve
+    MLflow unchanged, or the fast path would stay in the worker thread)."""
+    assert server_guard._params_schema_hook() == ["params", "schema"]
+    assert server_guard.hops_to_thread(scoring_server), "MLflow's handler no longer awaits asyncio.to_thread"
+    for name in ("invocations", "predictions_to_json", "asyncio"):
+        monkeypatch.setattr(scoring_server, name, getattr(scoring_server, name))  # restored after
+    assert server_guard.install(scoring_server, max_request_bytes=1024)
+    assert isinstance(scoring_server.asyncio, server_guard._EventLoopFastPath)
+    assert scoring_server.asyncio.wait_for is asyncio.wait_for, "the rest of asyncio must stay as it was"
+    assert scoring_server.asyncio.TimeoutError is asyncio.TimeoutError
+
+
+def test_fast_path_is_only_for_the_router_without_an_input_schema(pyfunc_model):
+    router = pyfunc_model.unwrap_python_model()
+    assert server_guard.fast_router(pyfunc_model, None) is router
+    assert server_guard.fast_router(pyfunc_model, object()) is None
+
+    class NotAPythonModel:
+        def unwrap_python_model(self):
+            raise MlflowException("not a PythonModel")
+
+    assert server_guard.fast_router(NotAPythonModel(), None) is None
+    assert (
+        server_guard.fast_answer(json.dumps({"dataframe_records": [LR]}).encode(), JSON, NotAPythonModel())
+        is None
+    )
+    assert server_guard.fast_router(pyfunc_model, None) is router, "the cache follows the model object"
+
+
+def _on_the_loop(func, data: bytes) -> tuple[object, bool]:
+    """Run the shim's ``to_thread`` the way MLflow's handler does; also say whether ``func``'s work
+    ran on the event loop's thread."""
+    shim = server_guard._EventLoopFastPath()
+
+    async def handler():
+        loop_thread = threading.get_ident()
+        result = await shim.to_thread(func, data, JSON, None, None)
+        return result, result[1] == loop_thread
+
+    return asyncio.run(handler())
+
+
+def _halves(fast_result: object):
+    def work(name):
+        return lambda *args: (name, threading.get_ident()) if name != "fast" or fast_result else None
+
+    func = work("whole")
+    setattr(func, server_guard._FAST, work("fast"))
+    setattr(func, server_guard._SLOW, work("slow"))
+    return func
+
+
+@pytest.mark.parametrize(
+    ("fast_takes", "size", "ran", "on_loop"),
+    [
+        (True, 100, "fast", True),  # the fast path answers on the event loop: no thread hop
+        (False, 100, "slow", False),  # declined: MLflow's path in a worker thread, fast not tried twice
+        (True, server_guard.INLINE_MAX_BYTES + 1, "whole", False),  # big body: all of it in the thread
+    ],
+)
+def test_event_loop_shortcut(fast_takes, size, ran, on_loop):
+    (name, _), loop = _on_the_loop(_halves(fast_takes), b"x" * size)
+    assert (name, loop) == (ran, on_loop)
+
+
+def test_event_loop_shortcut_leaves_other_functions_to_the_thread():
+    (name, _), loop = _on_the_loop(lambda *args: ("plain", threading.get_ident()), b"{}")
+    assert (name, loop) == ("plain", False)
+
+
+def test_fast_path_answers_the_same_doubles_as_predict_in_process(pyfunc_model, synthetic_frame):
+    rows = synthetic_frame[list(F.ALL_FEATURES)].sample(1000, random_state=3)
+    rows.loc[rows.index[::3], list(F.NB_FEATURES)] = np.nan  # a third LR only
+    rows.loc[rows.index[1::3], list(F.LR_FEATURES)] = np.nan  # a third NB only
+    records = [{k: v for k, v in r.items() if v == v} for r in rows.to_dict("records")]
+    body = json.dumps({"dataframe_records": records, "params": {"threshold": 0.4}}).encode()
+    answer = server_guard.fast_answer(body, JSON, pyfunc_model)
+    assert answer is not None, "the fast path declined a plain body"
+    got = pd.DataFrame(json.loads(answer)["predictions"])
+    expected = pyfunc_model.predict(pd.DataFrame(records), params={"threshold": 0.4})
+    for column in ("probability", "poisonous_probability"):
+        assert [x.hex() for x in got[column]] == [x.hex() for x in expected[column]], column
+    assert got["model"].tolist() == expected["model"].astype(str).tolist()
+    assert got["prediction"].tolist() == expected["prediction"].astype(str).tolist()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"dataframe_records": [LR | {"stem-color": True}]}, id="boolean"),
+        pytest.param({"instances": {c: [v, True] for c, v in LR.items()}}, id="boolean-in-instances-columns"),
+        pytest.param({"inputs": [LR | {"season": "0.0273721330556057"}]}, id="numeric-string"),
+        pytest.param({"dataframe_records": [LR | {"stem-color": 13}]}, id="out-of-domain"),
+        pytest.param({"dataframe_records": [NB | {"gill-color": 2.5}]}, id="not-a-code"),
+        pytest.param({"dataframe_records": [{"stem-height": 1.0}]}, id="no-route"),
+        pytest.param(
+            {"dataframe_records": [LR], "params": {"model": "naive_bayes"}}, id="route-lacks-features"
+        ),
+        pytest.param({"dataframe_records": [LR], "params": {"threshold": 2}}, id="bad-threshold"),
+        pytest.param({"dataframe_records": [LR], "params": {"threshold": "0.5"}}, id="string-threshold"),
+        pytest.param({"dataframe_records": [LR], "extra": 1}, id="unknown-top-level-key"),
+        pytest.param({"dataframe_records": [LR | {"x": {"a": 1}}]}, id="object-in-unknown-column"),
+        pytest.param({"dataframe_records": []}, id="no-rows"),
+        pytest.param(
+            {"dataframe_split": {"columns": list(LR), "data": [list(LR.values())], "dtype": 1}},
+            id="split-key",
+        ),
+        pytest.param(
+            {"dataframe_split": {"columns": list(LR), "data": [list(LR.values())], "index": [0, 1]}},
+            id="index",
+        ),
+        pytest.param({"dataframe_split": {"data": [list(LR.values())]}}, id="no-columns"),
+        pytest.param({"instances": [list(LR.values())]}, id="unnamed-instances"),
+    ],
+)
+def test_fast_path_leaves_everything_but_plain_numbers_to_mlflows_path(pyfunc_model, body):
+    assert server_guard.fast_answer(json.dumps(body).encode(), JSON, pyfunc_model) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('{"dataframe_records": [{"stem-height": 1, "stem-height": 2}]}', id="duplicated-key"),
+        pytest.param('{"dataframe_records": [], "dataframe_records": [{}]}', id="duplicated-form"),
+        pytest.param('{"dataframe_records": [{"stem-height": NaN}]}', id="nan-token"),
+        pytest.param('{"dataframe_records": [{"stem-height": 1e999}]}', id="infinite"),
+        pytest.param(b'\xef\xbb\xbf{"dataframe_records": [{}]}', id="byte-order-mark"),
+    ],
+)
+def test_fast_path_leaves_what_orjson_reads_differently_to_mlflows_path(pyfunc_model, text):
+    data = text if isinstance(text, bytes) else text.encode()
+    assert server_guard.fast_answer(data, JSON, pyfunc_model) is None
+
+
+def test_a_colon_inside_a_string_only_costs_the_fast_path(pyfunc_model, guarded):
+    """The duplicate-key check counts ':'; one inside a string makes the fast path decline (the
+    answer, from MLflow's path, is the same)."""
+    body = json.dumps({"dataframe_records": [LR | {"note": "a:b"}]}).encode()
+    assert server_guard.fast_answer(body, JSON, pyfunc_model) is None
+    status, _, answer = respond(guarded, body, JSON)
+    assert status == 200 and len(answer["predictions"]) == 1
+
+
+def _domain_cases() -> list[list[float]]:
+    rng = np.random.default_rng(5)
+    good = {name: list(F.SEASON_VALUES) if name == F.SEASON else [0.0, 1.0, 3.0] for name in F.ALL_FEATURES}
+    bad = {
+        name: [np.inf, -np.inf, -1.0, 0.5, 1e9]
+        if name in F.CATEGORY_CARDINALITY
+        else [np.inf, -np.inf, 0.5, 0.0]
+        if name == F.SEASON
+        else [np.inf, -np.inf, -1e-300, -3.0]
+        for name in F.ALL_FEATURES
+    }
+    rows = []
+    for _ in range(400):
+        row = [rng.choice(good[n]) if rng.random() < 0.9 else rng.choice(bad[n]) for n in F.ALL_FEATURES]
+        rows.append([np.nan if rng.random() < 0.2 else v for v in row])
+    return rows
+
+
+def test_rows_in_domain_agrees_with_feature_matrix():
+    from router_model.validation import InvalidInputError, feature_matrix, rows_in_domain
+
+    rows = _domain_cases()
+    fast = rows_in_domain(np.asarray(rows))
+    for row, ok in zip(rows, fast, strict=True):
+        try:
+            feature_matrix(pd.DataFrame([row], columns=list(F.ALL_FEATURES)))
+            accepted = True
+        except InvalidInputError:
+            accepted = False
+        assert ok == accepted, row
+    assert 0 < fast.sum() < len(rows)
+
+
+def test_the_fast_paths_label_cache_keeps_no_long_labels(pyfunc_model):
+    """Clients choose column labels: a long one is looked up, not kept."""
+    long_label = "x-" + "a" * 1000
+    body = json.dumps({"dataframe_records": [LR | {long_label: 1, "x-short": 2}]}).encode()
+    assert server_guard.fast_answer(body, JSON, pyfunc_model) is not None
+    assert long_label not in server_guard._FEATURE_INDEX
+    assert server_guard._FEATURE_INDEX["x-short"] == -1
+
+
+def test_the_fast_path_reports_to_the_inference_log_like_predict(pyfunc_model, monkeypatch):
+    """Rows the fast path answers reach the inference log's hook with what MLflow's path gives it."""
+    seen: list[tuple] = []
+
+    def record(matrix, routes, poisonous, threshold):
+        seen.append((matrix.copy(), routes.tolist(), poisonous.tolist(), threshold))
+
+    monkeypatch.setattr(pyfunc_model.unwrap_python_model(), "observer", lambda: record)
+    records = [NB, LR, NB | LR]
+    body = {"dataframe_records": records, "params": {"threshold": 0.3}}
+    assert server_guard.fast_answer(json.dumps(body).encode(), JSON, pyfunc_model) is not None
+    pyfunc_model.predict(pd.DataFrame(records), params={"threshold": 0.3})  # MLflow's path
+    assert len(seen) == 2
+    (fast_matrix, *fast_rest), (slow_matrix, *slow_rest) = seen
+    np.testing.assert_array_equal(fast_matrix, slow_matrix)
+    assert fast_rest == slow_rest

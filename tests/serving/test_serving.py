@@ -234,6 +234,8 @@ def test_params_model_override(server):
         ({"dataframe_records": [{"cap-diameter": 10}]}, ["row 0 completes neither feature set"]),
         ({"dataframe_records": [NB], "params": {"model": "tree"}}, ["param 'model' is 'tree'"]),
         ({"dataframe_records": [NB], "params": {"threshold": 2}}, ["param 'threshold' is 2.0"]),
+        # MLflow's params schema types threshold as a number: "safe" is for in-process use (README).
+        ({"dataframe_records": [NB], "params": {"threshold": "safe"}}, ["threshold", "safe"]),
         ({"dataframe_records": [NB], "params": {"model": "logistic_regression"}}, ["needs ['stem-height'"]),
         ({"instances": [1, 2, 3]}, ["expected rows with named feature columns"]),
     ],

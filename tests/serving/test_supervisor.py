@@ -15,10 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
-from support import REPO, free_port, wait_for_http
+from prometheus_client.parser import text_string_to_metric_families
+from support import REPO, TrackingServer, free_port
 
 from router_model import features as F
-from router_model import pipeline, registry, serving, settings
+from router_model import pipeline, registry, settings
 from router_model.settings import WEAK_TRAIN_PARAMS
 from router_model.supervisor import ChampionSupervisor
 
@@ -40,6 +41,15 @@ def score(port):
     )
     assert response.status_code == 200, response.text
     return pd.DataFrame(response.json()["predictions"])
+
+
+def served(port):
+    """The served version and the switch count, as the server's /metrics reports them."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    found = {s.name: s for family in text_string_to_metric_families(text) for s in family.samples}
+    return found["mushroom_router_model_info"].labels["version"], found[
+        "mushroom_router_switches_total"
+    ].value
 
 
 def expected_for(version):
@@ -78,6 +88,7 @@ def test_waits_for_a_champion_then_serves_it_and_follows_the_alias(supervisor, f
         score(supervisor.port)["poisonous_probability"],
         pd.Series(expected_for(1), name="poisonous_probability"),
     )
+    assert served(supervisor.port) == ("1", 0)
 
     weak = pipeline.train_and_register(str(path), train_params=WEAK_TRAIN_PARAMS)
     moved = time.monotonic()
@@ -93,6 +104,7 @@ def test_waits_for_a_champion_then_serves_it_and_follows_the_alias(supervisor, f
         pd.Series(expected_for(2), name="poisonous_probability"),
     )
     assert "switch took" in caplog.text
+    assert served(supervisor.port) == ("2", 1)
 
 
 def test_restarts_a_crashed_server(supervisor, fresh_store, caplog):
@@ -114,6 +126,7 @@ def test_restarts_a_crashed_server(supervisor, fresh_store, caplog):
     )
     assert "exited with -9; restarting" in caplog.text
     assert score(supervisor.port)["model"].tolist() == [F.NAIVE_BAYES, F.LOGISTIC_REGRESSION]
+    assert served(supervisor.port) == ("1", 0)  # a restart is not a switch
 
 
 def test_keeps_serving_when_the_registry_is_unreachable(supervisor, fresh_store, monkeypatch, caplog):
@@ -284,6 +297,7 @@ def test_a_champion_that_cannot_load_never_replaces_a_working_server(supervisor,
         pd.Series(expected_for(2), name="poisonous_probability"),
     )
     assert read_state(supervisor.cache_dir)["state"] == "serving"
+    assert served(supervisor.port) == ("2", 1)  # the failed attempts were no switch
 
 
 def delete_alias():
@@ -331,48 +345,6 @@ def test_a_deleted_champion_keeps_the_last_good_version_also_after_a_restart(fre
         assert sup.served is None
     assert "does not exist yet" not in caplog.text
     assert "Serving mushroom-router version 1 again" in caplog.text
-
-
-class TrackingServer:
-    """A real ``mlflow server`` on loopback that can be stopped and started on the same port and store.
-
-    (The same as tests/dags/test_faults.py's; the supervisor needs no Airflow.)
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port, self.proc = root, free_port(), None
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MUSHROOM_"))}
-        with open(self.root / "mlflow-server.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "mlflow"),
-                    "server",
-                    "--backend-store-uri",
-                    f"sqlite:///{self.root / 'mlflow.db'}",
-                    "--artifacts-destination",
-                    str(self.root / "artifacts"),
-                    "--serve-artifacts",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--workers",
-                    "1",
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_for_http(f"{self.url}/health", self.proc, timeout=120)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            serving.stop_server(self.proc)
-            self.proc = None
 
 
 @pytest.fixture

@@ -1,0 +1,337 @@
+"""Prometheus metrics of the model server, answered on ``GET /metrics`` of its own port.
+
+What is counted (README "Monitoring"):
+
+* ``mushroom_router_rows_total{route, version}``: rows scored, by the route they took;
+* ``mushroom_router_poisonous_rows_total{route}``: rows answered "poisonous" at their request's
+  threshold;
+* ``mushroom_router_requests_total{code}`` and the histogram ``mushroom_router_request_seconds``:
+  ``/invocations`` requests by HTTP status, and their latency from the first byte of the request
+  to the last of the answer (health checks and scrapes are not counted);
+* ``mushroom_router_inference_log_dropped_rows_total``: rows the inference log dropped (a full
+  queue or a failed write, :attr:`router_model.inference_log.InferenceLog.dropped`);
+* ``mushroom_router_model_info{run_id, version}`` (always 1): the MLflow run that logged the
+  served model and its registry version; ``mushroom_router_served_version`` the version as a
+  number; ``mushroom_router_switches_total`` the supervisor's version switches.
+
+The version and the switch count come from the process that started the server
+(:func:`served_env`, set by :mod:`router_model.supervisor`); a server started otherwise says
+``version="unknown"`` and has no switch counter. The supervisor, not the server, knows about
+switches: each switch starts a new server process, so it hands its running count to each new
+one, which exposes it as a counter that goes up by one with every switch.
+
+``mlflow models serve --workers N`` runs N uvicorn processes and a scrape reaches one of them, so
+the counters live in prometheus_client's multiprocess mode: each worker writes its own memory-mapped
+files under one directory shared by the server's workers, and ``/metrics`` sums them all
+(:func:`multiprocess_dir`). ``MUSHROOM_METRICS=off`` turns all of it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router_model import features as F
+from router_model import settings
+
+_logger = logging.getLogger(__name__)
+
+# The settings below are read with their literal names, which tests/code/test_compose.py scans for.
+#: ``MUSHROOM_METRICS=off`` disables ``/metrics`` and the counting behind it.
+METRICS_ENV = "MUSHROOM_METRICS"
+OFF = "off"
+#: prometheus_client reads it when it is first imported: a folder for the workers' value files.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Set by the process that starts the server (:func:`served_env`).
+VERSION_ENV = "MUSHROOM_SERVED_VERSION"
+SWITCHES_ENV = "MUSHROOM_SERVED_SWITCHES"
+UNKNOWN_VERSION = "unknown"
+#: The path ``/metrics`` answers on, and the only path whose requests are counted.
+METRICS_PATH = "/metrics"
+INVOCATIONS_PATH = "/invocations"
+PREFIX = "mushroom_router"
+#: Latency buckets (seconds): single rows take milliseconds, 10,000-row batches about a second.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_DIR_PREFIX = "mushroom-router-metrics-"
+_DIR_NAME = re.compile(rf"{_DIR_PREFIX}(\d+)-(\d+)$")
+
+#: An ASGI application: ``await app(scope, receive, send)``.
+ASGIApp = Callable[..., Awaitable[None]]
+
+
+def enabled() -> bool:
+    """Whether the model server counts and answers ``/metrics`` (``MUSHROOM_METRICS``)."""
+    return (settings.env("MUSHROOM_METRICS") or "").lower() != OFF
+
+
+def served_env(version: int | str | None, switches: int | None = None) -> dict[str, str]:
+    """Variables telling a model server what it serves, for the process that starts it.
+
+    Args:
+        version: The registry version being served.
+        switches: How many times the starter has switched versions so far.
+    """
+    env = {VERSION_ENV: str(version)} if version is not None else {}
+    if switches is not None:
+        env[SWITCHES_ENV] = str(switches)
+    return env
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), ``None`` when it does not run.
+
+    With the pid, it names one process for good: a pid can be reused, a start time with it not.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        if not Path("/proc/self/stat").exists():  # no /proc: the pid alone, alive or not
+            with contextlib.suppress(OSError):
+                os.kill(pid, 0)
+                return 0
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def server_pid() -> int:
+    """The uvicorn process that owns this server: the workers' parent, or this process alone.
+
+    ``uvicorn --workers N`` (N > 1) spawns its workers with :mod:`multiprocessing`; with one
+    worker uvicorn serves in its own process.
+    """
+    parent = multiprocessing.parent_process()
+    return parent.pid if parent is not None and parent.pid is not None else os.getpid()
+
+
+def multiprocess_dir(root: Path | None = None) -> Path:
+    """The value-file folder shared by this server's workers, created; stale ones removed.
+
+    ``PROMETHEUS_MULTIPROC_DIR`` when set (then clearing it between runs is the caller's job, as
+    prometheus_client documents). Otherwise ``<tmp>/mushroom-router-metrics-<pid>-<start>``, named
+    after the uvicorn process that owns the workers (:func:`server_pid`) and its start time, so a
+    new server never adds to an old one's counts even when it gets the same pid; folders of
+    servers that no longer run are removed here.
+
+    Args:
+        root: Where the folders go (default: the system's temporary folder).
+    """
+    configured = settings.env("PROMETHEUS_MULTIPROC_DIR")
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    root = Path(root or tempfile.gettempdir())
+    pid = server_pid()
+    path = root / f"{_DIR_PREFIX}{pid}-{_start_ticks(pid) or 0}"
+    for old in root.glob(f"{_DIR_PREFIX}*"):
+        match = _DIR_NAME.match(old.name)
+        if old != path and match and _start_ticks(int(match[1])) != int(match[2]):
+            shutil.rmtree(old, ignore_errors=True)  # another worker may be removing it too
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class ServerMetrics:
+    """The model server's counters, and its ``/metrics`` answer.
+
+    Args:
+        run_id: The MLflow run that logged the served model.
+        version: The registry version (default: ``MUSHROOM_SERVED_VERSION``, else "unknown").
+        switches: The supervisor's switch count (default: ``MUSHROOM_SERVED_SWITCHES``, if set).
+        multiprocess_path: The folder of the workers' value files; ``None`` keeps the values in
+            this process (prometheus_client must then not run in multiprocess mode).
+    """
+
+    def __init__(
+        self,
+        run_id: str = "",
+        version: str | None = None,
+        switches: int | None = None,
+        multiprocess_path: Path | None = None,
+    ) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.run_id = run_id
+        self.version = version or settings.env("MUSHROOM_SERVED_VERSION") or UNKNOWN_VERSION
+        if switches is None and settings.env("MUSHROOM_SERVED_SWITCHES") is not None:
+            switches = int(settings.env("MUSHROOM_SERVED_SWITCHES"))
+        self.switches = switches
+        self.multiprocess_path = multiprocess_path
+        own = CollectorRegistry()
+        rows = Counter(
+            f"{PREFIX}_rows", "Rows scored, by route and served version.", ["route", "version"], registry=own
+        )
+        poisonous = Counter(
+            f"{PREFIX}_poisonous_rows",
+            'Rows answered "poisonous" at their threshold, by route.',
+            ["route"],
+            registry=own,
+        )
+        self.requests = Counter(
+            f"{PREFIX}_requests", "/invocations requests by HTTP status.", ["code"], registry=own
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_request_seconds",
+            "/invocations latency: request received to answer sent.",
+            buckets=LATENCY_BUCKETS,
+            registry=own,
+        )
+        self.dropped = Counter(
+            f"{PREFIX}_inference_log_dropped_rows",
+            "Rows the inference log dropped (full queue or failed write).",
+            registry=own,
+        )
+        # Children bound once: a request then costs two array counts and a few increments.
+        self._rows = [rows.labels(route=route, version=self.version) for route in F.ROUTES]
+        self._poisonous = [poisonous.labels(route=route) for route in F.ROUTES]
+        self._codes: dict[int, Any] = {}
+        self._exposed = self._exposition_registry(own)
+
+    def _exposition_registry(self, own: Any) -> Any:
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        if self.multiprocess_path is None:
+            own.register(_ServedCollector(self))
+            return own
+        exposed = CollectorRegistry()
+        MultiProcessCollector(exposed, path=str(self.multiprocess_path))
+        exposed.register(_ServedCollector(self))
+        return exposed
+
+    def observe(self, routes: np.ndarray, poisonous: np.ndarray, threshold: float | np.ndarray) -> None:
+        """Count a scored batch: rows per route and rows at or above their threshold per route.
+
+        Args:
+            routes: Route index per row (into ``features.ROUTES``; -1 for a row without one).
+            poisonous: P(poisonous) per row.
+            threshold: The request's threshold, or one per row (the ``safe`` threshold).
+        """
+        if len(routes) == 1:  # the most common request: no array counting
+            route = int(routes[0])
+            cut = threshold if np.isscalar(threshold) else threshold[0]
+            if route >= 0:
+                self._rows[route].inc()
+                if poisonous[0] >= cut:
+                    self._poisonous[route].inc()
+            return
+        scored = routes[routes >= 0] if (routes < 0).any() else routes
+        counts = np.bincount(scored, minlength=len(F.ROUTES))
+        flagged = np.bincount(routes[poisonous >= threshold], minlength=len(F.ROUTES))
+        for index in range(len(F.ROUTES)):
+            if counts[index]:
+                self._rows[index].inc(int(counts[index]))
+            if flagged[index]:
+                self._poisonous[index].inc(int(flagged[index]))
+
+    def record_request(self, status: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        child = self._codes.get(status)
+        if child is None:
+            child = self._codes[status] = self.requests.labels(code=str(status))
+        child.inc()
+        self.latency.observe(seconds)
+
+    def dropped_rows(self, rows: int) -> None:
+        """Count rows the inference log dropped (its ``on_drop`` callback)."""
+        self.dropped.inc(rows)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The ``/metrics`` answer: the body and its content type (Prometheus text format)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self._exposed), CONTENT_TYPE_LATEST
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """Wrap an ASGI app so that each ``/invocations`` request is counted with its status."""
+        return RequestCounter(app, self)
+
+
+class _ServedCollector:
+    """What is served, from this process's settings (the same in every worker, so not summed)."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+        m = self.metrics
+        yield InfoMetricFamily(
+            f"{PREFIX}_model",
+            "The served model: the MLflow run that logged it and its registry version.",
+            value={"run_id": m.run_id, "version": m.version},
+        )
+        if m.version.isdigit():
+            yield GaugeMetricFamily(
+                f"{PREFIX}_served_version", "The registry version being served.", value=int(m.version)
+            )
+        if m.switches is not None:
+            yield CounterMetricFamily(
+                f"{PREFIX}_switches",
+                "Version switches of the supervisor that started this server.",
+                value=m.switches,
+            )
+
+
+class RequestCounter:
+    """ASGI middleware: status and latency of every ``/invocations`` request.
+
+    It sees the status the client gets, whoever set it (the model, the guard, MLflow's error
+    handler or its timeout), and an exception that escapes the app as the 500 it becomes.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != INVOCATIONS_PATH:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.record_request(status, time.perf_counter() - started)
+
+
+def start(run_id: str = "") -> ServerMetrics | None:
+    """The model server's metrics, in multiprocess mode; ``None`` when ``MUSHROOM_METRICS=off``.
+
+    Sets ``PROMETHEUS_MULTIPROC_DIR`` for this worker before prometheus_client is imported (it
+    chooses its value storage on import); if something imported it earlier, its storage is
+    switched here, before any metric of ours exists.
+    """
+    if not enabled():
+        return None
+    path = multiprocess_dir()
+    os.environ[MULTIPROC_ENV] = str(path)
+    if "prometheus_client.values" in sys.modules:
+        from prometheus_client import values
+
+        if not getattr(values.ValueClass, "_multiprocess", False):
+            values.ValueClass = values.get_value_class()
+    metrics = ServerMetrics(run_id, multiprocess_path=path)
+    _logger.info("Metrics on /metrics (values in %s, version %s)", path, metrics.version)
+    return metrics
