@@ -25,7 +25,7 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip --version >/dev/null 2>&1 || python3 -m venv --clear $(VENV)  # missing, or left half-made
 	$(PY) -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
-	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -c constraints.txt -e '.[airflow,auth,postgres,spark,dev]'
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -c constraints.txt -e '.[airflow,auth,celery,postgres,spark,dev]'
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install the package with every extra (idempotent)

@@ -36,9 +36,12 @@ DOC_MD = f"""
 
 * **fetch_data** resolves the training CSV. `data_source=auto` uses `data_path` or `MUSHROOM_DATA`,
   else Kaggle (`prishasawhney/mushroom-dataset`) when Kaggle credentials are set, else a
-  *synthetic* sample (logged with a loud warning; not for real decisions).
+  *synthetic* sample (logged with a loud warning; not for real decisions). It then shares the
+  file through MLflow's artifact store at `<artifact root>/datasets/<sha256>/<file>` and passes on
+  only that URI and the sha256.
 * **validate_data** checks every column; a bad file fails here, before anything is registered.
-* **train_and_register** trains and registers a new version of `mushroom-router` with no alias.
+* **train_and_register** trains and registers a new version of `mushroom-router` with no alias,
+  recording the file as the run's dataset input (source URI, digest, `sha256` tag).
   It is keyed by `<dag_id>/<run_id>`: clearing and re-running the same DAG run reuses that version.
 * **evaluate_against_champion** scores the new version and the current `champion` on the same
   held-out rows.
@@ -52,14 +55,20 @@ DOC_MD = f"""
   `gate_reason` tag on the version. Nothing before them touches `champion`. If another retrain
   (say `mushroom-router train`) promoted a version after this run's evaluation, **promote** leaves
   `champion` alone, gives the version `challenger` (tag `gate=superseded`, the reason says which
-  version to compare against) and is skipped, so the asset gets no event. One run at a time
-  (`max_active_runs=1`).
+  version to compare against) and is skipped, so the asset gets no event. That read-compare-move
+  holds a lock kept in the registry itself (the registered model `mushroom-router.promotion-lock`),
+  so it is atomic across machines too. One run at a time (`max_active_runs=1`).
 
 Bad data, missing Kaggle credentials and `train_params` outside their ranges fail at once with a
 one-line reason; other errors (for example an unreachable tracking server) are retried.
 
-Tasks pass file paths to each other: run them where they share `MUSHROOM_HOME` (LocalExecutor, or
-shared storage) and point every worker at the same `MLFLOW_TRACKING_URI`.
+**What runs where.** Any executor: LocalExecutor on one machine, or CeleryExecutor /
+KubernetesExecutor with each task on any worker, disks not shared. Tasks hand each other small
+values only (the data's URI and sha256, the version, the decision); every later task downloads the
+file from the artifact store into its own data cache and checks the sha256. What every worker needs:
+this package installed, the same `MLFLOW_TRACKING_URI` (a `mlflow server` with `--serve-artifacts`,
+so the artifact store needs no credentials of its own), and, for `data_source=path`, the file on the
+worker that runs **fetch_data** (only that one).
 
 Try the gate with a weak model: trigger with `{{"train_params": {WEAK_TRAIN_PARAMS}}}`
 (JSON: double quotes).
@@ -87,7 +96,10 @@ params = {
     "data_path": Param(
         None,
         type=["null", "string"],
-        description="Training file on the worker (CSV, Parquet or JSON); used by 'auto' and 'path'.",
+        description=(
+            "Training file on the worker that runs fetch_data (CSV, Parquet or JSON); "
+            "used by 'auto' and 'path'."
+        ),
     ),
     "min_improvement": Param(
         MIN_IMPROVEMENT_RANGE[0],
@@ -131,11 +143,11 @@ def mushroom_router_retrain() -> None:
     @task(execution_timeout=timedelta(minutes=15))
     @fail_fast
     def fetch_data(params: dict[str, Any] | None = None) -> dict[str, str]:
-        """Resolve the training file; returns ``{"path", "source", "sha256"}``."""
+        """Resolve the training file and share it; returns ``{"uri", "source", "sha256"}``."""
         from router_model import pipeline
 
         source = params["data_source"]
-        return pipeline.fetch_data(
+        return pipeline.share_data(
             source=None if source == "auto" else source, path=params["data_path"] or None
         )
 
@@ -145,7 +157,7 @@ def mushroom_router_retrain() -> None:
         """Check the file; returns row count and class balance."""
         from router_model import pipeline
 
-        return pipeline.validate_data(fetched["path"])
+        return pipeline.validate_data(fetched["uri"], fetched["sha256"])
 
     @task(execution_timeout=timedelta(minutes=60))
     @fail_fast
@@ -156,7 +168,11 @@ def mushroom_router_retrain() -> None:
         from router_model import pipeline
 
         return pipeline.train_and_register(
-            fetched["path"], fetched["source"], params["train_params"], retrain_key=f"{ti.dag_id}/{ti.run_id}"
+            fetched["uri"],
+            fetched["source"],
+            params["train_params"],
+            retrain_key=f"{ti.dag_id}/{ti.run_id}",
+            sha256=fetched["sha256"],
         )
 
     @task(execution_timeout=timedelta(minutes=20))
@@ -165,7 +181,7 @@ def mushroom_router_retrain() -> None:
         """Score the new version and the champion on the same held-out rows."""
         from router_model import pipeline
 
-        return pipeline.evaluate_against_champion(registered["version"], fetched["path"])
+        return pipeline.evaluate_against_champion(registered["version"], fetched["uri"])
 
     @task(execution_timeout=timedelta(minutes=5))
     @fail_fast

@@ -1,4 +1,5 @@
-# Airflow 3.3 (LocalExecutor) with this package installed, so DAG tasks can import router_model.
+# Airflow 3.3 with this package installed, so DAG tasks can import router_model. The image ships the
+# celery provider: the same image runs the LocalExecutor scheduler and the CeleryExecutor workers.
 # Build context: the repository root (docker-compose.yaml).
 #
 # The -python3.11 variant: constraints.txt is resolved for Python 3.11 (`make lock`), within the

@@ -1,7 +1,11 @@
 """The retrain pipeline: data -> validate -> train and register -> evaluate -> gate -> alias.
 
-The CLI runs these steps in one process; the Airflow DAG runs each as its own task. Every step
-takes and returns small JSON-friendly values (paths, versions, metrics) and is safe to re-run:
+The CLI runs these steps in one process; the Airflow DAG runs each as its own task, possibly each on
+another machine. Every step takes and returns small JSON-friendly values (paths or shared URIs,
+versions, metrics) and is safe to re-run. The DAG hands the training file over by URI: the first
+task shares it through MLflow's artifact store, content-addressed by its sha256
+(:func:`share_data`), and every later step takes that URI, downloads the file into the local data
+cache once and checks the sha256 (:func:`local_copy`). Re-running is safe too:
 training with a ``retrain_key`` that is already registered returns that version instead of
 registering a duplicate, and alias moves are idempotent.
 
@@ -14,7 +18,8 @@ version is champion if its held-out rows suffice. Otherwise the new version gets
 and the reason is recorded on it. Nothing before the final alias move touches ``champion``, so a
 failed retrain never moves it, and that move is a compare-and-set: if another retrain promoted a
 version after this one was evaluated, the new version gets ``challenger`` instead (see
-:func:`apply_decision`). Before the ROC-AUC
+:func:`apply_decision`), serialised across machines by a lock kept in the registry itself
+(:func:`promotion_lock`). Before the ROC-AUC
 comparisons, a version whose probabilities are not honest (expected calibration error on the new
 held-out rows above :data:`GATE_MAX_ECE` plus twice its chance level, on some route) is refused,
 however good its ROC-AUC (:func:`calibration_refusal`).
@@ -26,10 +31,12 @@ import contextlib
 import fcntl
 import logging
 import math
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 
@@ -54,6 +61,16 @@ GATE_MAX_ECE = 0.02
 
 class PipelineError(RouterError):
     """A retrain step cannot go on; the message says why."""
+
+
+class SharedDataError(PipelineError):
+    """A shared training file's bytes do not match its sha256.
+
+    Transient: the likeliest cause is a copy still being written by a concurrent upload of the same
+    file; a retry downloads it again.
+    """
+
+    transient = True
 
 
 @dataclass(frozen=True)
@@ -93,13 +110,70 @@ def fetch_data(source: str | None = None, path: str | None = None, api_factory: 
     return {"path": resolved.path, "source": resolved.source, "sha256": resolved.sha256}
 
 
-def validate_data(path: str) -> dict[str, Any]:
+def share_data(source: str | None = None, path: str | None = None, api_factory: Any = None) -> dict[str, str]:
+    """Resolve the training data here and share it with every machine (what the DAG's first task does).
+
+    The file goes to MLflow's artifact store under its sha256 (:func:`router_model.registry.share_file`):
+    through the tracking server's proxied store no worker needs credentials of its own, and any
+    worker that reaches the tracking server can read it, whatever its disk holds.
+
+    Returns:
+        ``{"uri", "source", "sha256"}``: the shared URI, not a local path.
+    """
+    fetched = fetch_data(source=source, path=path, api_factory=api_factory)
+    uri = registry.share_file(fetched["path"], fetched["sha256"])
+    return {"uri": uri, "source": fetched["source"], "sha256": fetched["sha256"]}
+
+
+def is_local(ref: str) -> bool:
+    """Whether ``ref`` is a local path rather than an artifact URI (``mlflow-artifacts:/``, ``s3://``)."""
+    scheme = urlsplit(str(ref)).scheme
+    return len(scheme) <= 1  # no scheme, or a Windows drive letter
+
+
+def local_copy(ref: str, sha256: str | None = None) -> str:
+    """A local path to the training file ``ref`` (a path, or a URI from :func:`share_data`).
+
+    A URI is downloaded once into ``<data dir>/shared/<sha256>/`` and reused while its bytes
+    still match; ``sha256`` is then required and checked, so a task never trains on other bytes
+    than the ones the run started with.
+
+    Raises:
+        PipelineError: If a URI comes without a sha256.
+        SharedDataError: If the downloaded bytes do not match it (retried: see the class).
+    """
+    if is_local(ref):
+        return str(ref)
+    if not sha256:
+        raise PipelineError(
+            f"shared data {ref} comes without its sha256; expected the sha256 share_data returned"
+        )
+    folder = settings.data_dir() / "shared" / sha256
+    target = folder / Path(urlsplit(ref).path).name
+    if target.is_file() and data_mod.file_sha256(target) == sha256:
+        return str(target)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:  # same folder: the rename below is atomic
+        downloaded = registry.download_file(ref, tmp)
+        actual = data_mod.file_sha256(downloaded)
+        if actual != sha256:
+            raise SharedDataError(f"{ref} has sha256 {actual[:12]}, expected {sha256[:12]}")
+        downloaded.replace(target)
+    _logger.info("Downloaded %s to %s", ref, target)
+    return str(target)
+
+
+def validate_data(path: str, sha256: str | None = None) -> dict[str, Any]:
     """Validate a training file; raises :class:`router_model.data.DataError` naming the column.
+
+    Args:
+        path: A local path or a shared URI (:func:`local_copy`).
+        sha256: The file's sha256; required for a URI.
 
     Returns:
         Row count and class balance.
     """
-    summary = data_mod.describe(data_mod.load_training_frame(path))
+    summary = data_mod.describe(data_mod.load_training_frame(local_copy(path, sha256)))
     _logger.info("Validated %s: %s", path, summary)
     return summary
 
@@ -109,15 +183,20 @@ def train_and_register(
     source: str = settings.SOURCE_PATH,
     train_params: dict[str, Any] | None = None,
     retrain_key: str | None = None,
+    sha256: str | None = None,
 ) -> dict[str, Any]:
     """Train on a validated file, log the run and register the router (no alias yet).
 
+    The run records the file as its dataset input (MLflow dataset tracking: source, digest and
+    the full sha256), and the version's ``data_path`` tag is the shared URI when there is one.
+
     Args:
-        path: Training CSV.
+        path: Training file: a local path or a shared URI (:func:`local_copy`).
         source: Where it came from (recorded as the ``data_source`` tag).
         train_params: Overrides of :class:`router_model.train.TrainConfig`.
         retrain_key: Idempotency key (for example the Airflow run id); a version already
             registered under it is returned instead of training again.
+        sha256: The file's sha256; required for a URI.
 
     Returns:
         ``{"run_id", "model_uri", "version"}``.
@@ -132,11 +211,12 @@ def train_and_register(
             return registry.RegisteredRouter(
                 existing.run_id, registry.version_uri(existing.version), int(existing.version)
             ).as_dict()
-    frame = data_mod.load_training_frame(path)
+    local = local_copy(path, sha256)
+    frame = data_mod.load_training_frame(local)
     result = train(frame, config)
-    tags = data_mod.DataSource(str(path), source, data_mod.file_sha256(path)).as_tags()
+    tags = data_mod.DataSource(str(path), source, data_mod.file_sha256(local)).as_tags()
     extra = {registry.TAG_RETRAIN_KEY: retrain_key} if retrain_key else None
-    return registry.log_router(result, tags, extra).as_dict()
+    return registry.log_router(result, tags, extra, frame=frame).as_dict()
 
 
 def check_min_improvement(value: float) -> float:
@@ -206,7 +286,8 @@ def evaluate_against_champion(version: int, path: str) -> dict[str, Any]:
 
     Args:
         version: Candidate version.
-        path: The training file the candidate was trained on (its held-out split is used).
+        path: The training file the candidate was trained on (its held-out split is used): a
+            local path or a shared URI (checked against the version's ``data_sha256``).
 
     Returns:
         ``{"version", "data_source", "champion_version", "champion_data_source", "candidate",
@@ -220,6 +301,7 @@ def evaluate_against_champion(version: int, path: str) -> dict[str, Any]:
     """
     tags = registry.version_tags(version)
     expected = tags.get("data_sha256")
+    path = local_copy(path, expected)
     actual = data_mod.file_sha256(path)
     if expected and expected != actual:
         raise PipelineError(
@@ -371,21 +453,18 @@ def decide(
 
 
 @contextlib.contextmanager
-def promotion_lock() -> Iterator[None]:
-    """Hold an exclusive lock on ``<data dir>/.promotion.lock`` for a read-compare-move of ``champion``.
+def _local_lock() -> Iterator[None]:
+    """An exclusive ``flock`` on ``<data dir>/.promotion.lock``: processes of this machine queue here.
 
-    MLflow's registry has no conditional alias update, so this is what makes the compare-and-set
-    in :func:`apply_decision` atomic for every process that shares the data folder: the CLI, and
-    Airflow tasks, which must share it anyway to pass files. Processes on other machines are not
-    covered; between them a window of one registry call remains. If the lock file cannot be
-    opened, the move goes ahead unlocked, with a warning.
+    It keeps them from polling the registry lock against each other (cheap, and kind to an
+    embedded SQLite store). If the file cannot be opened, the registry lock alone serialises.
     """
     path = settings.data_dir() / ".promotion.lock"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a")  # noqa: SIM115 - closed below
     except OSError as err:
-        _logger.warning("No promotion lock (%s: %s); moving champion without it", path, err)
+        _logger.warning("No local promotion lock (%s: %s); relying on the registry lock", path, err)
         yield
         return
     with handle:
@@ -394,6 +473,24 @@ def promotion_lock() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def promotion_lock() -> Iterator[None]:
+    """Serialise the read-compare-move of ``champion`` across every process and machine.
+
+    MLflow's registry has no conditional alias update, so this is what makes the compare-and-set
+    in :func:`apply_decision` atomic: a lock kept in the registry itself
+    (:func:`router_model.registry.registry_lock`, which explains the choice), so it holds between
+    Airflow workers that share no disk, the CLI and the DAG, with a tracking server or the
+    embedded SQLite store. Processes on one machine first queue on a local file lock.
+
+    Raises:
+        router_model.registry.LockTimeoutError: If another process holds the lock for too long
+            (transient: the DAG task retries).
+    """
+    with _local_lock(), registry.registry_lock():
+        yield
 
 
 def stale_reason(decision: GateDecision, current: int | None) -> str:
@@ -424,9 +521,8 @@ def apply_decision(decision: GateDecision | Mapping[str, Any]) -> GateDecision:
     or a manual promote moved it in the meantime), ``champion`` stays where it is and the candidate
     gets ``challenger`` with the tag ``gate=superseded`` and a ``gate_reason`` saying which version
     to compare against on a re-run. The read and the move happen under :func:`promotion_lock`, so
-    processes that share the data folder cannot interleave there; between machines that do not, a
-    window of one registry call remains (MLflow's registry has no conditional alias update). A
-    registry that cannot be reached raises; it is never read as "no champion".
+    no two processes, on one machine or on several, can interleave there. A registry that cannot
+    be reached raises; it is never read as "no champion".
 
     Applying the same decision again is idempotent: a promoted version finds itself champion and
     stays, a superseded or rejected one stays challenger, and the tags are rewritten unchanged.

@@ -11,8 +11,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
+import socket
 import subprocess
 import tempfile
+import time
+import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +62,16 @@ TAG_HOLDOUT_ROWS = "holdout_rows"
 HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
 #: Each version's reference distribution for the drift monitor (:mod:`router_model.drift`).
 DRIFT_REFERENCE_ARTIFACT = "monitoring/reference.json"
+
+#: Folder under the experiment's artifact root where training files are shared between machines,
+#: one subfolder per sha256 of the file's bytes (content-addressed: the same file is stored once).
+SHARED_DATA_FOLDER = "datasets"
+
+#: The ``context`` of the training file's dataset input on each training run.
+DATASET_CONTEXT = "training"
+#: MLflow stores a dataset digest in 36 characters: the digest is the sha256's first 32 hex digits,
+#: and the full sha256 is the input's ``sha256`` tag.
+DATASET_DIGEST_CHARS = 32
 
 
 def route_tag(key: str, route: str) -> str:
@@ -388,6 +403,159 @@ def holdout_frame(version: int | str) -> pd.DataFrame | None:
         return pd.read_parquet(local)
 
 
+class LockTimeoutError(RouterError):
+    """A registry lock stayed taken longer than the wait allows; a retry may find it free."""
+
+    transient = True
+
+
+def _lock_holder(name: str) -> dict[str, str] | None:
+    """The tags of the lock model ``name`` (owner, expiry), or ``None`` when nobody holds it."""
+    with _absent_is_fine():
+        return dict(client().get_registered_model(name).tags)
+    return None
+
+
+@contextlib.contextmanager
+def registry_lock(
+    name: str = settings.PROMOTION_LOCK,
+    lease_seconds: float = settings.PROMOTION_LOCK_LEASE_SECONDS,
+    wait_seconds: float = settings.PROMOTION_LOCK_WAIT_SECONDS,
+    poll_seconds: float = 0.2,
+) -> Iterator[None]:
+    """Hold a mutex kept in the model registry itself, for every process that reaches the registry.
+
+    Why this mechanism: the processes that move ``champion`` may share nothing but the tracking
+    store (Airflow workers on different machines, the CLI on a laptop), and they reach it the way
+    they are configured: over HTTP through ``mlflow server`` (no database credentials, so no
+    PostgreSQL advisory lock), or straight to SQLite or PostgreSQL. An Airflow pool would cover DAG
+    tasks only, not the CLI or a second Airflow. What every one of them can do is create a
+    registered model, and the store makes that atomic: the name is a primary key (a unique file
+    for a file store), so of two processes creating ``name`` at once exactly one succeeds and the
+    other gets ``RESOURCE_ALREADY_EXISTS``. The holder deletes it when done.
+
+    A holder that dies without deleting it (killed, machine lost) leaves the lock visible in the
+    registry UI with ``owner`` and ``expires_at`` tags; after ``lease_seconds`` a waiter deletes
+    it and takes over. That take-over is the one step that is not atomic (two waiters can both
+    see the same expired lease), and it only happens after a crash; the compare-and-set inside
+    still re-reads ``champion`` then.
+
+    Args:
+        name: The registered model that stands for the lock.
+        lease_seconds: How long the lock is honoured before it counts as abandoned.
+        wait_seconds: How long to wait for it.
+        poll_seconds: How often to try again while another process holds it.
+
+    Raises:
+        LockTimeoutError: If the lock stays held (and unexpired) for ``wait_seconds``.
+        MlflowException: If the registry cannot be reached.
+    """
+    c = client()
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        expires = time.time() + lease_seconds
+        try:
+            c.create_registered_model(
+                name,
+                tags={"owner": owner, "expires_at": f"{expires:.3f}"},
+                description=f"Held while a process moves {settings.MODEL_NAME}@{settings.CHAMPION}; "
+                "deleted when it is done. Safe to delete once expires_at (Unix time) has passed.",
+            )
+            break
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        holder = _lock_holder(name)
+        if holder is not None and float(holder.get("expires_at", "0")) < time.time():
+            _logger.warning("Taking over %s: held by %s, expired", name, holder.get("owner", "?"))
+            with _absent_is_fine():
+                c.delete_registered_model(name)
+            continue
+        if time.monotonic() > deadline:
+            raise LockTimeoutError(
+                f"{name} is held by {holder.get('owner', '?') if holder else '?'} for more than "
+                f"{wait_seconds:.0f}s; expected it to be released within {lease_seconds:.0f}s"
+            )
+        time.sleep(poll_seconds)
+    try:
+        yield
+    finally:
+        # Only our own: if our lease ran out and another process took over, the lock is theirs.
+        holder = _lock_holder(name)
+        if holder is not None and holder.get("owner") == owner:
+            with _absent_is_fine():
+                c.delete_registered_model(name)
+
+
+def _shared_root() -> str:
+    """The experiment's artifact root, which every process that reaches the tracking store can read."""
+    return client().get_experiment(experiment_id()).artifact_location.rstrip("/")
+
+
+def share_file(path: str | os.PathLike[str], sha256: str) -> str:
+    """Put a training file where every machine that reaches the tracking store can read it.
+
+    The file goes to ``<artifact root>/datasets/<sha256>/<file name>``: through the tracking
+    server's proxied artifact store when there is one (no extra credentials), else the configured
+    artifact root. Content-addressed, so sharing the same file again (a re-run, another retrain on
+    the same data) uploads nothing.
+
+    Args:
+        path: The local file.
+        sha256: Its sha256 (the caller has it already).
+
+    Returns:
+        The file's artifact URI (``mlflow-artifacts:/...``, ``file:///...``, ``s3://...``).
+    """
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    name = Path(path).name
+    folder = f"{_shared_root()}/{SHARED_DATA_FOLDER}/{sha256}"
+    repo = get_artifact_repository(folder, tracking_uri=settings.tracking_uri())
+    if not any(f.path == name for f in repo.list_artifacts()):
+        repo.log_artifact(str(path))
+        _logger.info("Shared %s as %s/%s", path, folder, name)
+    return f"{folder}/{name}"
+
+
+def download_file(uri: str, dst_dir: str | os.PathLike[str]) -> Path:
+    """Download an artifact URI (from :func:`share_file`) into ``dst_dir``; returns the local path."""
+    client()
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst_dir)))
+
+
+def dataset_source(uri: str) -> str:
+    """The training file's address as MLflow's dataset tracking can record it.
+
+    ``mlflow-artifacts:/`` URIs (the proxied store) have no dataset source type in MLflow, so they
+    are recorded as the tracking server's HTTP address of the same file; a plain path as it is.
+    """
+    if uri.startswith("mlflow-artifacts:"):
+        from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+        return MlflowArtifactsRepository.resolve_uri(uri, settings.tracking_uri())
+    return uri
+
+
+def log_dataset_input(frame: pd.DataFrame, uri: str, sha256: str) -> None:
+    """Record the training file as the active run's dataset input, with its digest and source."""
+    import mlflow.data
+
+    with warnings.catch_warnings():
+        # MLflow warns that a file path matches two equal source types, and that integer columns
+        # cannot hold missing values (the dataset's schema is a record here, not enforced).
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(
+            frame,
+            source=dataset_source(uri),
+            targets=F.TARGET,
+            name=Path(uri).name,
+            digest=sha256[:DATASET_DIGEST_CHARS],
+        )
+        mlflow.log_input(dataset, context=DATASET_CONTEXT, tags={"sha256": sha256})
+
+
 def drift_reference(version: int | str) -> dict[str, Any] | None:
     """A version's drift reference (:data:`DRIFT_REFERENCE_ARTIFACT`), ``None`` if it has none.
 
@@ -414,13 +582,17 @@ def log_router(
     result: Any,
     data_tags: dict[str, str],
     extra_tags: dict[str, str] | None = None,
+    frame: pd.DataFrame | None = None,
 ) -> RegisteredRouter:
     """Log one training run (params, metrics, plots, the router) and register the router.
 
     Args:
         result: A :class:`router_model.train.TrainResult`.
-        data_tags: ``data_source``, ``data_sha256`` and ``data_path`` of the training data.
+        data_tags: ``data_source``, ``data_sha256`` and ``data_path`` of the training data
+            (``data_path`` is the shared URI when the file was shared).
         extra_tags: More run and version tags (for example ``retrain_key``).
+        frame: The whole training file as loaded; when given, it is logged as the run's dataset
+            input (:func:`log_dataset_input`), so the version's lineage names its data.
 
     Returns:
         The run id, model URI and registry version. No alias is set here.
@@ -443,6 +615,8 @@ def log_router(
         for route in F.ROUTES
     }
     with mlflow.start_run(experiment_id=exp, tags=tags) as run:
+        if frame is not None:
+            log_dataset_input(frame, data_tags["data_path"], data_tags["data_sha256"])
         mlflow.log_params({**dataclasses.asdict(result.config), "preferred_route": result.router.preferred})
         mlflow.log_params({"train_rows": result.train_rows, "test_rows": len(test)})
         mlflow.log_metrics(result.metrics)

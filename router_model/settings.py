@@ -22,6 +22,14 @@ DRIFT_ASSET_URI = "mushroom-router://monitoring/drift"
 DRIFT_ASSET_NAME = "mushroom-router-drift"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+#: A registered model with no versions that exists only while a process moves ``champion``: the
+#: registry's own mutex (see :func:`router_model.registry.registry_lock`).
+PROMOTION_LOCK = f"{MODEL_NAME}.promotion-lock"
+#: How long a promotion lock is honoured if its holder dies without releasing it, and how long a
+#: promotion waits for one before giving up (a transient error: the DAG task retries). Holding it
+#: takes two registry calls, well under a second.
+PROMOTION_LOCK_LEASE_SECONDS = 60.0
+PROMOTION_LOCK_WAIT_SECONDS = 300.0
 
 KAGGLE_DATASET = "prishasawhney/mushroom-dataset"
 KAGGLE_FILE = "mushroom_cleaned.csv"

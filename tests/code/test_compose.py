@@ -63,6 +63,7 @@ NOT_NEEDED = {
             "airflow-init",
             "airflow-scheduler",
             "airflow-triggerer",
+            "airflow-worker",
         )
     },
     "model-server": {
@@ -614,6 +615,7 @@ def test_the_tracking_server_runs_the_auth_app():
 #: Which MLflow account each service that talks to the tracking server uses (None: no login).
 ACCOUNTS = {
     "airflow-scheduler": ("MLFLOW_TRAINER_USER", "MLFLOW_TRAINER_PASSWORD"),
+    "airflow-worker": ("MLFLOW_TRAINER_USER", "MLFLOW_TRAINER_PASSWORD"),
     "model-server": ("MLFLOW_READER_USER", "MLFLOW_READER_PASSWORD"),
     "mlflow-accounts": ("MLFLOW_ADMIN_USER", "MLFLOW_ADMIN_PASSWORD"),
 }
@@ -634,7 +636,7 @@ def test_each_client_of_the_tracking_server_logs_in_with_its_own_account(service
 
 
 def test_the_accounts_exist_before_their_users_start():
-    for service in ("airflow-scheduler", "model-server"):
+    for service in ("airflow-scheduler", "airflow-worker", "model-server"):
         assert depends_on(service).get("mlflow-accounts") == {"condition": "service_completed_successfully"}
     accounts = services()["mlflow-accounts"]
     assert accounts["image"] == services()["mlflow"]["image"]
@@ -644,3 +646,44 @@ def test_the_accounts_exist_before_their_users_start():
     env = environment("mlflow-accounts")
     for role, client in (("TRAINER", "airflow-scheduler"), ("READER", "model-server")):
         assert env[f"MLFLOW_{role}_USER"] == environment(client)["MLFLOW_TRACKING_USERNAME"], role
+
+
+# ------------------------------------------------------------------------------- the celery profile
+
+
+def profile(name: str) -> set[str]:
+    return {service for service, spec in services().items() if name in (spec.get("profiles") or [])}
+
+
+def test_the_celery_profile_adds_redis_and_a_worker_only():
+    assert profile("celery") == {"redis", "airflow-worker"}
+    assert {name for name, spec in services().items() if spec.get("profiles")} == profile("celery")
+
+
+def test_the_default_stack_does_not_require_a_profiled_service():
+    """Without --profile celery, nothing may wait for Redis or a worker (compose would refuse to start)."""
+    profiled = profile("celery")
+    for name in set(services()) - profiled:
+        for target, spec in depends_on(name).items():
+            if target in profiled:
+                assert spec.get("required") is False, (
+                    f"{name} requires {target}, which only --profile celery starts"
+                )
+
+
+def test_the_worker_runs_the_package_like_the_scheduler():
+    worker, scheduler = environment("airflow-worker"), environment("airflow-scheduler")
+    assert "airflow-worker" in package_services()
+    assert services()["airflow-worker"]["command"] == "celery worker"
+    assert {k: v for k, v in worker.items() if k != "DUMB_INIT_SETSID"} == scheduler
+    assert depends_on("airflow-worker")["redis"]["condition"] == "service_healthy"
+    assert not services()["redis"].get("ports"), "the broker is for the containers only"
+
+
+def test_the_executor_defaults_to_local_and_celery_talks_to_the_profile_services():
+    env = environment("airflow-scheduler")
+    assert with_defaults(env["AIRFLOW__CORE__EXECUTOR"]) == "LocalExecutor"
+    assert env_example()["AIRFLOW_EXECUTOR"] == "LocalExecutor"
+    assert urlsplit(env["AIRFLOW__CELERY__BROKER_URL"]).hostname == "redis"
+    backend = env["AIRFLOW__CELERY__RESULT_BACKEND"]
+    assert backend.startswith("db+postgresql://") and "@postgres:5432/airflow" in backend

@@ -2,7 +2,8 @@
 
 A real ``mlflow server`` (SQLite store and artifact folder in a temporary directory) on loopback
 holds the registry, and real ``dag.test()`` runs retrain against it. The server is stopped before
-one run and, in another, right when ``promote`` starts (after the gate decided to promote); each
+one run (``fetch_data``, which shares the file through it, fails first) and, in another, right when
+``promote`` starts (after the gate decided to promote); each
 time the failing task is retried and the run fails, ``champion`` stays on the version it had, and
 the next run after a restart on the same store succeeds.
 
@@ -150,27 +151,27 @@ def test_tracking_server_outage_retries_fails_cleanly_and_the_next_run_succeeds(
     }
     before = registry_state()
 
-    # 1. The server is down for the whole run: train_and_register fails on its first registry call
-    #    (the retrain-key lookup, before training), is retried twice, and the run fails.
+    # 1. The server is down for the whole run: fetch_data fails on its first call (the experiment
+    #    lookup, to share the file through the artifact store), is retried twice, and the run fails.
     tracking_server.stop()
     capfd.readouterr()
     down = run(dag, "down")
     out = capfd.readouterr().out  # dag.test() logs each task's traceback to stdout
     assert out.count("Task failed with exception") == 1 + RETRIES, out[-5000:]
-    assert f"{api}/model-versions/search failed" in out, out[-5000:]
+    assert f"{api}/experiments/get-by-name failed" in out, out[-5000:]
     assert "Connection refused" in out
     assert down.state == "failed"
     states = task_states(down)
     assert states == {
-        "fetch_data": "success",
-        "validate_data": "success",
-        "train_and_register": "failed",
+        "fetch_data": "failed",
+        "validate_data": "upstream_failed",
+        "train_and_register": "upstream_failed",
         "evaluate_against_champion": "upstream_failed",
         "gate": "upstream_failed",
         "promote": "upstream_failed",
         "keep_challenger": "upstream_failed",
     }
-    assert task_instance(down, "train_and_register").try_number == 1 + RETRIES
+    assert task_instance(down, "fetch_data").try_number == 1 + RETRIES
     tracking_server.start()
     assert registry_state() == before  # nothing registered, no alias moved
 
@@ -186,7 +187,8 @@ def test_tracking_server_outage_retries_fails_cleanly_and_the_next_run_succeeds(
         promote.on_execute_callback = saved_callbacks
     out = capfd.readouterr().out
     assert out.count("Task failed with exception") == 1 + RETRIES, out[-5000:]
-    assert f"{api}/registered-models/alias failed" in out, out[-5000:]
+    # Its first registry call: taking the promotion lock (a registered model, see registry_lock).
+    assert f"{api}/registered-models/create failed" in out, out[-5000:]
     assert "does not take champion" not in out  # an unreachable registry is not "no champion"
     assert not tracking_server.running
     assert dies.state == "failed"

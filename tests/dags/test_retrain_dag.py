@@ -77,6 +77,14 @@ def version_tags(version: int) -> dict[str, str]:
     return dict(client.get_model_version(MODEL_NAME, str(version)).tags)
 
 
+def run_inputs(run_id: str) -> list[Any]:
+    """The dataset inputs MLflow recorded on a training run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    return list(client.get_run(run_id).inputs.dataset_inputs)
+
+
 def alias(name: str) -> int | None:
     """The version holding an alias, read through ``router_model.registry``."""
     from router_model import registry
@@ -287,6 +295,19 @@ def test_first_synthetic_run_makes_version_1_champion(champion_run: Any, airflow
     assert tags["retrain_key"] == f"{DAG_ID}/{champion_run.run_id}"
     assert tags["gate"] == "promoted"
     assert tags["gate_reason"] == "first version: no champion yet"
+
+    # fetch_data hands over a URI in the artifact store, content-addressed, not a worker's path;
+    # the training run records it as its dataset input with the digest.
+    fetched = task_instance(champion_run, "fetch_data").xcom_pull(task_ids="fetch_data")
+    assert set(fetched) == {"uri", "source", "sha256"}
+    assert fetched["uri"].startswith("file://")
+    assert f"/datasets/{fetched['sha256']}/" in fetched["uri"]
+    assert tags["data_path"] == fetched["uri"]
+    assert tags["data_sha256"] == fetched["sha256"]
+    [dataset_input] = run_inputs(tags["run_id"])
+    assert dataset_input.dataset.digest == fetched["sha256"][:32]
+    assert fetched["uri"] in dataset_input.dataset.source
+    assert {t.key: t.value for t in dataset_input.tags}["sha256"] == fetched["sha256"]
 
     with create_session() as session:
         events = session.scalars(

@@ -10,7 +10,10 @@ registry reads that fail loudly instead of answering "no champion" when the stor
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -292,3 +295,97 @@ def test_missing_model_or_alias_is_an_empty_answer(fresh_store: Path, small_csv:
     pipeline.train_and_register(small_csv)
     assert registry.alias_version(settings.CHAMPION) is None  # model, no alias
     registry.delete_alias(settings.CHALLENGER)
+
+
+# --- between machines: no shared disk, only the registry ------------------------------------------
+
+HOLD_THE_LOCK = """
+import sys, time
+from pathlib import Path
+from router_model import pipeline
+
+held, release = Path(sys.argv[1]), Path(sys.argv[2])
+with pipeline.promotion_lock():
+    held.touch()
+    while not release.exists():
+        time.sleep(0.05)
+"""
+
+
+def test_the_promotion_lock_holds_between_machines_that_share_no_disk(
+    small_csv: str, fresh_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Another "machine" (own data folder, so no common file lock) holds the lock: a promotion here waits.
+
+    With only a file lock in the data folder, the two would not see each other: this promotion
+    would read and move ``champion`` while the other process is in its critical section.
+    """
+    assert pipeline.retrain(path=small_csv)["alias"] == "champion"
+    a, b = candidate(small_csv), candidate(small_csv)
+    signals = tmp_path_factory.mktemp("signals")
+    held, release = signals / "held", signals / "release"
+    other = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, str(held), str(release)],
+        env={**os.environ, "MUSHROOM_DATA_DIR": str(tmp_path_factory.mktemp("other-machine-data"))},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not held.exists():
+            assert other.poll() is None, "the lock-holding process died"
+            assert time.monotonic() < deadline, "the other process never took the lock"
+            time.sleep(0.05)
+        assert registry._lock_holder(settings.PROMOTION_LOCK) is not None
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(pipeline.apply_decision, b)
+            time.sleep(1.5)
+            assert not waiting.done(), "apply_decision did not wait for the other machine's lock"
+            registry.set_alias(settings.CHAMPION, a.version)  # what the other machine's promotion does
+            release.touch()
+            assert waiting.result(timeout=120).alias == "challenger"
+    finally:
+        release.touch()
+        assert other.wait(timeout=60) == 0
+    assert (alias("champion"), alias("challenger")) == (a.version, b.version)
+    assert version_tags()[b.version]["gate"] == "superseded"
+    assert registry._lock_holder(settings.PROMOTION_LOCK) is None, "the lock was not released"
+
+
+def plant_lock(expires_in: float, owner: str = "gone-host:123:abcd") -> None:
+    """A lock left in the registry by a process that is not running (its lease runs ``expires_in`` s)."""
+    registry.client().create_registered_model(
+        settings.PROMOTION_LOCK,
+        tags={"owner": owner, "expires_at": f"{time.time() + expires_in:.3f}"},
+    )
+
+
+def test_an_abandoned_lock_is_taken_over_once_its_lease_has_run_out(fresh_store: Path) -> None:
+    plant_lock(expires_in=-1)
+    with registry.registry_lock(wait_seconds=5):
+        holder = registry._lock_holder(settings.PROMOTION_LOCK)
+        assert holder is not None and holder["owner"] != "gone-host:123:abcd"
+    assert registry._lock_holder(settings.PROMOTION_LOCK) is None
+
+
+def test_a_live_lock_makes_the_promotion_wait_then_give_up_with_a_retryable_error(fresh_store: Path) -> None:
+    plant_lock(expires_in=600)
+    with (
+        pytest.raises(registry.LockTimeoutError, match=r"is held by gone-host:123:abcd for more than 1s"),
+        registry.registry_lock(wait_seconds=1),
+    ):
+        pytest.fail("the lock was taken while another process held it")
+    assert registry.LockTimeoutError.transient
+    assert registry._lock_holder(settings.PROMOTION_LOCK)["owner"] == "gone-host:123:abcd"  # not ours
+
+
+def test_the_lock_is_released_when_the_promotion_fails(fresh_store: Path) -> None:
+    seen: list[dict[str, str] | None] = []
+
+    def promote_and_fail() -> None:
+        with pipeline.promotion_lock():
+            seen.append(registry._lock_holder(settings.PROMOTION_LOCK))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        promote_and_fail()
+    assert seen and seen[0] is not None
+    assert registry._lock_holder(settings.PROMOTION_LOCK) is None
