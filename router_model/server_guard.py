@@ -17,13 +17,13 @@
   last of a duplicated JSON key and the first of a duplicated CSV header, without a word;
 * reads and parses a body of any size (a 50 MB body takes about 1 GiB to parse);
 * serialises predictions with ``DataFrame.to_dict`` and ``json.dump``, whose pure-Python encoder
-  took 83% of a 1,000-row router request (the router answers four fields a row, two of them
-  full-precision probabilities).
+  dominates a large router answer (four fields a row, two of them full-precision probabilities;
+  figures in ``docs/benchmarks.md``).
 
 The router's ``load_context`` calls :func:`install` inside that server process (and only there:
 MLflow sets ``__pyfunc_model_path__`` for it). :func:`install` replaces the module's
 ``invocations`` with a guard around the original, and its ``predictions_to_json`` with one that
-writes the same JSON value five to ten times faster (orjson for the router's answer). ``app.py``
+writes the same JSON value much faster (orjson for the router's answer; ``docs/benchmarks.md``). ``app.py``
 builds the FastAPI app after the model has loaded, and its handler looks ``invocations`` up when
 called, so the guard is in place from the first request. The guard parses a JSON body itself
 (:func:`prepare`) and hands MLflow the parsed object, which its ``_decode_json_input`` takes as
