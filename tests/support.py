@@ -179,6 +179,36 @@ CREDENTIAL_ENV = (
 )
 
 
+def mlflow_server_command(
+    backend_store_uri: str, artifacts: Path, port: int, workers: int = 1, *extra: str
+) -> list[str]:
+    """The ``mlflow server`` command line every test server uses (artifacts served by the server).
+
+    Args:
+        backend_store_uri: The tracking store (SQLite file or PostgreSQL URL).
+        artifacts: Where the server keeps artifacts.
+        port: Loopback port.
+        workers: Server workers.
+        *extra: More options, e.g. ``--app-name basic-auth``.
+    """
+    return [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        *extra,
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        str(artifacts),
+        "--serve-artifacts",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+
+
 class TrackingServer:
     """``mlflow server`` on a fixed loopback port and store, which can be stopped and started again."""
 
@@ -196,21 +226,7 @@ class TrackingServer:
         log = open(self.root / f"mlflow-{self.starts}.log", "wb")  # noqa: SIM115 - closed in stop()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MUSHROOM_"))}
         self.proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "mlflow"),
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{self.root / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(self.root / "artifacts"),
-                "--serve-artifacts",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "1",
-            ],
+            mlflow_server_command(f"sqlite:///{self.root / 'mlflow.db'}", self.root / "artifacts", self.port),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -23,7 +23,15 @@ from typing import Any
 
 import pytest
 import requests
-from support import create_database, drop_database, free_port, pg_url, postgres_or_skip, wait_for_http
+from support import (
+    create_database,
+    drop_database,
+    free_port,
+    mlflow_server_command,
+    pg_url,
+    postgres_or_skip,
+    wait_for_http,
+)
 
 from router_model import serving, settings
 
@@ -102,23 +110,7 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer
     port = free_port()
     log = open(root / "mlflow.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--app-name",
-            "basic-auth",
-            "--backend-store-uri",
-            pg_url(database),
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--serve-artifacts",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
+        mlflow_server_command(pg_url(database), root / "artifacts", port, 1, "--app-name", "basic-auth"),
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -45,6 +45,7 @@ from support import (
     create_database,
     drop_database,
     free_port,
+    mlflow_server_command,
     pg_url,
     postgres_or_skip,
     skip_or_fail,
@@ -263,21 +264,7 @@ def start_cluster(tmp_path: Path, executor: str) -> Iterator[Cluster]:
     try:
         mlflow = cluster.start(
             "mlflow",
-            [
-                str(BIN / "mlflow"),
-                "server",
-                "--backend-store-uri",
-                pg_url(databases[0]),
-                "--artifacts-destination",
-                str(tmp_path / "artifacts"),
-                "--serve-artifacts",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(mlflow_port),
-                "--workers",
-                "2",
-            ],
+            mlflow_server_command(pg_url(databases[0]), tmp_path / "artifacts", mlflow_port, 2),
         )
         cluster.airflow("db", "migrate")
         wait_for_http(f"{tracking_uri}/health", mlflow, timeout=180)

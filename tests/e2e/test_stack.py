@@ -28,6 +28,7 @@ from support import (
     create_database,
     drop_database,
     free_port,
+    mlflow_server_command,
     pg_url,
     postgres_cluster,
     postgres_or_skip,
@@ -119,21 +120,7 @@ def stack(tmp_path: Path):
     try:
         mlflow = stack.start(
             "mlflow",
-            [
-                str(BIN / "mlflow"),
-                "server",
-                "--backend-store-uri",
-                pg_url(databases[0]),
-                "--artifacts-destination",
-                str(tmp_path / "artifacts"),
-                "--serve-artifacts",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
+            mlflow_server_command(pg_url(databases[0]), tmp_path / "artifacts", port),
         )
         wait_for_http(f"{stack.tracking_uri}/health", mlflow, timeout=180)
         migrate = subprocess.run(
