@@ -20,8 +20,8 @@ from support import free_port
 
 from router_model import features as F
 from router_model import pipeline, registry, settings
-from router_model.data import make_synthetic
 from router_model.supervisor import ChampionSupervisor
+from router_model.synthetic import make_synthetic
 
 pytestmark = pytest.mark.serving
 
