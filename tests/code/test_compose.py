@@ -552,11 +552,9 @@ def test_no_secret_on_a_command_line(service):
         assert not (name and is_secret_name(name)), f"{service}: ${{{name}}} on its command line"
 
 
-#: The tracking server's secret files and the .env variable each comes from.
+#: The tracking server's secret files and the .env variable each comes from (its name, upper case).
 MLFLOW_SECRET_FILES = {
-    "mlflow_db_password": "MLFLOW_DB_PASSWORD",
-    "mlflow_admin_password": "MLFLOW_ADMIN_PASSWORD",
-    "mlflow_flask_secret_key": "MLFLOW_FLASK_SECRET_KEY",
+    name: name.upper() for name in ("mlflow_db_password", "mlflow_admin_password", "mlflow_flask_secret_key")
 }
 
 
