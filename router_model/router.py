@@ -34,6 +34,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from router_model import features as F
+from router_model import inference_log
 from router_model.inputs import as_frame, hashable_labels
 from router_model.params import SAFE, parse_params
 from router_model.scorers import compile_scorer
@@ -277,7 +278,7 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
         the :mod:`router_model.inference_log` (unless ``MUSHROOM_INFERENCE_LOG=off``) and the
         :mod:`router_model.metrics` on ``/metrics`` (unless ``MUSHROOM_METRICS=off``).
         """
-        from router_model import inference_log, metrics, server_guard
+        from router_model import metrics, server_guard
 
         self._log: inference_log.InferenceLog | None = None
         self._metrics: metrics.ServerMetrics | None = None
@@ -304,8 +305,6 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
     def _observe(
         self, matrix: np.ndarray, routes: np.ndarray, poisonous: np.ndarray, threshold: float | np.ndarray
     ) -> None:
-        from router_model import inference_log
-
         if self._metrics is not None:
             self._metrics.observe(routes, poisonous, threshold)
         if self._log is not None:

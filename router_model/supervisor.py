@@ -395,12 +395,7 @@ class ChampionSupervisor:
             Seconds from stopping the old server until the new one answered (the request gap).
         """
         number, key = int(version.version), cache_key(version)
-        model = self.cache.fetch(version)
-        try:
-            trust.check_model(model, version.tags, number)
-        except trust.UntrustedCodeError as err:
-            reject(number, str(err))
-            raise
+        model = checked(self.cache.fetch(version), version)
         if self.served is not None:
             self._try_out(model, number)
         gap = self._serve(model, number, key)
@@ -511,6 +506,20 @@ def reject(version: int, reason: str) -> None:
         _logger.warning("Could not tag version %s as rejected (%s)", version, str(err).splitlines()[0][:200])
 
 
+def checked(model: Path, version: Any) -> Path:
+    """``model`` (a downloaded registry ``ModelVersion``) if its code is trusted, else refused and tagged.
+
+    Raises:
+        UntrustedCodeError: See :func:`router_model.trust.check_model`.
+    """
+    try:
+        trust.check_model(model, version.tags, version.version)
+    except trust.UntrustedCodeError as err:
+        reject(int(version.version), str(err))
+        raise
+    return model
+
+
 def trusted_copy(model_uri: str, cache_dir: str | Path | None = None) -> Path:
     """A verified local copy of a registered version whose code this process trusts.
 
@@ -534,13 +543,7 @@ def trusted_copy(model_uri: str, cache_dir: str | Path | None = None) -> Path:
         version = c.get_model_version_by_alias(name, ref) if ref else c.get_model_version(*name.split("/", 1))
     except Exception as err:
         raise registry.RegistryError(f"cannot resolve {model_uri}: {str(err).splitlines()[0]}") from None
-    model = ModelCache(Path(cache_dir) if cache_dir else default_cache_dir()).fetch(version)
-    try:
-        trust.check_model(model, version.tags, version.version)
-    except trust.UntrustedCodeError as err:
-        reject(int(version.version), str(err))
-        raise
-    return model
+    return checked(ModelCache(Path(cache_dir) if cache_dir else default_cache_dir()).fetch(version), version)
 
 
 def _free_port() -> int:
