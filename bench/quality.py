@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedKFold
 from sklearn.naive_bayes import GaussianNB
 
 from router_model import data, settings
@@ -29,6 +29,7 @@ from router_model.train import TrainConfig, binary_metrics, fit_calibrated
 
 TARGETS = {F.LOGISTIC_REGRESSION: 0.89, F.NAIVE_BAYES: 0.78}
 MAX_ECE = 0.02
+MAX_AUC_CHANGE = 0.002
 BASELINES = {F.NAIVE_BAYES: GaussianNB, F.LOGISTIC_REGRESSION: LogisticRegression}
 OURS = "router sub-model (calibrated)"
 BEFORE = "uncalibrated pipeline"
@@ -40,19 +41,16 @@ HEADERS = ["ROC-AUC", "accuracy", "log-loss", "Brier", "ECE", *(f"share < {t:g}"
 def evaluate_split(train, test, config):
     """Metrics of both sub-models (after and before calibration) and both raw baselines on one split.
 
-    The calibration maps and safe thresholds come from a validation split of ``train`` only, as in
-    :func:`router_model.train.train`.
+    The calibration maps and safe thresholds come from cross-fitted (out-of-fold) scores of
+    ``train`` only, as in :func:`router_model.train.train`.
 
     Returns:
         ``(rows, scores, safe)``: ``(route, model, metrics)`` rows, the held-out P(poisonous) of
         each route before and after, and each route's safe threshold with its held-out outcome.
     """
     y_test = test[F.TARGET].to_numpy()
-    fit_rows, val_rows = train_test_split(
-        train, test_size=settings.TEST_SIZE, stratify=train[F.TARGET], random_state=settings.SPLIT_SEED
-    )
-    models, _, val_scores = fit_calibrated(fit_rows, val_rows, config, final_rows=train)
-    y_val = val_rows[F.TARGET].to_numpy()
+    models, _, oof_scores = fit_calibrated(train, config)
+    y_train = train[F.TARGET].to_numpy()
     rows, scores, safe = [], {}, {}
     for route in F.ROUTES:
         cols = list(F.ROUTE_FEATURES[route])
@@ -64,7 +62,7 @@ def evaluate_split(train, test, config):
         rows.append((route, BEFORE, binary_metrics(y_test, before)))
         rows.append((route, f"raw {BASELINES[route].__name__}()", binary_metrics(y_test, raw)))
         scores[f"{route} before"], scores[f"{route} after"] = before, after
-        found = safe_threshold(y_val, val_scores[route])
+        found = safe_threshold(y_train, oof_scores[route])
         edible = y_test == F.LABEL_EDIBLE
         safe[route] = (
             found,
@@ -78,9 +76,18 @@ def fmt(value: float) -> str:
     return f"{value:.4f}"
 
 
-def targets_met(route: str, m: dict[str, float]) -> list[tuple[str, bool]]:
-    """Each quality target of a calibrated route and whether ``m`` meets it."""
+def targets_met(route: str, m: dict[str, float], before: dict[str, float]) -> list[tuple[str, bool]]:
+    """Each quality target of a calibrated route (``m``; ``before``: its uncalibrated pipeline)."""
     found = [(f"ROC-AUC >= {TARGETS[route]}: {fmt(m['roc_auc'])}", m["roc_auc"] >= TARGETS[route])]
+    auc_change = m["roc_auc"] - before["roc_auc"]
+    found.append(
+        (
+            f"ROC-AUC within {MAX_AUC_CHANGE} of uncalibrated: {auc_change:+.4f}",
+            abs(auc_change) <= MAX_AUC_CHANGE,
+        )
+    )
+    loss_change = m["log_loss"] - before["log_loss"]
+    found.append((f"log-loss no worse than uncalibrated: {loss_change:+.5f}", loss_change <= 1e-12))
     found.append((f"ECE <= {MAX_ECE}: {fmt(m['ece'])}", m["ece"] <= MAX_ECE))
     for t, name in zip(TAIL_THRESHOLDS, TAILS, strict=True):
         found.append((f"poisonous share below {t:g} <= {t:g}: {fmt(m[name])}", m[name] <= t))
@@ -106,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, scores, safe = evaluate_split(train, test, config)
     print(
         f"Held-out split: {len(train)} train / {len(test)} test rows (stratified 80/20, seed 42); "
-        f"{time.perf_counter() - started:.1f}s. Calibration maps and safe thresholds are fitted on a "
-        "validation split of the training rows only. ECE: 10 equal-width bins; share < t: poisonous "
+        f"{time.perf_counter() - started:.1f}s. Calibration maps and safe thresholds are fitted on "
+        "cross-fitted (out-of-fold) scores of the training rows only. ECE: 10 equal-width bins; share < t: poisonous "
         "share among rows given P(poisonous) < t.\n"
     )
     print("| route | model | " + " | ".join(HEADERS) + " |")
@@ -116,18 +123,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {route} | {model} | " + " | ".join(fmt(m[c]) for c in COLUMNS) + " |")
     ok = True
     print()
+    by_model = {(route, model): m for route, model, m in rows}
     for route, model, m in rows:
         if model == OURS:
-            for text, met in targets_met(route, m):
+            for text, met in targets_met(route, m, by_model[route, BEFORE]):
                 ok &= met
                 print(f"target {route} {text} {'met' if met else 'MISSED'}  ")
     print(
         "\nSafe thresholds (the largest threshold keeping poisonous rows at or below 1% of the "
-        "'edible' calls on the validation rows, as training records it) and what they give on the "
+        "'edible' calls on the out-of-fold training scores, as training records it) and what they give on the "
         "held-out rows:\n"
     )
     print(
-        "| route | safe_threshold_1pct | validation false-alarm rate | held-out poisonous share "
+        "| route | safe_threshold_1pct | out-of-fold false-alarm rate | held-out poisonous share "
         "among 'edible' | held-out false-alarm rate |"
     )
     print("|---|---|---|---|---|")
@@ -171,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {route} | {model} | " + " | ".join(cells) + " |")
         print()
         print(
-            "\nSafe threshold per fold (fitted on each fold's validation rows), and on the fold's "
+            "\nSafe threshold per fold (fitted on each fold's out-of-fold training scores), and on the fold's "
             "held-out rows: mean ± std [min, max]:\n"
         )
         print("| route | safe_threshold_1pct | poisonous share among 'edible' | false-alarm rate |")
@@ -186,7 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         print()
         for (route, model), folds_m in collected.items():
             if model == OURS:
-                missed = [text for m in folds_m for text, met in targets_met(route, m) if not met]
+                befores = collected[route, BEFORE]
+                missed = [
+                    f"fold {i + 1}: {text}"
+                    for i, (m, b) in enumerate(zip(folds_m, befores, strict=True))
+                    for text, met in targets_met(route, m, b)
+                    if not met
+                ]
                 ok &= not missed
                 verdict = "met in every fold" if not missed else "MISSED: " + "; ".join(missed)
                 print(f"targets {route}: {verdict}  ")

@@ -33,6 +33,8 @@ ECE_BINS = 10
 TAIL_THRESHOLDS: tuple[float, ...] = (0.02, 0.05, 0.1)
 #: The share of poisonous rows among those called "edible" that the published safe threshold keeps.
 SAFE_POISONOUS_SHARE = 0.01
+#: The map that leaves a model's probabilities as they are (slope 1, intercept 0).
+IDENTITY_MAP = (1.0, 0.0)
 
 
 class LogOddsCalibrated(ClassifierMixin, BaseEstimator):

@@ -8,8 +8,8 @@ Each pipeline is assembled from steps fitted in order, so the encoder and the na
 full code space up front (codes never seen in training get a smoothed, not a failing, score).
 
 Each route then gets Platt's map on its log-odds (:class:`~router_model.calibration.LogOddsCalibrated`),
-fitted on a validation split carved from the training rows, never on the held-out rows; the same
-validation rows pick the preferred route and the published safe threshold.
+fitted on cross-fitted (out-of-fold) log-odds of the training rows, never on the held-out rows;
+the same out-of-fold scores pick the preferred route and the published safe threshold.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from scipy.special import expit
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, roc_auc_score
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold
 from sklearn.naive_bayes import CategoricalNB
 from sklearn.pipeline import Pipeline
 
@@ -36,6 +36,7 @@ from router_model import features as F
 from router_model import settings
 from router_model.calibration import (
     CALIBRATION_METRICS,
+    IDENTITY_MAP,
     LogOddsCalibrated,
     SafeThreshold,
     calibration_metrics,
@@ -160,10 +161,11 @@ class TrainResult:
     Attributes:
         router: The fitted :class:`Router`.
         metrics: Held-out metrics, ``{route}_{metric}`` plus ``auto_{metric}``.
-        validation_auc: Validation ROC-AUC per route (decides the preferred route).
+        validation_auc: Out-of-fold ROC-AUC per route on the training rows (decides the
+            preferred route).
         calibration: Per route, the ``(slope, intercept)`` of its log-odds map.
         safe_thresholds: Per route, the largest threshold keeping poisonous rows at or below 1%
-            of the "edible" calls on the validation rows, and its false-alarm rate.
+            of the "edible" calls on the out-of-fold scores, and its false-alarm rate.
         test: The held-out rows.
         config: The hyperparameters used.
         train_rows: Number of rows the final sub-models were fitted on.
@@ -249,8 +251,12 @@ def binary_metrics(
     }
 
 
-#: The map that leaves a model's probabilities as they are (slope 1, intercept 0).
-IDENTITY_MAP = (1.0, 0.0)
+#: Folds of the cross-fitting that gives every training row an out-of-fold log-odds per route:
+#: the rows each calibration map, the preferred route and the safe thresholds are fitted on. Ten
+#: folds train each fold model on 90% of the rows: the final model (all rows) is a little more sure
+#: of itself than models fitted on less, and the map learnt from the fold models carries over
+#: better the closer they are to it (measured in docs/benchmarks.md, "Quality on the real data").
+CALIBRATION_FOLDS = 10
 
 
 def calibrate(
@@ -260,44 +266,84 @@ def calibrate(
     return {route: LogOddsCalibrated(model, *maps[route]) for route, model in submodels.items()}
 
 
-def fit_calibrated(
-    fit_rows: pd.DataFrame,
-    val_rows: pd.DataFrame,
-    config: TrainConfig,
-    final_rows: pd.DataFrame | None = None,
-) -> tuple[dict[str, LogOddsCalibrated], dict[str, tuple[float, float]], dict[str, np.ndarray]]:
-    """Fit both routes on ``fit_rows``, their maps on ``val_rows``, then refit on ``final_rows``.
+def _folds(y: np.ndarray, folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds, as many as the rarer class allows (none below two)."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=2)
+    k = min(folds, int(counts.min()))
+    if k < 2:
+        return []
+    return list(StratifiedKFold(k, shuffle=True, random_state=settings.SPLIT_SEED).split(y, y))
 
-    Args:
-        fit_rows: Rows the validation models learn from.
-        val_rows: Rows the maps (and the callers' choices) are fitted on.
-        config: Hyperparameters.
-        final_rows: Rows of the returned models (default ``fit_rows`` and ``val_rows`` together).
+
+def out_of_fold_log_odds(
+    rows: pd.DataFrame, config: TrainConfig, folds: int = CALIBRATION_FOLDS
+) -> dict[str, np.ndarray] | None:
+    """Each route's log-odds of every row from a model fitted on the other folds.
 
     Returns:
-        The calibrated final models, the ``(slope, intercept)`` per route (:data:`IDENTITY_MAP`,
-        with a warning, when ``val_rows`` cannot fit one: a single class, or a model that ranks
-        them no better than chance), and the calibrated P(poisonous) of the validation models on
-        ``val_rows`` per route.
+        Per route, one log-odds per row of ``rows`` (in order); ``None`` when the rarer class has
+        fewer than two rows (no stratified folds).
     """
-    if final_rows is None:
-        final_rows = pd.concat([fit_rows, val_rows])
-    y_val = val_rows[F.TARGET].to_numpy()
+    y = rows[F.TARGET].to_numpy()
+    splits = _folds(y, folds)
+    if not splits:
+        return None
+    z = {route: np.empty(len(rows)) for route in F.ROUTES}
+    for fit_index, score_index in splits:
+        scored = rows.iloc[score_index]
+        for route, model in fit_submodels(rows.iloc[fit_index], config).items():
+            z[route][score_index] = log_odds(
+                model, scored[list(F.ROUTE_FEATURES[route])].to_numpy(np.float64)
+            )
+    return z
+
+
+def fit_calibrated(
+    rows: pd.DataFrame, config: TrainConfig, folds: int = CALIBRATION_FOLDS
+) -> tuple[dict[str, LogOddsCalibrated], dict[str, tuple[float, float]], dict[str, np.ndarray]]:
+    """Fit both routes on ``rows`` and each route's log-odds map on their out-of-fold log-odds.
+
+    Cross-fitting uses every training row for the maps (and for the callers' choices) while each
+    row's log-odds comes from a model that did not see it; the held-out rows stay untouched.
+
+    Args:
+        rows: The training rows (with ``class``).
+        config: Hyperparameters.
+        folds: Cross-fitting folds.
+
+    Returns:
+        The calibrated models (fitted on all ``rows``), the ``(slope, intercept)`` per route
+        (:data:`~router_model.calibration.IDENTITY_MAP`, with a warning, when the rows cannot fit
+        one: a single class, or a model that ranks them no better than chance),
+        and the calibrated out-of-fold P(poisonous) of every row per route (the model's own
+        in-sample probabilities when there are too few rows for folds).
+    """
+    y = rows[F.TARGET].to_numpy()
+    final = fit_submodels(rows, config)
+    z = out_of_fold_log_odds(rows, config, folds)
     maps: dict[str, tuple[float, float]] = {}
-    val_scores: dict[str, np.ndarray] = {}
-    for route, model in fit_submodels(fit_rows, config).items():
-        z = log_odds(model, val_rows[list(F.ROUTE_FEATURES[route])].to_numpy(np.float64))
+    scores: dict[str, np.ndarray] = {}
+    for route, model in final.items():
+        if z is None:
+            _logger.warning("No calibration map for %s (too few rows of a class for folds)", route)
+            maps[route] = IDENTITY_MAP
+            scores[route] = expit(log_odds(model, rows[list(F.ROUTE_FEATURES[route])].to_numpy(np.float64)))
+            continue
         try:
-            maps[route] = fit_log_odds_map(z, y_val)
+            maps[route] = fit_log_odds_map(z[route], y)
         except ValueError as err:
-            # A handful of validation rows (a tiny file) cannot fit a map; the gate refuses such
-            # versions anyway ("too few to judge"), so training goes on with the model's own
-            # probabilities rather than failing.
+            # A handful of rows (a tiny file) cannot fit a map; the gate refuses such versions
+            # anyway ("too few to judge"), so training goes on with the model's own probabilities.
             _logger.warning("No calibration map for %s (%s); keeping its own probabilities", route, err)
             maps[route] = IDENTITY_MAP
         slope, intercept = maps[route]
-        val_scores[route] = expit(slope * z + intercept)
-    return calibrate(fit_submodels(final_rows, config), maps), maps, val_scores
+        scores[route] = expit(slope * z[route] + intercept)
+    return calibrate(final, maps), maps, scores
+
+
+def _roc_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC-AUC, 0.5 when ``y`` holds one class (a tiny file: the gate refuses it anyway)."""
+    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else 0.5
 
 
 def evaluate(router: Router, frame: pd.DataFrame) -> dict[str, float]:
@@ -324,9 +370,9 @@ def train(frame: pd.DataFrame, config: TrainConfig | None = None) -> TrainResult
     """Split, fit, pick the preferred route on a validation split, and evaluate on held-out rows.
 
     The preferred route (for rows that carry both feature sets) is the one with the higher
-    ROC-AUC on a validation split carved from the training rows; the same validation rows fit each
-    route's calibration map and give its safe threshold, so the held-out rows stay untouched by
-    every choice.
+    out-of-fold ROC-AUC on the training rows (cross-fitted, :func:`fit_calibrated`); the same
+    out-of-fold scores fit each route's calibration map and give its safe threshold, so the
+    held-out rows stay untouched by every choice.
 
     Args:
         frame: A validated training frame (see :func:`router_model.data.validate_training_frame`).
@@ -340,16 +386,10 @@ def train(frame: pd.DataFrame, config: TrainConfig | None = None) -> TrainResult
     config = config or TrainConfig()
     started = time.perf_counter()
     train_rows, test_rows = split(frame)
-    fit_rows, val_rows = train_test_split(
-        train_rows,
-        test_size=settings.TEST_SIZE,
-        stratify=train_rows[F.TARGET],
-        random_state=settings.SPLIT_SEED,
-    )
-    y_val = val_rows[F.TARGET].to_numpy()
-    submodels, maps, val_scores = fit_calibrated(fit_rows, val_rows, config, final_rows=train_rows)
-    validation_auc = {route: float(roc_auc_score(y_val, p)) for route, p in val_scores.items()}
-    safe = {route: safe_threshold(y_val, p) for route, p in val_scores.items()}
+    y_train = train_rows[F.TARGET].to_numpy()
+    submodels, maps, oof_scores = fit_calibrated(train_rows, config)
+    validation_auc = {route: _roc_auc(y_train, p) for route, p in oof_scores.items()}
+    safe = {route: safe_threshold(y_train, p) for route, p in oof_scores.items()}
     preferred = max(F.ROUTES, key=lambda r: validation_auc[r])
     router = Router(submodels, preferred=preferred, safe_thresholds={r: s.threshold for r, s in safe.items()})
     seconds = time.perf_counter() - started

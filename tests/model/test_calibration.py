@@ -116,6 +116,48 @@ def test_fit_log_odds_map_refuses_what_cannot_calibrate(z, y, message):
         fit_log_odds_map(np.array(z), np.array(y))
 
 
+def test_out_of_fold_log_odds_come_from_models_that_did_not_see_the_row(synthetic_frame, monkeypatch):
+    from router_model import train as T
+
+    rows = synthetic_frame.iloc[:1500].reset_index(drop=True)
+    rows["row"] = np.arange(len(rows))
+    seen: list[set[int]] = []
+    fit = T.fit_submodels
+
+    def recording(frame, config):
+        seen.append(set(frame["row"]))
+        return fit(frame, config)
+
+    monkeypatch.setattr(T, "fit_submodels", recording)
+    z = T.out_of_fold_log_odds(rows, T.TrainConfig(), folds=4)
+    assert len(seen) == 4 and all(len(s) == 1125 for s in seen)  # each fold model: 3 of 4 folds
+    for fitted_on in seen:
+        held = np.array(sorted(set(range(len(rows))) - fitted_on))
+        # The fold model's own log-odds on its held rows are exactly the out-of-fold values.
+        model = fit(rows.iloc[sorted(fitted_on)], T.TrainConfig())
+        for route in F.ROUTES:
+            X = rows.iloc[held][list(F.ROUTE_FEATURES[route])].to_numpy(float)
+            np.testing.assert_allclose(z[route][held], T.log_odds(model[route], X), rtol=0, atol=1e-12)
+    assert set().union(*(set(range(len(rows))) - s for s in seen)) == set(range(len(rows)))
+
+
+def test_the_map_is_fitted_on_out_of_fold_not_in_sample_log_odds(synthetic_frame):
+    from router_model import train as T
+
+    config = T.TrainConfig()
+    models, maps, scores = T.fit_calibrated(synthetic_frame, config)
+    y = synthetic_frame[F.TARGET].to_numpy()
+    z = T.out_of_fold_log_odds(synthetic_frame, config)
+    for route in F.ROUTES:
+        assert maps[route] == pytest.approx(fit_log_odds_map(z[route], y), abs=1e-9)
+        X = synthetic_frame[list(F.ROUTE_FEATURES[route])].to_numpy(float)
+        in_sample = fit_log_odds_map(T.log_odds(models[route].estimator, X), y)
+        assert maps[route] != pytest.approx(in_sample, abs=1e-6)
+        np.testing.assert_allclose(
+            scores[route], expit(maps[route][0] * z[route] + maps[route][1]), atol=1e-12
+        )
+
+
 @pytest.mark.parametrize("route", F.ROUTES)
 def test_calibrated_route_is_its_pipeline_then_the_map(router, synthetic_frame, route):
     model = router.submodels[route]
@@ -307,7 +349,7 @@ def test_real_data_targets_hold_on_the_held_out_split(real_trained, route):
 
     before = binary_metrics(y, raw)
     assert abs(m[f"{route}_roc_auc"] - before["roc_auc"]) <= 0.002
-    assert m[f"{route}_log_loss"] <= before["log_loss"] + 1e-4
+    assert m[f"{route}_log_loss"] <= before["log_loss"]
 
 
 def test_gate_refuses_the_uncalibrated_naive_bayes_on_the_real_held_out_rows(real_trained):
