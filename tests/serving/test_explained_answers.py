@@ -87,6 +87,14 @@ def test_every_json_form_explains_the_golden_rows_as_in_process(server, pyfunc, 
     np.testing.assert_allclose(sums, logit([a["poisonous_probability"] for a in answered]), rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("explain", EXPLAIN)
+def test_the_fast_path_and_mlflows_path_write_the_same_bytes(server, explain):
+    fast = post(server, encode(GOLDEN_ROWS, "dataframe_records", EXPLAIN[explain][0]))
+    slow = post(server, encode(GOLDEN_ROWS, "dataframe_records_numeric_strings", EXPLAIN[explain][0]))
+    assert fast.status_code == slow.status_code == 200
+    assert fast.content == slow.content
+
+
 def test_typed_params_work_over_http_too(server, pyfunc, golden_rows):
     typed = {"explain": True, "explain_top": 3, "safe_threshold": True}
     response = post(server, encode(GOLDEN_ROWS, "dataframe_records", typed))
