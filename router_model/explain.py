@@ -53,6 +53,29 @@ class RouteTerms:
     features: tuple[tuple[str, ...], ...]
     positions: tuple[tuple[int, ...], ...]
 
+    def __post_init__(self) -> None:
+        # BinCross crosses columns (j0, j1, j2) into ((c0 * n1) + c1) * n2 + c2: linear in the
+        # columns' own codes. So every term's code is one integer matrix product, and every
+        # contribution one lookup in the tables laid end to end (a few NumPy calls for all terms,
+        # which matters for one row).
+        sizes = self.codes.base_cardinalities_
+        strides = np.zeros((len(self.codes.columns), len(self.positions)), dtype=np.int64)
+        for t, where in enumerate(self.positions):
+            stride = 1
+            for j in reversed(where):
+                strides[j, t] = stride
+                stride *= sizes[j]
+        offsets = np.cumsum([0, *(len(table) for table in self.tables[:-1])])
+        object.__setattr__(self, "_strides", strides)
+        object.__setattr__(self, "_offsets", offsets.astype(np.int64))
+        object.__setattr__(self, "_flat", np.concatenate(self.tables))
+
+    def features_json(self) -> tuple[Any, ...]:
+        """Each term's ``features`` as ready-made JSON (``orjson.Fragment``) for answers written by orjson."""
+        import orjson
+
+        return tuple(orjson.Fragment(orjson.dumps(list(names))) for names in self.features)
+
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """Every term of every row.
 
@@ -62,10 +85,7 @@ class RouteTerms:
         Returns:
             A float array of shape ``(n_rows, n_terms)``.
         """
-        out = np.empty((len(X), len(self.tables)))
-        for t, (table, code) in enumerate(zip(self.tables, self.codes.iter_codes(X), strict=True)):
-            out[:, t] = table[code]
-        return out
+        return self._flat[self.codes.base_codes(X) @ self._strides + self._offsets]
 
 
 def route_terms(estimator: Any, columns: tuple[str, ...]) -> RouteTerms | None:
@@ -116,14 +136,19 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def explanations(terms: RouteTerms, X: np.ndarray, top: int = 0) -> list[dict[str, Any]]:
-    """The explanation of every row of one route, built in one pass over the terms.
+def explanations(
+    terms: RouteTerms, X: np.ndarray, top: int = 0, features: tuple[Any, ...] | None = None
+) -> list[dict[str, Any]]:
+    """The explanation of every row of one route, built in one pass.
 
     Args:
         terms: The route's terms (:func:`route_terms`).
         X: The route's feature columns of the rows, validated.
         top: 0 for every term; k >= 1 for the k largest by absolute contribution plus, when any
             are left, one ``"other"`` term holding their sum and their ``count``.
+        features: What to put in each term's ``features`` instead of a new list of its names,
+            shared by every row (the model server passes ready-made JSON, see
+            :meth:`RouteTerms.features_json`).
 
     Returns:
         Per row ``{"base": float, "contributions": [{"features": [...], "values": [...],
@@ -139,28 +164,31 @@ def explanations(terms: RouteTerms, X: np.ndarray, top: int = 0) -> list[dict[st
     ranked = np.take_along_axis(contributions, order, axis=1)
     keep = n_terms if top <= 0 or top >= n_terms else top
     columns = _raw_values(X, terms.codes.columns)
+    names = terms.features if features is None else features
+    base = terms.base
     with _no_gc():
         # Per term, every row's values of its features (lists built by map and zip, in C).
         values = [
             list(map(list, zip(*(columns[j] for j in where), strict=True))) for where in terms.positions
         ]
-        names = terms.features
-        ranks = []
-        for rank in range(keep):
-            which = order[:, rank].tolist()
-            ranks.append(
-                [
+        rest = ranked[:, keep:].sum(axis=1).tolist() if keep < n_terms else None
+        out = []
+        for i, (row_order, row_terms) in enumerate(
+            zip(order[:, :keep].tolist(), ranked[:, :keep].tolist(), strict=True)
+        ):
+            if features is None:  # a list of its own in every term: callers may change it
+                listed = [
                     {FEATURES: list(names[t]), VALUES: values[t][i], CONTRIBUTION: c}
-                    for i, t, c in zip(range(n_rows), which, ranked[:, rank].tolist(), strict=True)
+                    for t, c in zip(row_order, row_terms, strict=True)
                 ]
-            )
-        if keep < n_terms:
-            left = n_terms - keep
-            ranks.append(
-                [
-                    {FEATURES: [F.OTHER_TERM], VALUES: [], CONTRIBUTION: c, COUNT: left}
-                    for c in ranked[:, keep:].sum(axis=1).tolist()
+            else:
+                listed = [
+                    {FEATURES: names[t], VALUES: values[t][i], CONTRIBUTION: c}
+                    for t, c in zip(row_order, row_terms, strict=True)
                 ]
-            )
-        base = terms.base
-        return [{BASE: base, CONTRIBUTIONS: list(row)} for row in zip(*ranks, strict=True)]
+            if rest is not None:
+                listed.append(
+                    {FEATURES: [F.OTHER_TERM], VALUES: [], CONTRIBUTION: rest[i], COUNT: n_terms - keep}
+                )
+            out.append({BASE: base, CONTRIBUTIONS: listed})
+        return out

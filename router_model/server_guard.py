@@ -487,7 +487,9 @@ def fast_answer(data: bytes, content_type: str, model: Any, input_schema: Any = 
         if not rows_in_domain(matrix).all():
             return None
         scores = pyfunc.router.score(matrix, model_name, threshold, observe=pyfunc.observer())
-        explained = None if explain is None else pyfunc.router.explain(matrix, scores.routes, explain)
+        explained = (
+            None if explain is None else pyfunc.router.explain(matrix, scores.routes, explain, for_json=True)
+        )
     except (_DeclinedError, orjson.JSONDecodeError, InvalidInputError, MlflowException, OverflowError):
         return None
     routes = [F.ROUTES[r] for r in scores.routes.tolist()]
