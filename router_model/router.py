@@ -64,7 +64,7 @@ _COLUMN_INDEX = {route: [F.ALL_FEATURES.index(c) for c in F.ROUTE_FEATURES[route
 _NO_ROUTE = -1
 #: What :meth:`Router.predict` tells an observer: the feature matrix, route indices into
 #: ``features.ROUTES``, P(poisonous) per row, and the threshold applied (per row, as an array, for
-#: ``"threshold": "safe"``, which only in-process callers can send).
+#: ``"threshold": "safe"``).
 Observer = Callable[[np.ndarray, np.ndarray, np.ndarray, float | np.ndarray], None]
 _ROUTE_DTYPE = pd.CategoricalDtype(list(F.ROUTES))
 _LABEL_DTYPE = pd.CategoricalDtype([F.LABELS[F.LABEL_EDIBLE], F.LABELS[F.LABEL_POISONOUS]])
