@@ -10,7 +10,8 @@ for 1 row and for 100,000 rows, per route. Medians of repeated calls (timeit).
 
 Explanations (issue #14), per route, explain off against on (every term): the pyfunc's
 ``predict`` and the model server's fast path (``server_guard.fast_answer``, JSON bytes in, JSON
-bytes out, what a plain JSON request costs the server besides HTTP), for 1 row and 1,000 rows.
+bytes out, what a plain JSON request costs the server besides HTTP), for 1 row and 1,000 rows,
+with the garbage collector running (timeit pauses it by default).
 ``--explain-only`` measures only these.
 
 Usage: ``python bench/inprocess.py --data mushroom_cleaned.csv [--out results.json]``
@@ -29,10 +30,15 @@ from pathlib import Path
 import numpy as np
 
 
-def median_seconds(func, number: int, repeat: int) -> float:
-    """Median seconds per call over ``repeat`` runs of ``number`` calls."""
+def median_seconds(func, number: int, repeat: int, gc_enabled: bool = False) -> float:
+    """Median seconds per call over ``repeat`` runs of ``number`` calls.
+
+    timeit pauses the garbage collector; ``gc_enabled`` keeps it running, for code whose cost
+    includes the collections its allocations trigger (explanations).
+    """
     func()
-    return float(np.median(timeit.repeat(func, number=number, repeat=repeat)) / number)
+    setup = "import gc; gc.enable()" if gc_enabled else "pass"
+    return float(np.median(timeit.repeat(func, setup=setup, number=number, repeat=repeat)) / number)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +123,7 @@ def explain_figures(model, frame) -> list[dict]:
                 assert server_guard.fast_answer(body, "application/json", model) is not None
                 typed = {"explain": True} if params else None
                 case[f"predict_{name}_ms"] = 1e3 * median_seconds(
-                    lambda rows=rows, typed=typed: model.predict(rows, params=typed), number, repeat
+                    lambda rows=rows, typed=typed: model.predict(rows, params=typed), number, repeat, True
                 )
                 case[f"fast_{name}_ms"] = 1e3 * median_seconds(
                     lambda body=body: server_guard.fast_answer(body, "application/json", model),

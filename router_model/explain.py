@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from router_model import features as F
 from router_model.scorers import log_odds_tables
@@ -69,12 +70,10 @@ class RouteTerms:
         object.__setattr__(self, "_strides", strides)
         object.__setattr__(self, "_offsets", offsets.astype(np.int64))
         object.__setattr__(self, "_flat", np.concatenate(self.tables))
-
-    def features_json(self) -> tuple[Any, ...]:
-        """Each term's ``features`` as ready-made JSON (``orjson.Fragment``) for answers written by orjson."""
-        import orjson
-
-        return tuple(orjson.Fragment(orjson.dumps(list(names))) for names in self.features)
+        # Each term's feature names as ready-made JSON, shared by every row of an answer that
+        # orjson writes at once (the model server's fast path).
+        shared = tuple(orjson.Fragment(orjson.dumps(list(names))) for names in self.features)
+        object.__setattr__(self, "_features_json", shared)
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """Every term of every row.
@@ -120,12 +119,13 @@ def _raw_values(X: np.ndarray, columns: tuple[str, ...]) -> list[list[Any]]:
 
 
 @contextmanager
-def _no_gc() -> Iterator[None]:
+def paused_gc() -> Iterator[None]:
     """Pause the cyclic garbage collector while many small containers are made.
 
     An explanation is a few dozen dicts and lists a row, none of them in a cycle; in a process
     holding MLflow, scikit-learn and pandas, the collections that so many new containers trigger
-    cost several times the building itself (figures in docs/benchmarks.md).
+    cost several times the building itself, and in a server, where they trigger collections of
+    the whole heap, more. Objects made meanwhile are freed by reference counting as usual.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -137,7 +137,7 @@ def _no_gc() -> Iterator[None]:
 
 
 def explanations(
-    terms: RouteTerms, X: np.ndarray, top: int = 0, features: tuple[Any, ...] | None = None
+    terms: RouteTerms, X: np.ndarray, top: int = 0, for_json: bool = False
 ) -> list[dict[str, Any]]:
     """The explanation of every row of one route, built in one pass.
 
@@ -146,9 +146,9 @@ def explanations(
         X: The route's feature columns of the rows, validated.
         top: 0 for every term; k >= 1 for the k largest by absolute contribution plus, when any
             are left, one ``"other"`` term holding their sum and their ``count``.
-        features: What to put in each term's ``features`` instead of a new list of its names,
-            shared by every row (the model server passes ready-made JSON, see
-            :meth:`RouteTerms.features_json`).
+        for_json: For an answer that orjson writes at once and nobody changes (the model
+            server's fast path): each term's ``features`` is ready-made JSON shared by every row
+            and its ``values`` a tuple; the bytes written are the same.
 
     Returns:
         Per row ``{"base": float, "contributions": [{"features": [...], "values": [...],
@@ -164,26 +164,28 @@ def explanations(
     ranked = np.take_along_axis(contributions, order, axis=1)
     keep = n_terms if top <= 0 or top >= n_terms else top
     columns = _raw_values(X, terms.codes.columns)
-    names = terms.features if features is None else features
-    base = terms.base
-    with _no_gc():
-        # Per term, every row's values of its features (lists built by map and zip, in C).
+    names, shared, base = terms.features, terms._features_json, terms.base
+    with paused_gc():
+        # Per term, every row's values of its features (built by zip and map, in C).
         values = [
-            list(map(list, zip(*(columns[j] for j in where), strict=True))) for where in terms.positions
+            list(zip(*(columns[j] for j in where), strict=True))
+            if for_json
+            else list(map(list, zip(*(columns[j] for j in where), strict=True)))
+            for where in terms.positions
         ]
         rest = ranked[:, keep:].sum(axis=1).tolist() if keep < n_terms else None
         out = []
         for i, (row_order, row_terms) in enumerate(
             zip(order[:, :keep].tolist(), ranked[:, :keep].tolist(), strict=True)
         ):
-            if features is None:  # a list of its own in every term: callers may change it
+            if for_json:
                 listed = [
-                    {FEATURES: list(names[t]), VALUES: values[t][i], CONTRIBUTION: c}
+                    {FEATURES: shared[t], VALUES: values[t][i], CONTRIBUTION: c}
                     for t, c in zip(row_order, row_terms, strict=True)
                 ]
-            else:
+            else:  # a list of its own in every term: callers may change it
                 listed = [
-                    {FEATURES: names[t], VALUES: values[t][i], CONTRIBUTION: c}
+                    {FEATURES: list(names[t]), VALUES: values[t][i], CONTRIBUTION: c}
                     for t, c in zip(row_order, row_terms, strict=True)
                 ]
             if rest is not None:

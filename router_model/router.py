@@ -154,7 +154,6 @@ class Router:
             None if safe_thresholds is None else {r: float(t) for r, t in safe_thresholds.items()}
         )
         self._scorers = {route: compile_scorer(model) for route, model in self.submodels.items()}
-        self._features_json: dict[str, tuple[Any, ...]] = {}
         self._terms: dict[str, RouteTerms | None] = {
             route: route_terms(model, F.ROUTE_FEATURES[route]) for route, model in self.submodels.items()
         }
@@ -268,8 +267,8 @@ class Router:
             matrix: The validated feature matrix.
             routes: Route indices from :meth:`score` (-1: no route, no explanation).
             top: 0 for every term, k for the k largest and one "other" term.
-            for_json: Share each term's ``features`` between rows as ready-made JSON (for an
-                answer written by orjson at once, as the model server's fast path does).
+            for_json: For an answer orjson writes at once (the model server's fast path; see
+                :func:`router_model.explain.explanations`).
 
         Returns:
             One explanation per row, in row order (``None`` for rows without a route).
@@ -288,12 +287,7 @@ class Router:
                     f"param explain: the {route} sub-model is not one whose log-odds are additive "
                     "(a BinCross pipeline, optionally calibrated); it cannot be explained"
                 )
-            features = None
-            if for_json:
-                features = self._features_json.get(route)
-                if features is None:
-                    features = self._features_json[route] = terms.features_json()
-            explained = explanations(terms, matrix[np.ix_(rows, _COLUMN_INDEX[route])], top, features)
+            explained = explanations(terms, matrix[np.ix_(rows, _COLUMN_INDEX[route])], top, for_json)
             for row, explanation in zip(rows.tolist(), explained, strict=True):
                 out[row] = explanation
         return out

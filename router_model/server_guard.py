@@ -73,10 +73,11 @@ from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
 
 from router_model import features as F
 from router_model import settings
+from router_model.explain import paused_gc
 from router_model.inputs import column_rows, few_labels
 from router_model.metrics import METRICS_PATH, RequestCounter, ServerMetrics
 from router_model.params import parse_params, typed_params
-from router_model.router import MushroomRouterModel, Router
+from router_model.router import MushroomRouterModel, Router, Scores
 from router_model.validation import InvalidInputError, rows_in_domain
 
 _logger = logging.getLogger(__name__)
@@ -487,11 +488,19 @@ def fast_answer(data: bytes, content_type: str, model: Any, input_schema: Any = 
         if not rows_in_domain(matrix).all():
             return None
         scores = pyfunc.router.score(matrix, model_name, threshold, observe=pyfunc.observer())
-        explained = (
-            None if explain is None else pyfunc.router.explain(matrix, scores.routes, explain, for_json=True)
-        )
+        if explain is None:
+            return _answer(scores, None)
+        # An explanation is many small dicts and lists: made, written and freed (by reference
+        # counting: none is in a cycle) while the cyclic collector rests, so that they never
+        # trigger a collection of the whole server's heap (router_model.explain.paused_gc).
+        with paused_gc():
+            return _answer(scores, pyfunc.router.explain(matrix, scores.routes, explain, for_json=True))
     except (_DeclinedError, orjson.JSONDecodeError, InvalidInputError, MlflowException, OverflowError):
         return None
+
+
+def _answer(scores: Scores, explained: list[Any] | None) -> bytes:
+    """The answer's JSON bytes, as :func:`predictions_to_json` writes the router's frame."""
     routes = [F.ROUTES[r] for r in scores.routes.tolist()]
     labels = [_LABEL_NAMES[p] for p in scores.is_poisonous.tolist()]
     predictions = [
