@@ -271,6 +271,18 @@ def explain_section(inproc: list[dict], serving: list[dict], note: str = "") -> 
         'naive Bayes row and 1,700 a logistic regression row, against about 130 without. `"explain": k` '
         "lists fewer.",
         "",
+        "- One request at a time instead (Python `requests` in a loop against the real-data router, off and on "
+        "taking turns; measured once by hand, 2026-12-03 08:35 UTC, load average about 10, not in this run): one "
+        "LR row p50 2.08 ms off and 2.27 ms on (+9%, within the single-row target; the wrk p50s above are "
+        "dominated by the machine's load: in a hand-run wrk pair the off p50 moved from 7.0 to 24.3 ms between "
+        'rounds); 1,000 LR rows 3.7 ms off, 44-52 ms on, 31-44 ms with `"explain": 3`. The fast path alone '
+        'took 1.3 ms off, 10.2 ms on and 5.0 ms with `"explain": 3` for those 1,000 rows, so most of the '
+        "HTTP figure for 1,000 explained rows is spent after the answer's bytes are made (a 1.7 MB answer "
+        "against 130 KB; not profiled yet).",
+        "- So the 1,000-row target (rows/s at most 2x lower) is **missed** with explanations of every row: the "
+        "answer is 5 (naive Bayes) to 13 (logistic regression) times larger, and writing it dominates. Ask for "
+        'fewer rows\' explanations, or `"explain": k`, where throughput matters.',
+        "",
     ]
     return lines
 
