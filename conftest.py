@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import REPO, free_port, use_fresh_store, wait_for_http
+from support import GOLDEN_ROWS, REPO, free_port, skip_or_fail, use_fresh_store, wait_for_http
 
 #: Captured before the isolation fixture clears it from the environment.
 REAL_DATA = os.environ.get("MUSHROOM_DATA", "")
@@ -83,12 +83,23 @@ def router(trained):
 
 @pytest.fixture(scope="session")
 def real_frame():
-    """The real data set from ``MUSHROOM_DATA`` (skips when it is not there)."""
+    """The real data set from ``MUSHROOM_DATA`` (skips when it is not there; fails instead with
+    ``MUSHROOM_REQUIRE_SERVICES=1``, as in CI)."""
     if not REAL_DATA or not Path(REAL_DATA).is_file():
-        pytest.skip("the real data set is not here (set MUSHROOM_DATA to mushroom_cleaned.csv)")
+        skip_or_fail("the real data set is not here (set MUSHROOM_DATA to mushroom_cleaned.csv)")
     from router_model.data import load_training_frame
 
     return load_training_frame(REAL_DATA)
+
+
+@pytest.fixture
+def golden_rows():
+    """The golden rows (:data:`support.GOLDEN_ROWS`) as a frame of every feature, NaN = not given."""
+    import pandas as pd
+
+    from router_model import features as F
+
+    return pd.DataFrame(GOLDEN_ROWS, columns=list(F.ALL_FEATURES), dtype=float)
 
 
 @pytest.fixture(scope="session")

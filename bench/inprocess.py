@@ -8,6 +8,12 @@ Trains on the real data (in memory), logs the router to a temporary store, loads
 
 for 1 row and for 100,000 rows, per route. Medians of repeated calls (timeit).
 
+Explanations (issue #14), per route, explain off against on (every term): the pyfunc's
+``predict`` and the model server's fast path (``server_guard.fast_answer``, JSON bytes in, JSON
+bytes out, what a plain JSON request costs the server besides HTTP), for 1 row and 1,000 rows,
+with the garbage collector running (timeit pauses it by default).
+``--explain-only`` measures only these.
+
 Usage: ``python bench/inprocess.py --data mushroom_cleaned.csv [--out results.json]``
 """
 
@@ -24,16 +30,22 @@ from pathlib import Path
 import numpy as np
 
 
-def median_seconds(func, number: int, repeat: int) -> float:
-    """Median seconds per call over ``repeat`` runs of ``number`` calls."""
+def median_seconds(func, number: int, repeat: int, gc_enabled: bool = False) -> float:
+    """Median seconds per call over ``repeat`` runs of ``number`` calls.
+
+    timeit pauses the garbage collector; ``gc_enabled`` keeps it running, for code whose cost
+    includes the collections its allocations trigger (explanations).
+    """
     func()
-    return float(np.median(timeit.repeat(func, number=number, repeat=repeat)) / number)
+    setup = "import gc; gc.enable()" if gc_enabled else "pass"
+    return float(np.median(timeit.repeat(func, setup=setup, number=number, repeat=repeat)) / number)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.environ.get("MUSHROOM_DATA"), help="mushroom_cleaned.csv")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
+    parser.add_argument("--explain-only", action="store_true", help="only the explain off/on figures")
     args = parser.parse_args(argv)
     if not args.data:
         print("no data: pass --data or set MUSHROOM_DATA", file=sys.stderr)
@@ -53,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     model = mlflow.pyfunc.load_model(out["model_uri"])
     router = model.unwrap_python_model().router
     frame = __import__("pandas").read_csv(args.data)
-    results = []
+    results: list[dict] = []
+    explain = explain_figures(model, frame)
+    if args.explain_only:
+        if args.out:
+            Path(args.out).write_text(json.dumps({"explain": explain}, indent=1))
+        return 0
     for route in F.ROUTES:
         columns = list(F.ROUTE_FEATURES[route])
         sub = router.submodels[route]
@@ -80,8 +97,48 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        Path(args.out).write_text(json.dumps({"cases": results, "explain": explain}, indent=1))
     return 0
+
+
+def explain_figures(model, frame) -> list[dict]:
+    """Per route and size, explain off vs on: pyfunc ``predict`` and the server's fast path."""
+    from router_model import features as F
+    from router_model import server_guard
+
+    figures = []
+    for route in F.ROUTES:
+        columns = list(F.ROUTE_FEATURES[route])
+        for n in (1, 1000):
+            rows = frame[columns].sample(n, random_state=11).reset_index(drop=True).astype(float)
+            number, repeat = (200, 7) if n == 1 else (5, 7)
+            case: dict = {"route": route, "rows": n}
+            for name, params in (("off", {}), ("on", {"explain": True})):
+                body = json.dumps(
+                    {
+                        "dataframe_split": {"columns": columns, "data": rows.to_numpy().tolist()},
+                        "params": params,
+                    }
+                ).encode()
+                assert server_guard.fast_answer(body, "application/json", model) is not None
+                typed = {"explain": True} if params else None
+                case[f"predict_{name}_ms"] = 1e3 * median_seconds(
+                    lambda rows=rows, typed=typed: model.predict(rows, params=typed), number, repeat, True
+                )
+                case[f"fast_{name}_ms"] = 1e3 * median_seconds(
+                    lambda body=body: server_guard.fast_answer(body, "application/json", model),
+                    number,
+                    repeat,
+                )
+                case[f"answer_{name}_bytes"] = len(server_guard.fast_answer(body, "application/json", model))
+            figures.append(case)
+            print(
+                f"explain {route:<20} {n:>5} rows: predict {case['predict_off_ms']:.3f} -> {case['predict_on_ms']:.3f}"
+                f" ms, fast path {case['fast_off_ms']:.3f} -> {case['fast_on_ms']:.3f} ms, answer "
+                f"{case['answer_off_bytes']:,} -> {case['answer_on_bytes']:,} bytes",
+                flush=True,
+            )
+    return figures
 
 
 if __name__ == "__main__":

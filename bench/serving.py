@@ -11,7 +11,9 @@ JSON object), batches of 100, 1,000 and 10,000 rows of the real data's LR featur
 ``dataframe_split`` (the reference app takes one record per request: its rows/s is its single-row
 requests/s), and single rows from 64 concurrent connections. Also measures the cold start of
 ``mushroom-router serve`` and the wall time of ``mushroom-router train`` on the real data (which
-registers the router it then serves).
+registers the router it then serves). Explanations (issue #14): the router with ``explain`` off
+against on (every term), single rows and 1,000-row batches, the same bodies but for the param
+(``--explain-only`` trains, serves the router alone and measures only these).
 
 Usage: ``python bench/serving.py --data mushroom_cleaned.csv [--duration 10] [--out results.json]``
 """
@@ -100,6 +102,59 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     )
 
 
+def serve_command(workers: int) -> list[str]:
+    """``mlflow models serve`` on loopback with the local environment (the model is added by the caller)."""
+    return [
+        str(BIN / "mlflow"),
+        "models",
+        "serve",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--workers",
+        str(workers),
+    ]
+
+
+def explain_cases(port: int, work: Path, frame: pd.DataFrame, args: argparse.Namespace) -> list[dict]:
+    """The router with ``explain`` off and on: one LR row (``dataframe_records``) and 1,000 (split).
+
+    The LR route is the costlier one to explain (14 terms a row against naive Bayes' 4). The two
+    bodies of a size differ only in ``"params": {"explain": true}``; off and on alternate each round.
+    """
+    cases = []
+    for batch in (1, 1000):
+        rows = frame.sample(batch, random_state=batch)
+        bodies = {}
+        for name, params in (("off", {}), ("on", {"explain": True})):
+            if batch == 1:
+                payload: dict = {"dataframe_records": [rows.iloc[0].to_dict()]}
+            else:
+                payload = {
+                    "dataframe_split": {"columns": list(F.LR_FEATURES), "data": rows.to_numpy().tolist()}
+                }
+            if params:
+                payload["params"] = params
+            bodies[name] = work / f"body-explain-{name}-{batch}.json"
+            bodies[name].write_text(json.dumps(payload))
+        runs: dict[str, list[dict]] = {"off": [], "on": []}
+        for _ in range(args.rounds):
+            for name in runs:
+                runs[name].append(wrk(port, bodies[name], args.duration, args.connections, args.threads))
+        case = {"batch": batch, **{name: summary(measured, batch) for name, measured in runs.items()}}
+        case["p50_ratio"] = case["on"]["p50_ms"] / case["off"]["p50_ms"]
+        case["rows_per_s_ratio"] = case["off"]["rows_per_s"] / case["on"]["rows_per_s"]
+        cases.append(case)
+        print(
+            f"explain, batch {batch:>5}: off {case['off']['rps']:8.1f} req/s p50 {case['off']['p50_ms']:.2f} ms, "
+            f"on {case['on']['rps']:8.1f} req/s p50 {case['on']['p50_ms']:.2f} ms; non-2xx "
+            f"{case['off']['non2xx']}/{case['on']['non2xx']}",
+            flush=True,
+        )
+    return cases
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.environ.get("MUSHROOM_DATA"), help="mushroom_cleaned.csv")
@@ -109,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of each server")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
+    parser.add_argument("--explain-only", action="store_true", help="only the explain off/on cases")
     args = parser.parse_args(argv)
     if not args.data:
         print("no data: pass --data or set MUSHROOM_DATA", file=sys.stderr)
@@ -141,6 +197,24 @@ def main(argv: list[str] | None = None) -> int:
     results["train_seconds"] = time.monotonic() - started
     print(f"train on the real data: {results['train_seconds']:.1f}s", flush=True)
 
+    frame = pd.read_csv(args.data)[list(F.LR_FEATURES)].astype(float)
+    if args.explain_only:
+        port = free_port()
+        proc = start(
+            [*serve_command(args.workers), "-m", "models:/mushroom-router@champion", "--port", str(port)],
+            {**env, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"},
+            work / "router.log",
+        )
+        try:
+            wait_ping(port, proc)
+            results["explain"] = explain_cases(port, work, frame, args)
+        finally:
+            serving.stop_server(proc)
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=1))
+        shutil.rmtree(work, ignore_errors=True)
+        return 0
+
     # The plain model: the router's own LR sub-model as an ordinary mlflow.sklearn model.
     os.environ.update({k: env[k] for k in ("MUSHROOM_HOME", "MLFLOW_TRACKING_URI")})
     import mlflow
@@ -150,7 +224,6 @@ def main(argv: list[str] | None = None) -> int:
 
     router = registry.load_router("models:/mushroom-router@champion")
     lr_model = router.submodels[F.LOGISTIC_REGRESSION]
-    frame = pd.read_csv(args.data)[list(F.LR_FEATURES)].astype(float)
     # "plain" answers labels (mlflow.sklearn's default); "plain_proba" answers predict_proba, the
     # probabilities the router's answer also carries, so the answer's size is separated from routing.
     plain_dirs = {"plain": work / "plain-lr", "plain_proba": work / "plain-lr-proba"}
@@ -182,17 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cold start: {', '.join(f'{c:.1f}s' for c in cold)}", flush=True)
 
     ports = {name: free_port() for name in (*SERVERS, REFERENCE)}
-    serve = [
-        str(BIN / "mlflow"),
-        "models",
-        "serve",
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--workers",
-        str(args.workers),
-    ]
+    serve = serve_command(args.workers)
     procs = {
         "router": start(
             [*serve, "-m", "models:/mushroom-router@champion", "--port", str(ports["router"])],
@@ -280,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         many["ratio_reference"] = many["router"]["rps"] / many[REFERENCE]["rps"]
         many["ratio"] = many["router"]["rps"] / many["plain"]["rps"]
         results["many_clients"] = many
+        results["explain"] = explain_cases(ports["router"], work, frame, args)
         print(
             f"{MANY_CLIENTS} clients, single rows: router {many['router']['rps']:.1f} req/s, plain "
             f"{many['plain']['rps']:.1f}, reference {many[REFERENCE]['rps']:.1f}; router/reference "

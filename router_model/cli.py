@@ -20,12 +20,23 @@ from router_model.errors import RouterError
 
 def _threshold(text: str) -> float | str:
     """``--threshold``: a number, or ``safe`` (each route's recorded safe threshold)."""
-    if text.strip().lower() == "safe":
-        return "safe"
+    if text.strip().lower() == F.SAFE:
+        return F.SAFE
     try:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'safe', got {text!r}") from None
+
+
+def _top_terms(text: str) -> int:
+    """``--explain K``: how many of the largest terms to list (the rest are summed as "other")."""
+    try:
+        top = int(text)
+    except ValueError:
+        top = 0
+    if top < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer K >= 1 (the K largest terms), got {text!r}")
+    return top
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -127,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=F.DEFAULT_THRESHOLD,
         help="poisonous when P(poisonous) >= this; 'safe': each route's recorded safe threshold",
     )
+    predict.add_argument(
+        "--explain",
+        nargs="?",
+        const=True,
+        type=_top_terms,
+        metavar="K",
+        help="add an 'explanation' column (JSON text in CSV and Parquet): every term of each row's "
+        "log-odds, or with K the K largest and one 'other' term",
+    )
 
     monitor = sub.add_parser(
         "monitor", help="compare the rows the model server logged with the champion's reference (drift)"
@@ -216,14 +236,17 @@ def _supervise(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from router_model import scoring
 
-    params = {"model": args.model, "threshold": args.threshold}
+    params = {F.PARAM_MODEL: args.model, F.PARAM_THRESHOLD: args.threshold}
+    if args.explain is not None:
+        params[F.PARAM_EXPLAIN] = args.explain
     options = {
         "chunk_rows": args.chunk_rows,
         "on_error": args.on_error,
         "quiet": True if args.quiet else None,
     }
     if args.output is None:
-        scoring.score_table(args.input, args.model_uri, params, **options).to_csv(sys.stdout, index=False)
+        scored = scoring.score_table(args.input, args.model_uri, params, **options)
+        scoring.explanations_as_json(scored).to_csv(sys.stdout, index=False)
         return 0
     rows = scoring.score_file(args.input, args.output, args.model_uri, params, **options)
     print(f"Wrote {rows} rows to {args.output}", file=sys.stderr)

@@ -64,6 +64,30 @@ OUTPUT_COLUMNS: tuple[str, ...] = ("prediction", "probability", "poisonous_proba
 
 DEFAULT_THRESHOLD = 0.5
 
+#: The request params (see :mod:`router_model.params`; the logged signature types them). Each
+#: union spelling a caller may use is mapped onto these typed names there: ``"threshold": "safe"``
+#: sets :data:`PARAM_SAFE_THRESHOLD`, ``"explain": k`` sets :data:`PARAM_EXPLAIN` and
+#: :data:`PARAM_EXPLAIN_TOP`.
+PARAM_MODEL = "model"
+PARAM_THRESHOLD = "threshold"
+PARAM_SAFE_THRESHOLD = "safe_threshold"
+PARAM_EXPLAIN = "explain"
+PARAM_EXPLAIN_TOP = "explain_top"
+PARAMS: tuple[str, ...] = (
+    PARAM_MODEL,
+    PARAM_THRESHOLD,
+    PARAM_SAFE_THRESHOLD,
+    PARAM_EXPLAIN,
+    PARAM_EXPLAIN_TOP,
+)
+#: The ``threshold`` value that selects each route's recorded safe threshold.
+SAFE = "safe"
+
+#: The output column that ``explain`` adds, and the name of the term that holds the terms left out
+#: by ``explain: k`` (``{"features": ["other"], "values": [], "contribution": sum, "count": n}``).
+EXPLANATION = "explanation"
+OTHER_TERM = "other"
+
 #: What to do with a bad row: ``fail`` refuses the whole batch (the model server's contract and
 #: batch scoring's default), ``mark`` scores the other rows and explains the bad one in ``error``.
 ON_ERROR_FAIL = "fail"

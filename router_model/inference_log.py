@@ -72,7 +72,7 @@ class Batch:
     time: float
     request_id: str
     model_run_id: str
-    threshold: float
+    threshold: float | np.ndarray  # per row for "threshold": "safe"
     matrix: np.ndarray
     routes: np.ndarray
     poisonous: np.ndarray

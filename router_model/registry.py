@@ -36,6 +36,7 @@ from mlflow.types import ParamSchema, ParamSpec
 from router_model import drift, settings, trust
 from router_model import features as F
 from router_model.errors import RouterError
+from router_model.params import SCHEMA
 from router_model.requirements import pinned_requirements
 from router_model.router import (
     CONFIG_PREFERRED,
@@ -91,15 +92,11 @@ _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 #: JSON ``true`` turns into 1.0, and ``AnyType`` columns make every ``text/csv`` request fail.
 #: With ``inputs=None`` MLflow passes the input through untouched and
 #: :func:`router_model.validation.feature_matrix` does the checking, with errors that name the
-#: row and the column.
+#: row and the column. The params are strictly typed too (:data:`router_model.params.SCHEMA`):
+#: ``"threshold": "safe"`` and ``"explain": k`` are spelled ``safe_threshold`` and ``explain_top``.
 SIGNATURE = ModelSignature(
     inputs=None,
-    params=ParamSchema(
-        [
-            ParamSpec("model", "string", F.AUTO),
-            ParamSpec("threshold", "double", F.DEFAULT_THRESHOLD),
-        ]
-    ),
+    params=ParamSchema([ParamSpec(name, dtype, default) for name, dtype, default in SCHEMA]),
 )
 
 

@@ -2,10 +2,10 @@
 
 Contract (see README "The router model"):
 
-* Params ``model`` (``"auto"`` | ``"naive_bayes"`` | ``"logistic_regression"``) and ``threshold``
+* Params ``model`` (``"auto"`` | ``"naive_bayes"`` | ``"logistic_regression"``), ``threshold``
   (float in [0, 1], default 0.5, or ``"safe"``: each route's own ``safe_threshold_1pct``, recorded
-  in ``model_config`` at training time; in-process only, since MLflow's params schema types
-  ``threshold`` as a number).
+  in ``model_config`` at training time) and ``explain`` (``false``, ``true`` or k); the logged
+  signature spells ``"safe"`` and k as typed params (:mod:`router_model.params`).
 * Per row, vectorised: a row goes to the sub-model whose complete feature set it carries; a row
   with both sets goes to the sub-model with the higher validation ROC-AUC, recorded in the model's
   ``model_config`` at training time; ``model`` overrides. A batch may mix rows of both kinds.
@@ -13,6 +13,8 @@ Contract (see README "The router model"):
   ``probability`` (of the predicted label), ``poisonous_probability`` (P(class == 1)), ``model``
   (the route taken). ``prediction`` is "poisonous" exactly when ``poisonous_probability >=
   threshold``: lowering the threshold trades false alarms for fewer dangerous "edible" mistakes.
+  With ``explain``, also ``explanation``: the row's log-odds as a base plus one term per feature
+  column of its route (:mod:`router_model.explain`).
 * Bad input fails the whole request with ``MlflowException(INVALID_PARAMETER_VALUE)`` naming the
   row, the column and what was expected. Nothing is half-answered.
 
@@ -35,8 +37,9 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from router_model import features as F
 from router_model import inference_log
+from router_model.explain import RouteTerms, explanations, route_terms
 from router_model.inputs import as_frame, hashable_labels
-from router_model.params import SAFE, parse_params
+from router_model.params import parse_params
 from router_model.scorers import compile_scorer
 from router_model.submodels import load_submodel
 from router_model.validation import (
@@ -61,7 +64,7 @@ _COLUMN_INDEX = {route: [F.ALL_FEATURES.index(c) for c in F.ROUTE_FEATURES[route
 _NO_ROUTE = -1
 #: What :meth:`Router.predict` tells an observer: the feature matrix, route indices into
 #: ``features.ROUTES``, P(poisonous) per row, and the threshold applied (per row, as an array, for
-#: ``"threshold": "safe"``, which only in-process callers can send).
+#: ``"threshold": "safe"``).
 Observer = Callable[[np.ndarray, np.ndarray, np.ndarray, float | np.ndarray], None]
 _ROUTE_DTYPE = pd.CategoricalDtype(list(F.ROUTES))
 _LABEL_DTYPE = pd.CategoricalDtype([F.LABELS[F.LABEL_EDIBLE], F.LABELS[F.LABEL_POISONOUS]])
@@ -151,6 +154,9 @@ class Router:
             None if safe_thresholds is None else {r: float(t) for r, t in safe_thresholds.items()}
         )
         self._scorers = {route: compile_scorer(model) for route, model in self.submodels.items()}
+        self._terms: dict[str, RouteTerms | None] = {
+            route: route_terms(model, F.ROUTE_FEATURES[route]) for route, model in self.submodels.items()
+        }
 
     def score(
         self,
@@ -206,7 +212,8 @@ class Router:
 
         Args:
             frame: Input rows (DataFrame, records or columns).
-            params: Optional ``model`` and ``threshold``.
+            params: Optional ``model``, ``threshold`` and ``explain`` (see
+                :func:`router_model.params.parse_params`).
             on_error: ``"fail"`` (the server's contract: one bad row fails the batch) or
                 ``"mark"`` (batch scoring: bad rows get empty predictions and a message in an
                 ``error`` column, the other rows are scored).
@@ -214,8 +221,8 @@ class Router:
                 scored (the model server's inference log); it must not change the arrays.
 
         Returns:
-            A frame with ``features.OUTPUT_COLUMNS`` (plus ``error`` when marking), one row per
-            input row.
+            A frame with ``features.OUTPUT_COLUMNS`` (plus ``explanation`` when asked, then
+            ``error`` when marking), one row per input row.
 
         Raises:
             InvalidInputError: On a bad param, or (``"fail"``) on any bad row; nothing is
@@ -223,7 +230,7 @@ class Router:
         """
         if on_error not in F.ON_ERROR_MODES:
             raise ValueError(f"on_error must be one of {list(F.ON_ERROR_MODES)}, got {on_error!r}")
-        model, threshold = parse_params(params)
+        model, threshold, explain = parse_params(params)
         frame = as_frame(frame)
         problems = RowProblems(len(frame)) if on_error == F.ON_ERROR_MARK else None
         matrix = feature_matrix(frame, problems)
@@ -245,17 +252,53 @@ class Router:
             index=pd.RangeIndex(len(poisonous)),
             copy=False,
         )
+        if explain is not None:
+            out[F.EXPLANATION] = self.explain(matrix, routes, explain)
         if problems is not None:
             out["error"] = problems.messages
         return out
 
+    def explain(
+        self, matrix: np.ndarray, routes: np.ndarray, top: int, for_json: bool = False
+    ) -> list[dict[str, Any] | None]:
+        """The explanation of every routed row (:func:`router_model.explain.explanations`).
+
+        Args:
+            matrix: The validated feature matrix.
+            routes: Route indices from :meth:`score` (-1: no route, no explanation).
+            top: 0 for every term, k for the k largest and one "other" term.
+            for_json: For an answer orjson writes at once (the model server's fast path; see
+                :func:`router_model.explain.explanations`).
+
+        Returns:
+            One explanation per row, in row order (``None`` for rows without a route).
+
+        Raises:
+            InvalidInputError: If a route taken has a sub-model this package cannot explain.
+        """
+        out: list[dict[str, Any] | None] = [None] * len(matrix)
+        for route, index in _ROUTE_INDEX.items():
+            rows = np.flatnonzero(routes == index)
+            if not len(rows):
+                continue
+            terms = self._terms[route]
+            if terms is None:
+                raise InvalidInputError(
+                    f"param explain: the {route} sub-model is not one whose log-odds are additive "
+                    "(a BinCross pipeline, optionally calibrated); it cannot be explained"
+                )
+            explained = explanations(terms, matrix[np.ix_(rows, _COLUMN_INDEX[route])], top, for_json)
+            for row, explanation in zip(rows.tolist(), explained, strict=True):
+                out[row] = explanation
+        return out
+
     def _thresholds(self, threshold: float | str, routes: np.ndarray) -> float | np.ndarray:
         """The threshold of every row: the given number, or its route's safe threshold."""
-        if threshold != SAFE:
+        if threshold != F.SAFE:
             return threshold
         if self.safe_thresholds is None:
             raise InvalidInputError(
-                f"param threshold={SAFE!r}: this model records no {CONFIG_SAFE_THRESHOLD} "
+                f"param threshold={F.SAFE!r}: this model records no {CONFIG_SAFE_THRESHOLD} "
                 "(trained before they were recorded); pass a number in [0, 1] or retrain"
             )
         # Rows without a route (-1, marked as errors) index the appended NaN and stay unlabelled.

@@ -128,6 +128,20 @@ def for_router(chunk: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def explanations_as_json(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The predictions with each ``explanation`` as a JSON string (CSV and Parquet output).
+
+    orjson writes every float in its shortest round-trip form, so the string parses back to the
+    same doubles as in process. Rows without an explanation (marked errors) stay empty.
+    """
+    if F.EXPLANATION not in predictions.columns:
+        return predictions
+    import orjson
+
+    text = [None if e is None else orjson.dumps(e).decode() for e in predictions[F.EXPLANATION].tolist()]
+    return predictions.assign(**{F.EXPLANATION: pd.Series(text, index=predictions.index, dtype=object)})
+
+
 def _json_value(value: Any) -> Any:
     """``orjson`` fallback for values it does not know (pandas' missing markers, timestamps)."""
     if value is pd.NA or value is pd.NaT:
@@ -177,6 +191,8 @@ class _Writer:
         self._inputs: Any = None
 
     def write(self, chunk: pd.DataFrame, predictions: pd.DataFrame) -> None:
+        if self.kind != tables.JSON:
+            predictions = explanations_as_json(predictions)
         try:
             if self.kind == tables.PARQUET:
                 self._write_parquet(chunk, predictions)
@@ -316,7 +332,8 @@ def score_file(
         output_path: Where to write (format by extension: ``.csv``, ``.parquet``, ``.json``, CSV
             and JSON optionally compressed: ``.csv.gz``).
         model_uri: Router to use (default ``models:/mushroom-router@champion``).
-        params: ``model`` / ``threshold``.
+        params: ``model`` / ``threshold`` / ``explain``. An ``explanation`` is written as a JSON
+            string in CSV and Parquet, as a nested object in JSON.
         chunk_rows: Rows per chunk.
         on_error: ``"fail"`` stops at the first bad row; ``"mark"`` writes it with an ``error``.
         quiet: Hide the progress bar; by default it shows only when stderr is a terminal.

@@ -73,10 +73,11 @@ from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
 
 from router_model import features as F
 from router_model import settings
+from router_model.explain import paused_gc
 from router_model.inputs import column_rows, few_labels
 from router_model.metrics import METRICS_PATH, RequestCounter, ServerMetrics
-from router_model.params import parse_params
-from router_model.router import MushroomRouterModel, Router
+from router_model.params import parse_params, typed_params
+from router_model.router import MushroomRouterModel, Router, Scores
 from router_model.validation import InvalidInputError, rows_in_domain
 
 _logger = logging.getLogger(__name__)
@@ -340,6 +341,8 @@ def guard(invocations: Callable[..., Any], response_type: type, max_request_byte
             return refusal
         try:
             body = prepare(data, content_type)
+            if isinstance(body, dict) and PARAMS in body:
+                body[PARAMS] = request_params(body[PARAMS], model.metadata.get_params_schema())
         except InvalidInputError as err:
             raise MlflowException(
                 _bounded(f"Invalid input: {err}"), error_code=INVALID_PARAMETER_VALUE
@@ -478,14 +481,26 @@ def fast_answer(data: bytes, content_type: str, model: Any, input_schema: Any = 
         # that no key was given twice (otherwise MLflow's path, which refuses it, decides).
         if data.count(b":") != keys:
             return None
-        model_name, threshold = parse_params(
-            _enforce_params_schema(params, model.metadata.get_params_schema())
+        schema = model.metadata.get_params_schema()
+        model_name, threshold, explain = parse_params(
+            _enforce_params_schema(request_params(params, schema), schema)
         )
         if not rows_in_domain(matrix).all():
             return None
         scores = pyfunc.router.score(matrix, model_name, threshold, observe=pyfunc.observer())
+        if explain is None:
+            return _answer(scores, None)
+        # An explanation is many small dicts and lists: made, written and freed (by reference
+        # counting: none is in a cycle) while the cyclic collector rests, so that they never
+        # trigger a collection of the whole server's heap (router_model.explain.paused_gc).
+        with paused_gc():
+            return _answer(scores, pyfunc.router.explain(matrix, scores.routes, explain, for_json=True))
     except (_DeclinedError, orjson.JSONDecodeError, InvalidInputError, MlflowException, OverflowError):
         return None
+
+
+def _answer(scores: Scores, explained: list[Any] | None) -> bytes:
+    """The answer's JSON bytes, as :func:`predictions_to_json` writes the router's frame."""
     routes = [F.ROUTES[r] for r in scores.routes.tolist()]
     labels = [_LABEL_NAMES[p] for p in scores.is_poisonous.tolist()]
     predictions = [
@@ -494,7 +509,54 @@ def fast_answer(data: bytes, content_type: str, model: Any, input_schema: Any = 
             labels, scores.probability.tolist(), scores.poisonous.tolist(), routes, strict=True
         )
     ]
+    if explained is not None:
+        for prediction, explanation in zip(predictions, explained, strict=True):
+            prediction[F.EXPLANATION] = explanation
     return orjson.dumps({"predictions": predictions})
+
+
+#: The typed param each union spelling sets (:func:`router_model.params.typed_params`).
+_SPELLED_BY = {F.PARAM_SAFE_THRESHOLD: F.PARAM_THRESHOLD, F.PARAM_EXPLAIN_TOP: F.PARAM_EXPLAIN}
+
+
+def request_params(params: Any, schema: Any) -> Any:
+    """The request's params as the model's typed params schema takes them (both paths call this).
+
+    MLflow's params schema is strictly typed and cannot declare the router's union spellings, so
+    ``"threshold": "safe"`` and ``"explain": k`` are mapped onto the typed ``safe_threshold`` and
+    ``explain_top`` (:func:`router_model.params.typed_params`) before MLflow enforces the schema.
+    A router param this version's schema does not declare is refused, naming it: MLflow would drop
+    it with a warning and answer without it.
+
+    Args:
+        params: The body's ``params`` as parsed (anything else than a dict passes unchanged, for
+            MLflow to refuse).
+        schema: The model's ``ParamSchema`` (``None`` for a model without one).
+
+    Returns:
+        The typed params.
+
+    Raises:
+        InvalidInputError: On a spelling :func:`router_model.params.typed_params` refuses, or a
+            router param the version was registered without.
+    """
+    if type(params) is not dict:
+        return params
+    typed = typed_params(params)
+    declared = set() if schema is None else {spec.name for spec in schema.params}
+    for name in typed:
+        if name in F.PARAMS and name not in declared:
+            source = name if name in params else _SPELLED_BY[name]
+            asked = (
+                f"param {name!r}"
+                if source == name
+                else f"param {source!r}: {params[source]!r} needs {name!r}"
+            )
+            raise InvalidInputError(
+                f"{asked}, which this model version's signature does not declare (it was "
+                "registered before that param existed); retrain to get a version that takes it"
+            )
+    return typed
 
 
 def _fast_matrix(parsed: dict[str, Any]) -> tuple[np.ndarray, int]:
@@ -774,20 +836,26 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 def _plain_table(frame: pd.DataFrame) -> bool:
     """Whether orjson writes ``frame`` as MLflow would, up to JSON formatting.
 
-    True for unique string labels and columns of finite floats, integers, booleans or
-    categories of strings (the router's answer). MLflow writes NaN and infinity as bare
+    True for unique string labels and columns of finite floats, integers, booleans, categories
+    of strings or the router's explanations (the router's answer). MLflow writes NaN and infinity as bare
     ``NaN``/``Infinity``, orjson as ``null``; such frames take MLflow's path.
     """
     columns = list(frame.columns)
     if len(set(columns)) != len(columns) or not all(isinstance(c, str) for c in columns):
         return False
-    for _, column in frame.items():
+    for name, column in frame.items():
         dtype = column.dtype
         if isinstance(dtype, pd.CategoricalDtype):
             if not all(isinstance(c, str) for c in dtype.categories) or column.isna().any():
                 return False
         elif dtype.kind == "f":
             if not np.isfinite(column.to_numpy()).all():
+                return False
+        elif name == F.EXPLANATION and dtype.kind == "O":
+            # The router's explanations: dicts of lists of strings and finite numbers
+            # (router_model.explain refuses a sub-model with a non-finite term), which orjson
+            # writes as MLflow's encoder would.
+            if not all(type(value) is dict for value in column.tolist()):
                 return False
         elif dtype.kind not in "iub":
             return False

@@ -33,6 +33,13 @@ _logger = logging.getLogger(__name__)
 #: The UDF's return type: the router's output columns as plain Spark types (the categorical
 #: ``prediction`` and ``model`` columns of the in-process output arrive as strings).
 RESULT_TYPE = "prediction string, probability double, poisonous_probability double, model string"
+#: The ``explanation`` field added with ``explain``: a struct, as in process, whose terms carry
+#: ``features``, ``values`` and ``contribution`` (the ``"other"`` term of ``explain: k`` is there,
+#: without its ``count``: MLflow's conversion needs every field in every term).
+EXPLANATION_TYPE = (
+    "struct<base: double, contributions: array<struct<features: array<string>, values: array<double>, "
+    "contribution: double>>>"
+)
 
 _RESULT_COLUMN = "__mushroom_router_result"
 
@@ -109,30 +116,35 @@ def router_udf(
     Args:
         spark: The active session.
         model_uri: Router to use; default ``models:/mushroom-router@champion`` (``MUSHROOM_MODEL_URI``).
-        params: ``model`` / ``threshold``, fixed for every row the UDF scores.
+        params: ``model`` / ``threshold`` / ``explain``, fixed for every row the UDF scores (the
+            union spellings ``"threshold": "safe"`` and ``"explain": k`` are mapped onto the
+            signature's typed params here).
 
     Returns:
-        The ``mlflow.pyfunc.spark_udf`` with result type :data:`RESULT_TYPE`.
+        The ``mlflow.pyfunc.spark_udf`` with result type :data:`RESULT_TYPE` (and, with
+        ``explain``, an ``explanation`` field of :data:`EXPLANATION_TYPE`).
 
     Raises:
         ValueError: On an unknown param, model or a threshold outside [0, 1] (before any Spark job).
     """
     import mlflow.pyfunc
 
-    from router_model.params import parse_params
+    from router_model.params import parse_params, typed_params
     from router_model.registry import client
 
-    model, threshold = parse_params(params)
+    explain = parse_params(params).explain
+    typed = typed_params(params or {})
     client()
     uri = model_uri or settings.model_uri()
     _check_worker_python(spark)
-    _logger.info("Spark UDF of %s (model=%s, threshold=%s)", uri, model, threshold)
+    _logger.info("Spark UDF of %s (params %s)", uri, typed)
+    result_type = RESULT_TYPE if explain is None else f"{RESULT_TYPE}, {F.EXPLANATION} {EXPLANATION_TYPE}"
     return mlflow.pyfunc.spark_udf(
         spark,
         uri,
-        result_type=RESULT_TYPE,
+        result_type=result_type,
         env_manager="local",
-        params={"model": model, "threshold": threshold},
+        params=typed,
         extra_env=_worker_env(),
     )
 
@@ -148,6 +160,7 @@ def score(
     df: DataFrame,
     model_uri: str | None = None,
     params: Mapping[str, Any] | None = None,
+    explain: bool | int = False,
 ) -> DataFrame:
     """Append the router's output columns to a Spark DataFrame (lazily, as any transformation).
 
@@ -155,12 +168,15 @@ def score(
         df: Rows to score. Feature columns may be spelled with hyphens or underscores; any of them
             may be absent (a row routes by the features it carries); other columns pass through.
         model_uri: Router to use; default ``models:/mushroom-router@champion``.
-        params: ``model`` / ``threshold``.
+        params: ``model`` / ``threshold`` (/ ``explain``).
+        explain: ``True`` for every term of each row's explanation, k for the k largest and one
+            "other" term (the same as ``params["explain"]``).
 
     Returns:
         ``df``'s columns followed by ``prediction``, ``probability``, ``poisonous_probability`` and
-        ``model``. A bad row fails the Spark job with the router's message (its row number counts
-        within the failing Arrow batch, not the whole DataFrame).
+        ``model`` (and ``explanation``, a struct of :data:`EXPLANATION_TYPE`, with ``explain``). A
+        bad row fails the Spark job with the router's message (its row number counts within the
+        failing Arrow batch, not the whole DataFrame).
 
     Raises:
         ValueError: If ``df`` already has an output column, its columns complete no feature set
@@ -168,15 +184,21 @@ def score(
     """
     from router_model.params import parse_params
 
-    clash = [c for c in df.columns if c.lower() in F.OUTPUT_COLUMNS or c == _RESULT_COLUMN]
+    params = dict(params or {})
+    if explain is not False:
+        params[F.PARAM_EXPLAIN] = explain
+    outputs = list(F.OUTPUT_COLUMNS)
+    checked = parse_params(params)
+    if checked.explain is not None:
+        outputs.append(F.EXPLANATION)
+    clash = [c for c in df.columns if c.lower() in outputs or c == _RESULT_COLUMN]
     if clash:
         raise ValueError(f"the DataFrame already has output column(s) {clash}; drop or rename them first")
-    model, _ = parse_params(params)
-    _check_columns(df.columns, model)
+    _check_columns(df.columns, checked.model)
     udf = router_udf(df.sparkSession, model_uri, params)
     scored = df.withColumn(_RESULT_COLUMN, udf(features_struct(df.columns)))
     result = scored[_RESULT_COLUMN]
     return scored.select(
         *[scored[quote(c)] for c in df.columns],
-        *[result.getField(c).alias(c) for c in F.OUTPUT_COLUMNS],
+        *[result.getField(c).alias(c) for c in outputs],
     )

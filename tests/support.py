@@ -21,6 +21,33 @@ PG_PORT = int(os.environ.get("MUSHROOM_TEST_PGPORT", "5432"))
 PG_USER = os.environ.get("MUSHROOM_TEST_PGUSER", "postgres")
 
 
+#: Fixed rows of both routes (a golden set): every path that explains must give these rows the
+#: same explanation. Absent key = not given; the last row carries both feature sets.
+GOLDEN_ROWS: list[dict[str, float]] = [
+    {"cap-diameter": 1372, "cap-shape": 2, "gill-attachment": 2, "gill-color": 10},
+    {"cap-diameter": 55.5, "cap-shape": 0, "gill-attachment": 6, "gill-color": 0},
+    {"cap-diameter": 0, "cap-shape": 6, "gill-attachment": 0, "gill-color": 11},
+    {"stem-height": 3.81, "stem-width": 1545, "stem-color": 11, "season": 1.8042727086281731},
+    {"stem-height": 0.42, "stem-width": 12.5, "stem-color": 0, "season": 0.027372133055605714},
+    {"stem-height": 17, "stem-width": 3050, "stem-color": 12, "season": 0.9431945538974952},
+    {
+        "cap-diameter": 830,
+        "cap-shape": 5,
+        "gill-attachment": 1,
+        "gill-color": 7,
+        "stem-height": 0.9,
+        "stem-width": 870,
+        "stem-color": 6,
+        "season": 0.8884502877862838,
+    },
+]
+
+
+def explanation_sums(explanations: list[dict]) -> list[float]:
+    """``base + sum(contribution)`` of each explanation (what must equal the answer's log-odds)."""
+    return [e["base"] + sum(term["contribution"] for term in e["contributions"]) for e in explanations]
+
+
 def services_required() -> bool:
     """Whether missing services must fail tests instead of skipping them (CI sets it)."""
     return os.environ.get("MUSHROOM_REQUIRE_SERVICES", "") == "1"

@@ -156,3 +156,47 @@ def test_module_and_console_script_are_the_same_cli(registered):
     )
     assert out.returncode == 0, out.stderr
     assert "@champion -> version" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("output", "explain"),
+    [("out.csv", []), ("out.parquet", ["2"]), ("out.json", []), (None, ["3"])],
+    ids=["csv", "parquet", "json", "stdout"],
+)
+def test_predict_explain_gives_the_in_process_explanations(
+    run_cli, registered, tmp_path, golden_rows, output, explain
+):
+    """``--explain [K]``: JSON text in CSV (and stdout) and Parquet, nested objects in JSON."""
+    import io
+
+    import mlflow.pyfunc
+
+    src = tmp_path / "golden.csv"
+    golden_rows.to_csv(src, index=False)
+    args = [
+        "predict",
+        str(src),
+        *([str(tmp_path / output)] if output else []),
+        "--quiet",
+        "--explain",
+        *explain,
+    ]
+    out = run_cli(*args)
+    assert out.returncode == 0, out.stderr
+    if output is None:
+        scored = pd.read_csv(io.StringIO(out.stdout))
+    elif output.endswith(".parquet"):
+        scored = pd.read_parquet(tmp_path / output)
+    elif output.endswith(".json"):
+        scored = pd.DataFrame(json.loads((tmp_path / output).read_text()))
+    else:
+        scored = pd.read_csv(tmp_path / output)
+    assert scored.columns.tolist() == [*F.ALL_FEATURES, *F.OUTPUT_COLUMNS, F.EXPLANATION]
+    got = scored[F.EXPLANATION].tolist()
+    if output is None or not output.endswith(".json"):
+        assert all(isinstance(text, str) for text in got)
+        got = [json.loads(text) for text in got]
+    params = {"explain": True, **({"explain_top": int(explain[0])} if explain else {})}
+    expected = mlflow.pyfunc.load_model(registered["model_uri"]).predict(golden_rows, params=params)
+    assert got == expected[F.EXPLANATION].tolist()
+    assert scored["poisonous_probability"].tolist() == expected["poisonous_probability"].tolist()

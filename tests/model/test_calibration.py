@@ -204,10 +204,16 @@ def test_calibrated_unknown_estimator_falls_back_to_predict_proba(synthetic_fram
 @pytest.mark.parametrize(
     ("params", "expected"),
     [
-        ({"threshold": "safe"}, ("auto", "safe")),
-        ({"threshold": " Safe "}, ("auto", "safe")),
-        ({"model": "naive_bayes", "threshold": "safe"}, ("naive_bayes", "safe")),
-        ({"threshold": 0.3}, ("auto", 0.3)),
+        ({"threshold": "safe"}, ("auto", "safe", None)),
+        ({"threshold": " Safe "}, ("auto", "safe", None)),
+        ({"model": "naive_bayes", "threshold": "safe"}, ("naive_bayes", "safe", None)),
+        ({"threshold": 0.3}, ("auto", 0.3, None)),
+        # the signature's typed spelling, and MLflow's filled-in defaults beside it
+        ({"safe_threshold": True}, ("auto", "safe", None)),
+        (
+            {"threshold": 0.5, "safe_threshold": True, "explain": False, "explain_top": 0},
+            ("auto", "safe", None),
+        ),
     ],
 )
 def test_parse_params_accepts_safe(params, expected):

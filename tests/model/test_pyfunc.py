@@ -89,8 +89,14 @@ def test_bad_input_raises_mlflow_invalid_parameter_value(loaded, csv_rows):
 def test_signature_declares_params_only_and_example_shows_both_sets(registered):
     info = mlflow.models.get_model_info(registered["model_uri"])
     assert info.signature.inputs is None
-    params = {p.name: p.default for p in info.signature.params}
-    assert params == {"model": "auto", "threshold": 0.5}
+    params = {p.name: (p.dtype.name, p.default) for p in info.signature.params}
+    assert params == {
+        "model": ("string", "auto"),
+        "threshold": ("double", 0.5),
+        "safe_threshold": ("boolean", False),
+        "explain": ("boolean", False),
+        "explain_top": ("long", 0),
+    }
     example = pd.DataFrame(registry.input_example())
     assert (
         example.iloc[0][list(F.NB_FEATURES)].notna().all()

@@ -101,8 +101,8 @@ def test_bad_params_are_refused(params, message):
 
 
 def test_params_default_to_auto_and_half():
-    assert parse_params(None) == ("auto", 0.5)
-    assert parse_params({"model": None, "threshold": None}) == ("auto", 0.5)
+    assert parse_params(None) == ("auto", 0.5, None)
+    assert parse_params({"model": None, "threshold": None}) == ("auto", 0.5, None)
 
 
 def test_row_completing_neither_set_names_the_missing_columns(router, rows):

@@ -215,3 +215,25 @@ def test_workers_get_the_pickle_flag_and_a_wrong_python_is_named(caplog):
     session.sparkContext.pythonExec = sys.executable
     router_spark._check_worker_python(session)
     assert not caplog.text
+
+
+@pytest.mark.parametrize("explain", [True, 2])
+def test_helper_explains_the_golden_rows_as_in_process(spark, registered, golden_rows, explain):
+    """``score(..., explain=...)``: a struct column with the pyfunc's numbers (the "other" term without its count)."""
+    import mlflow.pyfunc
+
+    from router_model.spark import score
+
+    params = {"threshold": "safe"}
+    scored = score(spark.createDataFrame(golden_rows), registered["model_uri"], params, explain=explain)
+    assert scored.columns == [*F.ALL_FEATURES, *F.OUTPUT_COLUMNS, F.EXPLANATION]
+    rows = scored.collect()
+    typed = {"safe_threshold": True, "explain": True, "explain_top": 0 if explain is True else explain}
+    expected = mlflow.pyfunc.load_model(registered["model_uri"]).predict(golden_rows, params=typed)
+    got = [row[F.EXPLANATION].asDict(recursive=True) for row in rows]
+    for explanation in expected[F.EXPLANATION]:
+        for term in explanation["contributions"]:
+            term.pop("count", None)
+    assert got == expected[F.EXPLANATION].tolist()
+    assert [row["prediction"] for row in rows] == expected["prediction"].astype(str).tolist()
+    assert {row["model"] for row in rows} == set(F.ROUTES)

@@ -613,3 +613,73 @@ def test_the_fast_path_reports_to_the_inference_log_like_predict(pyfunc_model, m
     (fast_matrix, *fast_rest), (slow_matrix, *slow_rest) = seen
     np.testing.assert_array_equal(fast_matrix, slow_matrix)
     assert fast_rest == slow_rest
+
+
+# --- explanations and the typed params ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def old_version(registered):
+    """The router as a version registered before explanations: its signature has only model and threshold."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec
+
+    model = mlflow.pyfunc.load_model(registered["model_uri"])
+    model.metadata.signature = ModelSignature(
+        inputs=None,
+        params=ParamSchema([ParamSpec("model", "string", F.AUTO), ParamSpec("threshold", "double", 0.5)]),
+    )
+    return model
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"explain": True}, "param 'explain', which this model version's signature does not declare"),
+        ({"explain": 3}, "param 'explain', which this model version's signature does not declare"),
+        (
+            {"threshold": "safe"},
+            "param 'threshold': 'safe' needs 'safe_threshold', which this model version's",
+        ),
+        ({"explain_top": 2}, "param 'explain_top', which"),
+    ],
+)
+def test_a_version_registered_before_the_params_gets_a_400_saying_to_retrain(
+    original, old_version, params, message
+):
+    wrapped = server_guard.guard(original, scoring_server.InvocationsResponse, 64 * 1024)
+    for rows in (
+        F.example_rows(),
+        [{k: str(v) for k, v in F.example_rows()[0].items()}],
+    ):  # fast, MLflow's path
+        body = json.dumps({"dataframe_records": rows, "params": params}).encode()
+        with pytest.raises(MlflowException, match="retrain to get a version that takes it") as info:
+            wrapped(body, JSON, old_version, None)
+        assert message in info.value.message
+        assert info.value.get_http_status_code() == 400
+    body = json.dumps({"dataframe_records": F.example_rows(), "params": {"threshold": 0.3}}).encode()
+    assert wrapped(body, JSON, old_version, None).status == 200
+
+
+@pytest.mark.parametrize("params", [{"explain": True}, {"explain": 2, "threshold": "safe", "model": "auto"}])
+def test_fast_path_explains_as_mlflows_path(guarded, pyfunc_model, params):
+    body = json.dumps({"dataframe_records": F.example_rows() * 3, "params": params}).encode()
+    fast = server_guard.fast_answer(body, JSON, pyfunc_model)
+    assert fast is not None
+    # the same body with one feature as a numeric string is declined by the fast path
+    slow_rows = [dict(r) for r in F.example_rows() * 3]
+    slow_rows[0]["cap-shape"] = str(slow_rows[0]["cap-shape"])
+    slow_body = json.dumps({"dataframe_records": slow_rows, "params": params}).encode()
+    assert server_guard.fast_answer(slow_body, JSON, pyfunc_model) is None
+    slow = guarded(slow_body)
+    assert slow.status == 200
+    assert json.loads(slow.response) == json.loads(fast)  # bytes: see test_explained_answers.py
+    assert all(F.EXPLANATION in p for p in json.loads(fast)["predictions"])
+
+
+def test_the_fast_serialiser_writes_explanations_with_orjson_as_mlflow_would(pyfunc_model):
+    frame = pyfunc_model.predict(pd.DataFrame(F.example_rows()), params={"explain": True, "explain_top": 2})
+    assert json.loads(guard_bytes(frame)) == json.loads(mlflow_bytes(frame))
+    assert guard_bytes(frame) != mlflow_bytes(
+        frame
+    )  # orjson's compact bytes, not MLflow's pure-Python writer

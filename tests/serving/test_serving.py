@@ -209,6 +209,13 @@ def test_text_csv_with_underscore_header(server):
     assert predictions(post(server, csv.getvalue(), "text/csv"))["model"].tolist() == [F.LOGISTIC_REGRESSION]
 
 
+def test_params_threshold_safe_uses_each_routes_recorded_threshold(server, served_router):
+    """Issue #17: ``"threshold": "safe"`` over HTTP (the guard maps it onto ``safe_threshold``)."""
+    out = predictions(post(server, {"dataframe_records": [NB, LR], "params": {"threshold": "safe"}}))
+    expected = served_router.predict(pd.DataFrame([NB, LR]), {"threshold": "safe"})
+    assert out.to_dict("records") == expected.astype({"prediction": str, "model": str}).to_dict("records")
+
+
 @pytest.mark.parametrize("threshold", [0.0, 1.0])
 def test_params_threshold(server, threshold):
     out = predictions(post(server, {"dataframe_records": [NB, LR], "params": {"threshold": threshold}}))
@@ -234,8 +241,7 @@ def test_params_model_override(server):
         ({"dataframe_records": [{"cap-diameter": 10}]}, ["row 0 completes neither feature set"]),
         ({"dataframe_records": [NB], "params": {"model": "tree"}}, ["param 'model' is 'tree'"]),
         ({"dataframe_records": [NB], "params": {"threshold": 2}}, ["param 'threshold' is 2.0"]),
-        # MLflow's params schema types threshold as a number: "safe" is for in-process use (README).
-        ({"dataframe_records": [NB], "params": {"threshold": "safe"}}, ["threshold", "safe"]),
+        ({"dataframe_records": [NB], "params": {"threshold": "sure"}}, ["threshold", "sure"]),
         ({"dataframe_records": [NB], "params": {"model": "logistic_regression"}}, ["needs ['stem-height'"]),
         ({"instances": [1, 2, 3]}, ["expected rows with named feature columns"]),
     ],
