@@ -23,19 +23,12 @@ import pytest
 from mlflow.exceptions import MlflowException
 from support import free_port
 
-from router_model import pipeline, registry, settings, synthetic
+from router_model import pipeline, registry, settings
 
 STALE = re.compile(
     r"^champion moved from version (\d+) to version (\d+) during this retrain; "
     r"re-run to compare against version \2 \(the gate had said: version \d+ beats or matches"
 )
-
-
-@pytest.fixture
-def small_csv(fresh_store: Path) -> str:
-    path = fresh_store / "train.csv"
-    synthetic.make_synthetic(3000).to_csv(path, index=False)
-    return str(path)
 
 
 def alias(name: str) -> int | None:

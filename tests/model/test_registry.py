@@ -4,16 +4,9 @@ import mlflow
 import pandas as pd
 import pytest
 
-from router_model import data, pipeline, registry, settings, synthetic
+from router_model import data, pipeline, registry, settings
 from router_model import features as F
 from router_model.settings import WEAK_TRAIN_PARAMS
-
-
-@pytest.fixture
-def small_csv(fresh_store):
-    path = fresh_store / "train.csv"
-    synthetic.make_synthetic(3000).to_csv(path, index=False)
-    return str(path)
 
 
 def champion():
