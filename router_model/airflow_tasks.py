@@ -1,4 +1,4 @@
-"""The error policy of :mod:`router_model.errors`, applied to Airflow tasks.
+"""The error policy of :mod:`router_model.errors`, applied to Airflow tasks, and how a task ends a run early.
 
 Its own module so that the served model's code never imports it: the model's requirements are
 derived from what its code imports, and Airflow is no requirement of a model server.
