@@ -42,8 +42,8 @@ def go_on(check: Mapping[str, Any]) -> Mapping[str, Any] | bool:
 
     Returns:
         The check itself when ``check["train"]`` (truthy: the next tasks run and get it as the task's
-        return value), else ``False``, which skips every later task. The reason goes to the task
-        log either way, so a run that ended early says why.
+        return value), else ``False``, which skips every later task (Airflow keeps no return value
+        then). The reason goes to the task log either way, so a run that ended early says why.
     """
     logging.getLogger("airflow.task").info(
         "%s: %s", "Going on" if check["train"] else "Stopping", check["reason"]
