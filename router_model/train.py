@@ -142,14 +142,16 @@ class TrainConfig:
     def effective(self) -> dict[str, Any]:
         """Every setting that decides what training produces from a file: these params and the seeds.
 
-        Besides the hyperparameters, the split of held-out and validation rows
-        (:data:`router_model.settings.TEST_SIZE`, :data:`router_model.settings.SPLIT_SEED`), which
-        no param overrides today but a change of which changes the model.
+        Besides the hyperparameters, the held-out split and the calibration folds
+        (:data:`router_model.settings.TEST_SIZE`, :data:`router_model.settings.SPLIT_SEED`,
+        :data:`CALIBRATION_FOLDS`), which no param overrides today but a change of which changes
+        the model.
         """
         return {
             **dataclasses.asdict(self),
             "test_size": settings.TEST_SIZE,
             "split_seed": settings.SPLIT_SEED,
+            "calibration_folds": CALIBRATION_FOLDS,
         }
 
     @classmethod
