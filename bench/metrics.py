@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import requests
 from benchlib import BIN, free_port, wait_ping
-from serving import start, wrk
+from serving import on_off, start, write_body
 
 from router_model import features as F
 from router_model import metrics, serving
@@ -95,11 +95,6 @@ def in_process(frame: pd.DataFrame, work: Path, repeat: int = 2000) -> dict:
     wrapped = min(asyncio.run(loop(counted, 20000)) for _ in range(5))
     out["middleware_us"] = (wrapped - plain) * 1e6
     return out
-
-
-def load_average() -> float:
-    """The one-minute load average."""
-    return os.getloadavg()[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,49 +166,15 @@ def main(argv: list[str] | None = None) -> int:
         assert off == 404, f"the server with MUSHROOM_METRICS=off answered /metrics with {off}"
         scraper.start()
         for batch in BATCHES:
-            body = work / f"body-{batch}.json"
-            rows = frame.sample(batch, random_state=batch)
-            if batch == 1:
-                body.write_text(json.dumps({"dataframe_records": rows.to_dict(orient="records")}))
-            else:
-                columns = list(F.LR_FEATURES)
-                body.write_text(
-                    json.dumps({"dataframe_split": {"columns": columns, "data": rows.to_numpy().tolist()}})
-                )
-            runs: dict[str, list[dict]] = {name: [] for name in SERVERS}
-            loads = [load_average()]
-            for round_ in range(args.rounds):
-                # Alternate which goes first, so neither always runs on the warmer machine.
-                order = SERVERS if round_ % 2 == 0 else SERVERS[::-1]
-                for name in order:
-                    runs[name].append(wrk(ports[name], body, args.duration, args.connections, args.threads))
-                loads.append(load_average())
-            pairs = [
-                on["rps"] / off["rps"]
-                for on, off in zip(runs["metrics_on"], runs["metrics_off"], strict=True)
-            ]
-            case = {
-                "batch": batch,
-                **{
-                    name: {
-                        "rps": statistics.median(r["rps"] for r in measured),
-                        "p50_ms": statistics.median(r["p50_ms"] for r in measured),
-                        "p99_ms": statistics.median(r["p99_ms"] for r in measured),
-                        "non2xx": sum(r["non2xx"] + r["socket_errors"] for r in measured),
-                    }
-                    for name, measured in runs.items()
-                },
-                "round_ratios": pairs,
-                "median_round_ratio": statistics.median(pairs),
-                "load_average": {"min": min(loads), "max": max(loads)},
-            }
-            case["ratio"] = case["metrics_on"]["rps"] / case["metrics_off"]["rps"]
+            body = write_body(frame.sample(batch, random_state=batch), work / f"body-{batch}.json")
+            case = on_off(ports, SERVERS, body, batch, args)
+            pairs, loads = case["round_ratios"], case["load_average"]
             results["cases"].append(case)
             print(
                 f"batch {batch:>5}: metrics on {case['metrics_on']['rps']:.1f} req/s, off "
                 f"{case['metrics_off']['rps']:.1f}; on/off {case['ratio']:.3f} (median of round ratios "
                 f"{case['median_round_ratio']:.3f}; rounds {', '.join(f'{p:.3f}' for p in pairs)}); load "
-                f"average {min(loads):.1f}-{max(loads):.1f}",
+                f"average {loads['min']:.1f}-{loads['max']:.1f}",
                 flush=True,
             )
         results["scrapes"] = dict(scrapes)

@@ -287,6 +287,65 @@ def explain_section(inproc: list[dict], serving: list[dict], note: str = "") -> 
     return lines
 
 
+def inference_log_section(r: dict) -> list[str]:
+    """What the inference log costs the model server (bench/inference_log.py)."""
+    lines = [
+        "## What the inference log costs the model server",
+        "",
+        "`bench/inference_log.py`: the router trained on the real data, served twice, identical but for "
+        "`MUSHROOM_INFERENCE_LOG` (Parquet files in one, `off` in the other; `/metrics` on in both). wrk "
+        f"({r['threads']} threads, {r['connections']} connections, {r['duration_s']} s per run, "
+        f"{r['rounds']} rounds taking the two in turn, the first of each round alternating); each round's "
+        "ratio compares two runs made seconds apart. The machine is shared: the load average during each "
+        "case is given.",
+        "",
+        "| rows/request | log on req/s | log off req/s | **on/off** | median of round ratios "
+        "| round ratios | CPU ms a request, on / off | **CPU off/on** | load average | non-2xx (on, off) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in r["cases"]:
+        on, off, load = c["log_on"], c["log_off"], c["load_average"]
+        lines.append(
+            f"| {c['batch']:,} | {on['rps']:,.1f} | {off['rps']:,.1f} | **{c['ratio']:.3f}** "
+            f"| {c['median_round_ratio']:.3f} | {', '.join(f'{x:.2f}' for x in c['round_ratios'])} "
+            f"| {on['cpu_ms_per_request']:.3f} / {off['cpu_ms_per_request']:.3f} | **{c['cpu_ratio']:.3f}** "
+            f"| {load['min']:.1f}-{load['max']:.1f} | {on['non2xx']}, {off['non2xx']} |"
+        )
+    lines += [
+        "",
+        f"Rows in the log server's Parquet files after its SIGTERM: {r['rows_logged']:,}, for "
+        f"{r['rows_answered']:,} rows wrk counted as answered (wrk does not count requests still in flight "
+        f"when a run ends); dropped: {r['dropped']:.0f}.",
+        "",
+        "CPU a request: the server's CPU time (its process and its uvicorn child) over each wrk run, per "
+        "answered request, median of the rounds. Other processes slow a server down without adding to "
+        "its CPU time, so for a CPU-bound server CPU off/on is the steadier figure of the throughput the "
+        "log leaves.",
+        "",
+        "The log's own cost, timed in one process in CPU time: the request path (the router's observer "
+        "building the batch and putting it on the bounded queue; median of repeated calls, alternating "
+        "with no observer) and the writer thread's work per request (a flush's worth of queued batches "
+        "turned into one table and written to Parquet), which shares the server's process with the "
+        "requests:",
+        "",
+        "| rows | router predict ms | with the log's observer ms | writer us a request "
+        "| server CPU ms a request (log off) | **log's share** |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in r["in_process"]:
+        lines.append(
+            f"| {p['batch']:,} | {p['without_ms']:.3f} | {p['with_ms']:.3f} | {p['writer_us_per_request']:.1f} "
+            f"| {p['server_cpu_ms_per_request']:.3f} | **{p['share']:.2%}** |"
+        )
+    lines += [
+        "",
+        "Share = (request path + writer) a request / the server's CPU a request without the log; target at "
+        "most 5% of throughput.",
+        "",
+    ]
+    return lines
+
+
 def replace_section(text: str, heading: str, lines: list[str], before: str) -> str:
     """``text`` with the section under ``heading`` replaced by ``lines`` (or inserted before ``before``)."""
     block = "\n".join(lines)
@@ -329,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             "serving.py", "--data", args.data, "--duration", args.duration, "--out", str(tmp / "serving.json")
         )
         run("metrics.py", "--data", args.data, "--out", str(tmp / "metrics.json"))
+        run("inference_log.py", "--data", args.data, "--out", str(tmp / "inference_log.json"))
         run("scale.py", "--rows", args.scale_rows, "--out", str(tmp / "scale.json"))
         run("soak.py", "--seconds", args.soak_seconds, "--out", str(tmp / "soak.md"))
         (tmp / "drift.md").write_text(
@@ -343,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     serving = json.loads((tmp / "serving.json").read_text())
     scale = json.loads((tmp / "scale.json").read_text())
     metrics_cost = json.loads((tmp / "metrics.json").read_text())
+    log_cost = json.loads((tmp / "inference_log.json").read_text())
     soak = (tmp / "soak.md").read_text().strip()
     drift = (tmp / "drift.md").read_text().strip()
 
@@ -464,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     lines += metrics_section(metrics_cost)
+    lines += inference_log_section(log_cost)
     lines += scale_section(scale) + ["## Soak", "", soak.replace("### ", "").strip(), ""]
     lines += [
         "## Drift alarm",

@@ -96,6 +96,98 @@ def summary(measured: list[dict], batch: int) -> dict[str, float]:
     }
 
 
+def write_body(rows: pd.DataFrame, path: Path) -> Path:
+    """A request body of ``rows``: one row as ``dataframe_records``, more as ``dataframe_split``."""
+    if len(rows) == 1:
+        path.write_text(json.dumps({"dataframe_records": rows.to_dict(orient="records")}))
+    else:
+        split = {"columns": list(rows.columns), "data": rows.to_numpy().tolist()}
+        path.write_text(json.dumps({"dataframe_split": split}))
+    return path
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process and its children (``mlflow models serve`` and its uvicorn)."""
+    import psutil
+
+    parent = psutil.Process(pid)
+    total = 0.0
+    for proc in (parent, *parent.children(recursive=True)):
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def on_off(
+    ports: dict[str, int],
+    names: tuple[str, str],
+    body: Path,
+    batch: int,
+    args: argparse.Namespace,
+    pids: dict[str, int] | None = None,
+) -> dict:
+    """Two servers identical but for one switch, measured in turn: what the switch costs.
+
+    ``args.rounds`` rounds of one wrk run each (``args.duration``, ``args.connections``,
+    ``args.threads``), the first of each round alternating, so neither always runs on the warmer
+    machine and load from other processes falls on both alike. Each round's ratio compares two runs
+    made seconds apart.
+
+    With ``pids`` (each server's process), also the CPU time each server spent per answered
+    request during its runs: other processes' load slows a server down but does not add to its CPU
+    time, so on a shared machine ``cpu_ratio`` (off over on) says what the switch costs a CPU-bound
+    server more steadily than the requests/s do.
+
+    Returns:
+        ``{"batch", <on>: {...}, <off>: {...}, "round_ratios", "median_round_ratio", "ratio",
+        "load_average"}`` (and ``"cpu_ratio"`` with ``pids``); per server the medians of ``rps``,
+        ``p50_ms``, ``p99_ms`` (and ``cpu_ms_per_request``), the sum of ``non2xx`` and socket
+        errors, and the ``requests`` answered in all.
+    """
+    on, off = names
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    loads = [os.getloadavg()[0]]
+    for round_ in range(args.rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            before = cpu_seconds(pids[name]) if pids else 0.0
+            run = wrk(ports[name], body, args.duration, args.connections, args.threads)
+            if pids:
+                run["cpu_ms_per_request"] = (
+                    (cpu_seconds(pids[name]) - before) * 1000 / max(run["requests"], 1)
+                )
+            runs[name].append(run)
+        loads.append(os.getloadavg()[0])
+    pairs = [a["rps"] / b["rps"] for a, b in zip(runs[on], runs[off], strict=True)]
+    case = {
+        "batch": batch,
+        **{
+            name: {
+                "rps": statistics.median(r["rps"] for r in measured),
+                "p50_ms": statistics.median(r["p50_ms"] for r in measured),
+                "p99_ms": statistics.median(r["p99_ms"] for r in measured),
+                "non2xx": sum(r["non2xx"] + r["socket_errors"] for r in measured),
+                "requests": sum(r["requests"] for r in measured),
+                **(
+                    {"cpu_ms_per_request": statistics.median(r["cpu_ms_per_request"] for r in measured)}
+                    if pids
+                    else {}
+                ),
+            }
+            for name, measured in runs.items()
+        },
+        "round_ratios": pairs,
+        "median_round_ratio": statistics.median(pairs),
+        "load_average": {"min": min(loads), "max": max(loads)},
+    }
+    case["ratio"] = case[on]["rps"] / case[off]["rps"]
+    if pids:
+        case["cpu_ratio"] = case[off]["cpu_ms_per_request"] / case[on]["cpu_ms_per_request"]
+    return case
+
+
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         args, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True

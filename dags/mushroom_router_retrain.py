@@ -16,8 +16,15 @@ from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param,
 from airflow.sdk.exceptions import AirflowSkipException
 
 # Names, ranges and the error policy only: these modules import nothing beyond the standard library.
-from router_model.airflow_tasks import fail_fast
-from router_model.settings import DRIFT_ASSET_NAME, DRIFT_ASSET_URI, MIN_IMPROVEMENT_RANGE, WEAK_TRAIN_PARAMS
+from router_model.airflow_tasks import fail_fast, go_on
+from router_model.settings import (
+    DRIFT_ASSET_NAME,
+    DRIFT_ASSET_URI,
+    FORCE_RETRAIN,
+    FORCE_RETRAIN_HELP,
+    MIN_IMPROVEMENT_RANGE,
+    WEAK_TRAIN_PARAMS,
+)
 
 DAG_ID = "mushroom_router_retrain"
 
@@ -31,8 +38,8 @@ SCHEDULE = AssetOrTimeSchedule(timetable=CronTriggerTimetable("@daily", timezone
 DOC_MD = f"""
 # Retrain the mushroom router behind a quality gate
 
-`fetch_data` → `validate_data` → `train_and_register` → `evaluate_against_champion` → `gate`
-→ `promote` **or** `keep_challenger`.
+`fetch_data` → `validate_data` → `check_changes` → `train_and_register` → `evaluate_against_champion`
+→ `gate` → `promote` **or** `keep_challenger`.
 
 * **fetch_data** resolves the training CSV. `data_source=auto` uses `data_path` or `MUSHROOM_DATA`,
   else Kaggle (`prishasawhney/mushroom-dataset`) when Kaggle credentials are set, else a
@@ -40,6 +47,10 @@ DOC_MD = f"""
   file through MLflow's artifact store at `<artifact root>/datasets/<sha256>/<file>` and passes on
   only that URI and the sha256.
 * **validate_data** checks every column; a bad file fails here, before anything is registered.
+* **check_changes** compares the data's sha256, the code's sha256 and the effective training params
+  with the champion's (tags of each version). All equal: training would reproduce the champion, so
+  the run ends here, its log says why, and every later task is skipped: nothing is registered and
+  `champion` does not move. `{FORCE_RETRAIN}` trains anyway.
 * **train_and_register** trains and registers a new version of `mushroom-router` with no alias,
   recording the file as the run's dataset input (source URI, digest, `sha256` tag).
   It is keyed by `<dag_id>/<run_id>`: clearing and re-running the same DAG run reuses that version.
@@ -115,6 +126,9 @@ params = {
         description="Let a version trained on synthetic data replace a champion trained on real data "
         "(it must still pass the gate).",
     ),
+    FORCE_RETRAIN: Param(
+        False, type="boolean", description=FORCE_RETRAIN_HELP[:1].upper() + FORCE_RETRAIN_HELP[1:] + "."
+    ),
     "train_params": Param(
         {},
         type="object",
@@ -158,6 +172,19 @@ def mushroom_router_retrain() -> None:
         from router_model import pipeline
 
         return pipeline.validate_data(fetched["uri"], fetched["sha256"])
+
+    @task.short_circuit(execution_timeout=timedelta(minutes=5))
+    @fail_fast
+    def check_changes(fetched: dict[str, str], params: dict[str, Any] | None = None) -> dict[str, Any] | bool:
+        """Go on only when data, code or params differ from the champion's (or ``force``); the log says why.
+
+        Returns the check (truthy) to go on, or ``False``: every later task is then skipped.
+        """
+        from router_model import pipeline
+
+        return go_on(
+            pipeline.training_needed(fetched["sha256"], params["train_params"], params[FORCE_RETRAIN])
+        )
 
     @task(execution_timeout=timedelta(minutes=60))
     @fail_fast
@@ -225,7 +252,7 @@ def mushroom_router_retrain() -> None:
     fetched = fetch_data()
     validated = validate_data(fetched)
     registered = train_and_register(fetched)
-    validated >> registered
+    validated >> check_changes(fetched) >> registered
     evaluation = evaluate_against_champion(registered, fetched)
     decision = gate(evaluation)
     promote(decision)

@@ -1,4 +1,4 @@
-"""The error policy of :mod:`router_model.errors`, applied to Airflow tasks.
+"""The error policy of :mod:`router_model.errors`, applied to Airflow tasks, and how a task ends a run early.
 
 Its own module so that the served model's code never imports it: the model's requirements are
 derived from what its code imports, and Airflow is no requirement of a model server.
@@ -7,7 +7,8 @@ derived from what its code imports, and Airflow is no requirement of a model ser
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from router_model.errors import is_permanent
@@ -34,3 +35,17 @@ def fail_fast(func: Callable[..., Any]) -> Callable[..., Any]:
             raise
 
     return wrapper
+
+
+def go_on(check: Mapping[str, Any]) -> Mapping[str, Any] | bool:
+    """What a short-circuit task returns for a ``{"train", "reason", ...}`` check: go on, or stop here.
+
+    Returns:
+        The check itself when ``check["train"]`` (truthy: the next tasks run and get it as the task's
+        return value), else ``False``, which skips every later task (Airflow keeps no return value
+        then). The reason goes to the task log either way, so a run that ended early says why.
+    """
+    logging.getLogger("airflow.task").info(
+        "%s: %s", "Going on" if check["train"] else "Stopping", check["reason"]
+    )
+    return dict(check) if check["train"] else False

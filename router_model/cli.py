@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="let a version trained on synthetic data replace a champion trained on real data "
         "(it must still pass the gate)",
     )
+    train.add_argument(f"--{settings.FORCE_RETRAIN}", action="store_true", help=settings.FORCE_RETRAIN_HELP)
 
     serve = sub.add_parser("serve", help="serve models:/mushroom-router@champion with mlflow models serve")
     serve.add_argument("--host", default=settings.DEFAULT_SERVE_HOST)
@@ -175,7 +176,12 @@ def _train(args: argparse.Namespace) -> int:
         train_params=dict(args.param),
         min_improvement=args.min_improvement,
         allow_synthetic=args.allow_synthetic,
+        force=getattr(args, settings.FORCE_RETRAIN),
     )
+    if outcome["alias"] is None:
+        reason = outcome["check"]["reason"]
+        print(reason[:1].upper() + reason[1:])
+        return 0
     metrics = outcome["evaluation"]["candidate"]
     print(f"Trained on {outcome['data']['source']} data: {outcome['data']['path']}")
     if outcome["data"]["source"] == settings.SOURCE_SYNTHETIC:

@@ -23,12 +23,21 @@ version after this one was evaluated, the new version gets ``challenger`` instea
 comparisons, a version whose probabilities are not honest (expected calibration error on the new
 held-out rows above :data:`GATE_MAX_ECE` plus twice its chance level, on some route) is refused,
 however good its ROC-AUC (:func:`calibration_refusal`).
+
+Nothing new, nothing registered (:func:`training_needed`): each version records what it was made
+from (:class:`Fingerprint`: the data's sha256, the code's sha256, the effective training params).
+Training is deterministic given those, so a retrain whose fingerprint equals the champion's would
+only register a copy of the champion and, since the gate passes ties, switch the model servers to
+it for nothing. Such a retrain stops before training, says why, and registers and moves nothing,
+unless forced (:data:`router_model.settings.FORCE_RETRAIN`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import logging
 import math
 import tempfile
@@ -42,7 +51,7 @@ import pandas as pd
 
 from router_model import data as data_mod
 from router_model import features as F
-from router_model import registry, settings
+from router_model import registry, settings, trust
 from router_model.errors import ConfigError, RouterError
 from router_model.router import Router
 from router_model.train import TrainConfig, evaluate, train
@@ -97,6 +106,116 @@ class GateDecision:
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a version was made from: equal fingerprints train the same model.
+
+    Attributes:
+        data_sha256: sha256 of the training file's bytes.
+        code_sha256: sha256 of the ``router_model`` code (:func:`router_model.trust.installed_digest`).
+        params_sha256: sha256 of the effective training params' canonical JSON.
+        params: That JSON (recorded for people; the digest is what is compared).
+    """
+
+    data_sha256: str
+    code_sha256: str
+    params_sha256: str
+    params: str = ""
+
+    @classmethod
+    def of(cls, data_sha256: str, train_params: Mapping[str, Any] | None = None) -> Fingerprint:
+        """The fingerprint of training this installation's code on ``data_sha256`` with ``train_params``.
+
+        Raises:
+            ConfigError: If a training param is unknown or out of range.
+        """
+        effective = TrainConfig.from_mapping(train_params).effective()
+        params = json.dumps(effective, sort_keys=True, separators=(",", ":"))
+        return cls(data_sha256, trust.installed_digest(), hashlib.sha256(params.encode()).hexdigest(), params)
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> Fingerprint | None:
+        """A registered version's fingerprint, or ``None`` if it records no full one (older versions)."""
+        parts = (
+            tags.get("data_sha256"),
+            tags.get(trust.TAG_CODE_SHA256),
+            tags.get(registry.TAG_TRAIN_PARAMS_SHA256),
+        )
+        if not all(parts):
+            return None
+        return cls(*parts, tags.get(registry.TAG_TRAIN_PARAMS, ""))
+
+    def as_tags(self) -> dict[str, str]:
+        """The version tags that record it (``data_sha256`` and ``code_sha256`` are set elsewhere too)."""
+        return {
+            "data_sha256": self.data_sha256,
+            trust.TAG_CODE_SHA256: self.code_sha256,
+            registry.TAG_TRAIN_PARAMS_SHA256: self.params_sha256,
+            registry.TAG_TRAIN_PARAMS: self.params,
+        }
+
+    def differences(self, other: Fingerprint) -> list[str]:
+        """What differs from ``other``: ``data``, ``code`` and/or ``training params``, with both digests."""
+        pairs = (
+            ("data", self.data_sha256, other.data_sha256),
+            ("code", self.code_sha256, other.code_sha256),
+            ("training params", self.params_sha256, other.params_sha256),
+        )
+        return [
+            f"{name} (sha256 {ours[:12]} vs {theirs[:12]})" for name, ours, theirs in pairs if ours != theirs
+        ]
+
+
+def training_needed(
+    data_sha256: str, train_params: Mapping[str, Any] | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Whether a retrain on this data, code and params can make anything the champion is not.
+
+    Compared with the champion's :class:`Fingerprint` before anything trains. Equal: training
+    would reproduce the champion, so nothing is trained, registered or moved. A champion without a
+    full fingerprint (registered by an older release), no champion at all, or ``force`` train.
+
+    Args:
+        data_sha256: The training file's sha256 (what :func:`fetch_data` and :func:`share_data` return).
+        train_params: Overrides of :class:`router_model.train.TrainConfig` (defaults filled in).
+        force: Train even when nothing changed (:data:`router_model.settings.FORCE_RETRAIN`).
+
+    Returns:
+        ``{"train", "reason", "champion_version"}``: ``reason`` is one line saying why.
+
+    Raises:
+        ConfigError: If a training param is unknown or out of range.
+        MlflowException: If the registry cannot answer (never read as "no champion").
+    """
+    ours = Fingerprint.of(data_sha256, train_params)
+    found = registry.alias_version(settings.CHAMPION)
+    version = int(found.version) if found is not None else None
+    theirs = Fingerprint.from_tags(found.tags) if found is not None else None
+    if found is None:
+        train, reason = True, "no champion yet"
+    elif theirs is None:
+        train, reason = (
+            True,
+            f"champion version {version} records no fingerprint of its data, code and params",
+        )
+    elif differ := ours.differences(theirs):
+        train, reason = True, f"{' and '.join(differ)} differ from champion version {version}'s"
+    else:
+        same = (
+            f"data (sha256 {ours.data_sha256[:12]}), code (sha256 {ours.code_sha256[:12]}) and training "
+            f"params (sha256 {ours.params_sha256[:12]}) equal champion version {version}'s"
+        )
+        train = bool(force)
+        reason = (
+            f"{same}, but {settings.FORCE_RETRAIN} is set: training anyway"
+            if force
+            else f"nothing to train: {same}; nothing registered, champion unchanged "
+            f"(to retrain anyway: --{settings.FORCE_RETRAIN}, DAG param {settings.FORCE_RETRAIN})"
+        )
+    _logger.info("%s: %s", "Training" if train else "Not training", reason)
+    return {"train": train, "reason": reason, "champion_version": version}
 
 
 def fetch_data(source: str | None = None, path: str | None = None, api_factory: Any = None) -> dict[str, str]:
@@ -188,7 +307,8 @@ def train_and_register(
     """Train on a validated file, log the run and register the router (no alias yet).
 
     The run records the file as its dataset input (MLflow dataset tracking: source, digest and
-    the full sha256), and the version's ``data_path`` tag is the shared URI when there is one.
+    the full sha256), and the version's ``data_path`` tag is the shared URI when there is one. The
+    version records its :class:`Fingerprint` as tags, which :func:`training_needed` compares.
 
     Args:
         path: Training file: a local path or a shared URI (:func:`local_copy`).
@@ -214,8 +334,11 @@ def train_and_register(
     local = local_copy(path, sha256)
     frame = data_mod.load_training_frame(local)
     result = train(frame, config)
-    tags = data_mod.DataSource(str(path), source, data_mod.file_sha256(local)).as_tags()
-    extra = {registry.TAG_RETRAIN_KEY: retrain_key} if retrain_key else None
+    sha = data_mod.file_sha256(local)
+    tags = data_mod.DataSource(str(path), source, sha).as_tags()
+    extra = Fingerprint.of(sha, train_params).as_tags()
+    if retrain_key:
+        extra[registry.TAG_RETRAIN_KEY] = retrain_key
     return registry.log_router(result, tags, extra, frame=frame).as_dict()
 
 
@@ -580,25 +703,42 @@ def retrain(
     min_improvement: float = 0.0,
     retrain_key: str | None = None,
     allow_synthetic: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run every step in one process (what ``mushroom-router train`` does).
 
+    Args:
+        path: Training file (default: resolved as :func:`router_model.data.resolve_data` says).
+        source: Force one data source.
+        train_params: Overrides of :class:`router_model.train.TrainConfig`.
+        min_improvement: The gate's margin (see :func:`decide`).
+        retrain_key: Idempotency key (see :func:`train_and_register`).
+        allow_synthetic: Let a synthetic-data version replace a real-data champion.
+        force: Train even when data, code and params equal the champion's (:func:`training_needed`).
+
     Returns:
-        Data, registration, evaluation, the decision that took effect (see
-        :func:`apply_decision`) and the alias, as one dict.
+        Data, the check (``"check"``: :func:`training_needed`'s answer) and, when it trained,
+        registration, evaluation, the decision that took effect (see :func:`apply_decision`) and
+        the alias, as one dict. When it did not train, ``"alias"`` is ``None``.
 
     Raises:
-        ConfigError: If ``min_improvement`` is out of range (checked before anything runs).
+        ConfigError: If ``min_improvement`` or a training param is out of range (checked before
+            anything runs).
     """
     check_min_improvement(min_improvement)
+    TrainConfig.from_mapping(train_params)
     fetched = fetch_data(source=source, path=path)
     summary = validate_data(fetched["path"])
+    check = training_needed(fetched["sha256"], train_params, force)
+    if not check["train"]:
+        return {"data": fetched, "summary": summary, "check": check, "alias": None}
     registered = train_and_register(fetched["path"], fetched["source"], train_params, retrain_key)
     evaluation = evaluate_against_champion(registered["version"], fetched["path"])
     decision = apply_decision(decide(evaluation, min_improvement, allow_synthetic))
     return {
         "data": fetched,
         "summary": summary,
+        "check": check,
         **registered,
         "evaluation": evaluation,
         "decision": decision.as_dict(),

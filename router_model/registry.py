@@ -57,6 +57,10 @@ ENTRY_FILE = PACKAGE_DIR / "pyfunc_entry.py"
 TAG_RETRAIN_KEY = "retrain_key"
 TAG_RUN_ID = "run_id"
 TAG_HOLDOUT_ROWS = "holdout_rows"
+#: The effective training params of a version (canonical JSON) and their sha256: with
+#: ``data_sha256`` and ``code_sha256`` they say whether a retrain would reproduce it.
+TAG_TRAIN_PARAMS = "train_params"
+TAG_TRAIN_PARAMS_SHA256 = "train_params_sha256"
 
 #: Each version's held-out rows, logged with its run: the gate scores later candidates on them,
 #: so a retrain cannot pick the rows it is judged on (see :mod:`router_model.pipeline`).

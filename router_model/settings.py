@@ -44,6 +44,14 @@ DEFAULT_CHUNK_ROWS = 100_000
 #: Hyperparameters that make a deliberately weak model, for trying the gate (it must not promote).
 WEAK_TRAIN_PARAMS = {"nb_bins": 2, "nb_orders": "1", "lr_bins": 2, "lr_orders": "1"}
 
+#: The name of the switch (CLI ``--force``, DAG param ``force``) that trains and registers a version
+#: even when its data, code and training params equal the champion's, and what it does.
+FORCE_RETRAIN = "force"
+FORCE_RETRAIN_HELP = (
+    "train and register even when the data (sha256), the code and the training params equal the "
+    "champion's (by default such a retrain registers nothing and switches nothing)"
+)
+
 #: Where training data comes from: a file you give, Kaggle, or the built-in synthetic sample;
 #: ``auto`` picks the first available (see ``router_model.data.resolve_data``).
 SOURCE_PATH = "path"

@@ -139,6 +139,21 @@ class TrainConfig:
         for field in dataclasses.fields(self):
             object.__setattr__(self, field.name, _parse_param(field.name, getattr(self, field.name)))
 
+    def effective(self) -> dict[str, Any]:
+        """Every setting that decides what training produces from a file: these params and the seeds.
+
+        Besides the hyperparameters, the held-out split and the calibration folds
+        (:data:`router_model.settings.TEST_SIZE`, :data:`router_model.settings.SPLIT_SEED`,
+        :data:`CALIBRATION_FOLDS`), which no param overrides today but a change of which changes
+        the model.
+        """
+        return {
+            **dataclasses.asdict(self),
+            "test_size": settings.TEST_SIZE,
+            "split_seed": settings.SPLIT_SEED,
+            "calibration_folds": CALIBRATION_FOLDS,
+        }
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> TrainConfig:
         """Build a config from CLI strings or JSON values, naming any unknown or invalid key.

@@ -69,16 +69,17 @@ def test_cli_retrain_between_gate_and_promote_keeps_its_champion(
     airflow_db: str, mlflow_env: Path, run_cli: Any
 ) -> None:
     dag = parsed_dag()
-    first = dag.test(run_conf={"data_source": "synthetic"})
+    first = dag.test(run_conf={"data_source": "synthetic", "force": False})
     assert first.state == "success", task_states(first)
     assert (alias("champion"), alias("challenger")) == (1, None)
 
     cli: list[Any] = []
     dag.task_dict["promote"].on_execute_callback = [
-        lambda context: cli.append(run_cli("train", "--synthetic", timeout=300))
+        lambda context: cli.append(run_cli("train", "--synthetic", "--force", timeout=300))
     ]
     date = datetime(2026, 3, 1, tzinfo=UTC)
-    raced = dag.test(run_conf={"data_source": "synthetic"}, logical_date=date, run_after=date)
+    # Forced, like the CLI: both retrain on the champion's data, code and params.
+    raced = dag.test(run_conf={"data_source": "synthetic", "force": True}, logical_date=date, run_after=date)
 
     # The CLI ran while this run's version 2 waited in promote, and made its version 3 champion.
     [done] = cli

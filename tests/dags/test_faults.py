@@ -55,10 +55,15 @@ def task_instance(dag_run: Any, task_id: str) -> Any:
     return next(ti for ti in dag_run.get_task_instances() if ti.task_id == task_id)
 
 
-def run(dag: Any, name: str, conf: dict[str, Any] | None = None) -> Any:
-    """One ``dag.test()`` run at ``DATES[name]``; returns the DagRun."""
+def run(dag: Any, name: str) -> Any:
+    """One ``dag.test()`` run at ``DATES[name]`` on the synthetic sample; returns the DagRun.
+
+    Forced: every run trains on the champion's data with its code and params, which would otherwise
+    end each run after ``check_changes`` (nothing new to train).
+    """
     date = DATES[name]
-    return dag.test(run_conf=conf or {"data_source": "synthetic"}, logical_date=date, run_after=date)
+    conf = {"data_source": "synthetic", "force": True}
+    return dag.test(run_conf=conf, logical_date=date, run_after=date)
 
 
 def registry_state() -> dict[str, Any]:
@@ -165,6 +170,7 @@ def test_tracking_server_outage_retries_fails_cleanly_and_the_next_run_succeeds(
     assert states == {
         "fetch_data": "failed",
         "validate_data": "upstream_failed",
+        "check_changes": "upstream_failed",
         "train_and_register": "upstream_failed",
         "evaluate_against_champion": "upstream_failed",
         "gate": "upstream_failed",

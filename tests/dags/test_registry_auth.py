@@ -148,7 +148,7 @@ def trainer_dag_run(auth_server: AuthServer, retrain_dag: Any) -> Any:
         mp.setenv("MLFLOW_TRACKING_USERNAME", TRAINER[0])
         mp.setenv("MLFLOW_TRACKING_PASSWORD", TRAINER[1])
         return retrain_dag.test(
-            run_conf={"data_source": "synthetic"}, logical_date=DAG_DATE, run_after=DAG_DATE
+            run_conf={"data_source": "synthetic", "force": False}, logical_date=DAG_DATE, run_after=DAG_DATE
         )
 
 

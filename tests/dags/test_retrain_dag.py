@@ -31,6 +31,7 @@ ASSET_URI = "mlflow://models/mushroom-router"
 TASK_IDS = {
     "fetch_data",
     "validate_data",
+    "check_changes",
     "train_and_register",
     "evaluate_against_champion",
     "gate",
@@ -40,7 +41,8 @@ TASK_IDS = {
 UPSTREAM = {
     "fetch_data": set(),
     "validate_data": {"fetch_data"},
-    "train_and_register": {"fetch_data", "validate_data"},
+    "check_changes": {"fetch_data", "validate_data"},
+    "train_and_register": {"fetch_data", "check_changes"},
     "evaluate_against_champion": {"fetch_data", "train_and_register"},
     "gate": {"evaluate_against_champion"},
     "promote": {"gate"},
@@ -167,6 +169,7 @@ def test_dagbag_parses_with_expected_tasks_and_order(airflow_db: str) -> None:
         "data_path": None,
         "min_improvement": 0.0,
         "allow_synthetic": False,
+        "force": False,
         "train_params": {},
     }
     for task in dag.tasks:
@@ -283,6 +286,7 @@ def test_first_synthetic_run_makes_version_1_champion(champion_run: Any, airflow
     assert task_states(champion_run) == {
         "fetch_data": "success",
         "validate_data": "success",
+        "check_changes": "success",
         "train_and_register": "success",
         "evaluate_against_champion": "success",
         "gate": "success",
@@ -399,8 +403,9 @@ def test_train_params_out_of_range_fail_at_once_and_register_nothing(
     dag_run = run(retrain_dag, conf, datetime(2025, 3, day, tzinfo=UTC))
 
     assert dag_run.state == "failed"
-    assert task_states(dag_run)["train_and_register"] == "failed"
-    assert task_instance(dag_run, "train_and_register").try_number == 1  # failed at once, no retries
+    # The first task that reads the params (to compare them with the champion's) refuses them.
+    assert task_states(dag_run)["check_changes"] == "failed"
+    assert task_instance(dag_run, "check_changes").try_number == 1  # failed at once, no retries
     assert message in "".join(capfd.readouterr())
     assert registry_snapshot() == before
 
@@ -419,3 +424,48 @@ def test_kaggle_without_credentials_fails_at_fetch_data(
     assert task_instance(dag_run, "fetch_data").try_number == 1  # failed at once, no retries
     assert registry_snapshot() == before
     assert not (mlflow_env / "data" / "kaggle").exists()
+
+
+#: Every param given explicitly: dag.test() keeps the params of the previous run otherwise.
+SAME_AS_CHAMPION = {
+    "data_source": "synthetic",
+    "data_path": None,
+    "min_improvement": 0.0,
+    "allow_synthetic": False,
+    "train_params": {},
+    "force": False,
+}
+AFTER_TRAINING = {"train_and_register", "evaluate_against_champion", "gate", "promote", "keep_challenger"}
+
+
+def test_a_run_on_the_champions_data_code_and_params_ends_early_and_force_trains(
+    retrain_dag: Any, champion_run: Any, challenger_run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The champion (version 1) was trained on the synthetic sample with default params, by this code."""
+    before = registry_snapshot()
+    assert before["champion"] == 1
+    caplog.clear()
+
+    same = run(retrain_dag, SAME_AS_CHAMPION, datetime(2025, 4, 1, tzinfo=UTC))
+
+    assert same.state == "success"
+    states = task_states(same)
+    assert {t: states[t] for t in ("fetch_data", "validate_data", "check_changes")} == dict.fromkeys(
+        ("fetch_data", "validate_data", "check_changes"), "success"
+    )
+    assert {states[t] for t in AFTER_TRAINING} == {"skipped"}
+    assert not task_instance(same, "check_changes").xcom_pull(task_ids="check_changes")  # nothing to hand on
+    log = caplog.text  # the task's log records
+    assert "Stopping: nothing to train: data (sha256 " in log
+    assert "equal champion version 1's; nothing registered, champion unchanged" in log
+    assert registry_snapshot() == before
+
+    forced = run(retrain_dag, {**SAME_AS_CHAMPION, "force": True}, datetime(2025, 4, 2, tzinfo=UTC))
+
+    assert forced.state == "success"
+    states = task_states(forced)
+    assert states["train_and_register"] == states["promote"] == "success"
+    check = task_instance(forced, "check_changes").xcom_pull(task_ids="check_changes")
+    assert check["train"] is True
+    assert check["reason"].endswith("equal champion version 1's, but force is set: training anyway")
+    assert registry_snapshot() == {"versions": [1, 2, 3], "champion": 3, "challenger": 2}

@@ -376,8 +376,9 @@ def test_celery_workers_without_a_shared_disk_retrain_and_promote_one_at_a_time(
     assert f"/datasets/{sha256}/" in dataset_input.dataset.source
 
     # Two runs at once, one per worker; their promotions start together once both gates decided.
-    cluster.trigger("pair-a", {"data_source": "synthetic"})
-    cluster.trigger("pair-b", {"data_source": "synthetic"})
+    # Forced: both retrain on the champion's data, code and params (else each ends at check_changes).
+    cluster.trigger("pair-a", {"data_source": "synthetic", "force": True})
+    cluster.trigger("pair-b", {"data_source": "synthetic", "force": True})
     cluster.finish("pair-a", "pair-b")
 
     state = registry_state(cluster)

@@ -64,6 +64,27 @@ def test_train_then_weaker_train_says_why_it_is_challenger(run_cli, cli_home, tm
     assert "@champion -> version 2" in run_cli("status", env=cli_home).stdout
 
 
+def test_train_again_on_the_champions_data_says_so_in_one_line_and_force_trains(run_cli, cli_home, tmp_path):
+    path = tmp_path / "train.csv"
+    synthetic.make_synthetic(2000).to_csv(path, index=False)
+    assert run_cli("train", "--data", str(path), env=cli_home).returncode == 0
+
+    again = run_cli("train", "--data", str(path), "--param", "nb_bins=32", env=cli_home)
+    assert again.returncode == 0, again.stderr
+    [line] = again.stdout.splitlines()
+    assert line.startswith("Nothing to train: data (sha256 ")
+    assert line.endswith(
+        "equal champion version 1's; nothing registered, champion unchanged "
+        "(to retrain anyway: --force, DAG param force)"
+    )
+    assert "@champion -> version 1" in run_cli("status", env=cli_home).stdout
+
+    forced = run_cli("train", "--data", str(path), "--force", env=cli_home)
+    assert forced.returncode == 0, forced.stderr
+    assert "Alias: champion - version 2 beats or matches champion version 1" in forced.stdout
+    assert "--force" in run_cli("train", "--help").stdout
+
+
 def test_train_synthetic_warns(run_cli, cli_home):
     out = run_cli("train", "--synthetic", env=cli_home)
     assert out.returncode == 0, out.stderr

@@ -23,19 +23,12 @@ import pytest
 from mlflow.exceptions import MlflowException
 from support import free_port
 
-from router_model import pipeline, registry, settings, synthetic
+from router_model import pipeline, registry, settings
 
 STALE = re.compile(
     r"^champion moved from version (\d+) to version (\d+) during this retrain; "
     r"re-run to compare against version \2 \(the gate had said: version \d+ beats or matches"
 )
-
-
-@pytest.fixture
-def small_csv(fresh_store: Path) -> str:
-    path = fresh_store / "train.csv"
-    synthetic.make_synthetic(3000).to_csv(path, index=False)
-    return str(path)
 
 
 def alias(name: str) -> int | None:
@@ -126,7 +119,7 @@ def test_second_promotion_over_the_same_champion_becomes_challenger_and_says_why
         assert state() == after
 
     # A re-run compares against the new champion and applies normally.
-    again = pipeline.retrain(path=small_csv)
+    again = pipeline.retrain(path=small_csv, force=True)
     assert (again["version"], again["alias"], again["decision"]["champion_version"]) == (4, "champion", 2)
     assert_consistent(state())
 
@@ -134,7 +127,7 @@ def test_second_promotion_over_the_same_champion_becomes_challenger_and_says_why
 def test_retrain_reports_the_decision_that_took_effect(small_csv: str) -> None:
     pipeline.retrain(path=small_csv)
     stale = candidate(small_csv)
-    winner = pipeline.retrain(path=small_csv)  # finishes while `stale` waits to be applied
+    winner = pipeline.retrain(path=small_csv, force=True)  # finishes while `stale` waits to be applied
     assert winner["alias"] == "champion"
 
     applied = pipeline.apply_decision(stale)
@@ -240,7 +233,7 @@ def test_two_cli_retrains_at_once_end_consistent(run_cli: Any, small_csv: str, f
     env = {"MUSHROOM_HOME": str(fresh_store), "MLFLOW_TRACKING_URI": f"sqlite:///{fresh_store / 'mlflow.db'}"}
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = list(pool.map(lambda _: run_cli("train", "--data", small_csv, env=env), range(2)))
+        runs = list(pool.map(lambda _: run_cli("train", "--data", small_csv, "--force", env=env), range(2)))
 
     for done in runs:
         assert done.returncode == 0, done.stderr[-3000:]

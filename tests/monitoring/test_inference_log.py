@@ -60,6 +60,56 @@ def test_rows_are_written_as_answered_and_read_back(tmp_path):
     assert rows["cap-diameter"].eq(30.0).all() and rows["stem-height"].isna().all()
 
 
+def expected_rows(batches: list[Batch]) -> list[dict]:
+    """The log's rows written out one by one from the batches, as COLUMNS defines them."""
+    rows = []
+    for b in batches:
+        thresholds = np.broadcast_to(np.asarray(b.threshold, dtype=float), len(b.poisonous))
+        for i, p in enumerate(b.poisonous):
+            rows.append(
+                {
+                    "time": pd.Timestamp(b.time, unit="s", tz="UTC"),
+                    "request_id": b.request_id,
+                    "model_run_id": b.model_run_id,
+                    "route": F.ROUTES[b.routes[i]],
+                    "threshold": thresholds[i],
+                    **dict(zip(F.ALL_FEATURES, b.matrix[i], strict=True)),
+                    "poisonous_probability": p,
+                    "prediction": "poisonous" if p >= thresholds[i] else "edible",
+                }
+            )
+    return rows
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [[1], [1] * 50, [1000], [3, 1, 1000, 2, 1]],
+    ids=["one row", "50 single rows", "1,000 rows", "mixed"],
+)
+def test_queued_batches_become_one_table_row_by_row_as_answered(sizes, tmp_path):
+    """The writer joins a flush's batches column by column; the rows are those of each batch, in order.
+
+    Both tables: the one the PostgreSQL sink inserts, and the Arrow one the Parquet sink writes,
+    read back from its file.
+    """
+    batches = [batch(n, t=1_700_000_000.123456 + i, threshold=0.3) for i, n in enumerate(sizes)]
+    # A per-row threshold (the "safe" param: each route's own) and one boundary value.
+    per_row = batch(4, t=1_700_000_100.0)
+    batches.append(Batch(**{**per_row.__dict__, "threshold": np.array([0.0, 0.4, 1.0, 2 / 3])}))
+    table = inference_log.frame_of(batches)
+    assert list(table.columns) == list(inference_log.COLUMNS)
+    assert len(table) == sum(sizes) + 4
+    expected = pd.DataFrame(expected_rows(batches), columns=list(inference_log.COLUMNS))
+    pd.testing.assert_frame_equal(table, expected, check_dtype=False)
+    assert table["prediction"].tolist()[-4:] == ["poisonous", "edible", "edible", "poisonous"]
+
+    ParquetSink(tmp_path).write(batches)
+    [part] = tmp_path.glob("part-*.parquet")
+    written = pd.read_parquet(part)
+    pd.testing.assert_frame_equal(written, table)  # dtypes included: plain text, UTC nanoseconds
+    assert written["time"].dt.tz is not None and written["stem-height"].isna().all()
+
+
 def test_read_rows_since_is_exclusive_and_sorted(tmp_path):
     log = InferenceLog(ParquetSink(tmp_path), flush_seconds=60)
     for t in (300.0, 100.0, 200.0):
@@ -76,9 +126,9 @@ class BlockedSink:
         self.release = threading.Event()
         self.frames: list[pd.DataFrame] = []
 
-    def write(self, frame: pd.DataFrame) -> None:
+    def write(self, batches: list[Batch]) -> None:
         self.release.wait(30)
-        self.frames.append(frame)
+        self.frames.append(inference_log.frame_of(batches))
 
 
 def test_a_full_queue_drops_and_counts_instead_of_blocking():
@@ -97,7 +147,7 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking():
 
 
 class FailingSink:
-    def write(self, frame: pd.DataFrame) -> None:
+    def write(self, batches: list[Batch]) -> None:
         raise OSError("disk full")
 
 

@@ -158,7 +158,7 @@ class BlockedSink:
     def __init__(self) -> None:
         self.release = threading.Event()
 
-    def write(self, frame: pd.DataFrame) -> None:
+    def write(self, batches: list) -> None:
         self.release.wait(30)
 
 
