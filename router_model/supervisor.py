@@ -541,7 +541,7 @@ class ChampionSupervisor:
                 registry.tag_version(number, {"serving": "served", "serving_reason": ""})
         self.failures.pop(key, None)
         assert self.served is not None
-        self.cache.prune({key, self.served.boot_key})
+        self.cache.prune({key, self.served.boot_key, hot_swap.ack_dir(self.control).name})
         return took
 
     # --- one poll --------------------------------------------------------------------------------
