@@ -34,7 +34,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from router_model import features as F
-from router_model import inference_log
+from router_model import inference_log, settings
 from router_model.errors import RouterError
 from router_model.inputs import as_frame, hashable_labels
 from router_model.params import SAFE, parse_params
@@ -307,14 +307,16 @@ def check_answers(out: Any, rows: int, threshold: float = F.DEFAULT_THRESHOLD) -
     bad = ~(np.isfinite(poisonous) & (poisonous >= 0) & (poisonous <= 1))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise GoldenAnswerError(f"row {row}: poisonous_probability {poisonous[row]!r} is not in [0, 1]")
+        raise GoldenAnswerError(
+            f"row {row}: poisonous_probability {float(poisonous[row])!r} is not in [0, 1]"
+        )
     labels = np.where(poisonous >= threshold, F.LABELS[F.LABEL_POISONOUS], F.LABELS[F.LABEL_EDIBLE])
     expected_probability = np.where(poisonous >= threshold, poisonous, 1.0 - poisonous)
     for row in range(rows):
         if str(out["prediction"].iloc[row]) != labels[row] or probability[row] != expected_probability[row]:
             raise GoldenAnswerError(
-                f"row {row}: prediction {out['prediction'].iloc[row]!r} with probability {probability[row]!r} "
-                f"does not follow from poisonous_probability {poisonous[row]!r} at threshold {threshold}"
+                f"row {row}: prediction {out['prediction'].iloc[row]!r} with probability {float(probability[row])!r} "
+                f"does not follow from poisonous_probability {float(poisonous[row])!r} at threshold {threshold}"
             )
         if str(out["model"].iloc[row]) not in F.ROUTES:
             raise GoldenAnswerError(
@@ -352,7 +354,7 @@ def check_golden(out: Any, recorded: Mapping[str, Any] | None) -> None:
             )
         if not abs(got[row] - float(expected_p[row])) <= GOLDEN_TOLERANCE:
             raise GoldenAnswerError(
-                f"golden row {row} ({expected_route[row]}): poisonous_probability {got[row]!r}; "
+                f"golden row {row} ({expected_route[row]}): poisonous_probability {float(got[row])!r}; "
                 f"at training time {float(expected_p[row])!r}"
             )
 
@@ -448,6 +450,7 @@ def _server_process(run_id: str) -> tuple[Any, Any]:
     if _SERVER:
         return _SERVER[0]
     server_guard.install()
+    server_guard.SLOT.started(settings.env("MUSHROOM_SERVED_VERSION"))
     served_metrics = metrics.start(run_id)
     server_guard.hook_app(served_metrics)
     log = inference_log.active()

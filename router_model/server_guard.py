@@ -349,6 +349,11 @@ class ModelSlot:
         """What new requests are answered with."""
         return self._current
 
+    def started(self, version: str | None) -> None:
+        """Name the version MLflow's own model is (the one the server was started on)."""
+        if self._current.model is None:
+            self._current.version = version
+
     def version(self) -> str | None:
         """The version answering now: the switched-in one, else what the starter said (``served_env``)."""
         return self._current.version or settings.env("MUSHROOM_SERVED_VERSION")
