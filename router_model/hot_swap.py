@@ -1,4 +1,4 @@
-"""Switch the served version inside the running scoring server: nothing is refused, nothing waits.
+"""Switch the served version inside the running scoring server, so that no request is refused.
 
 Why in place: ``mlflow models serve`` holds one port in one process tree. Stopping it and starting
 a new one refused requests for as long as a server takes to start (seconds; the figures are in
@@ -6,10 +6,10 @@ docs/benchmarks.md). A second server behind a proxy, or a listening socket hande
 to the next, would need a proxy process or MLflow's CLI to take a socket, and still pay a whole
 server start (CPU on the same cores while the old one answers) at every switch. Inside the
 running server the only new work is what a switch really needs: load the new version's files
-(milliseconds to a second) and check its answers. MLflow's handler passes its model to
-``invocations`` on every request, and :mod:`router_model.server_guard` wraps that function, so
-the guard answers with whichever model its :class:`~router_model.server_guard.ModelSlot` holds:
-one reference, replaced after a drain, so no request is half one version and half the other.
+and check its answers. MLflow's handler passes its model to ``invocations`` on every request,
+and :mod:`router_model.server_guard` wraps that function, so the guard answers with whichever
+model its :class:`~router_model.server_guard.ModelSlot` holds: one reference, replaced after a
+drain, so no request is half one version and half the other.
 
 The protocol, in files the supervisor and each uvicorn worker share (the supervisor's cache):
 

@@ -9,7 +9,7 @@ after the requests on the old one are done, and acknowledges. No request is refu
 and every answer's ``X-Model-Version`` header names the version that produced it.
 
 Why in place rather than a new server: the old way stopped the server and started a new one on
-the same port, which refused requests for a whole server start (6-8 s) at every switch; a second
+the same port, which refused requests for a whole server start at every switch; a second
 server on another port needs a proxy in front of it or a listening socket handed over, and still
 starts a whole server beside the running one on the same cores. A switch in place costs one
 model load in a background thread of each worker. It is used when the new version can run in
