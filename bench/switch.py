@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     cache = home / "data" / "serving"
     results: dict = {"machine": machine(), "window_seconds": args.window, "moves": MOVES, "cases": []}
+    results["load_before"] = os.getloadavg()
     try:
         while (read_state(cache) or {}).get("served_version") != 1:
             if proc.poll() is not None:
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         proc.terminate()
         proc.wait(timeout=120)
         log.close()
+    results["load_after"] = os.getloadavg()
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     return 0
