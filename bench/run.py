@@ -357,6 +357,36 @@ def replace_section(text: str, heading: str, lines: list[str], before: str) -> s
     return text[:at] + block + "\n" + text[at:]
 
 
+def switch_section(r: dict) -> list[str]:
+    """Latency while `champion` moves, switched in place (bench/switch.py)."""
+    lines = [
+        "## Switching versions under load",
+        "",
+        "`bench/switch.py`: `mushroom-router supervise` (default poll) serving the router trained on the "
+        "data above, three versions. For each client count, wrk (2 threads, one row as `dataframe_records`) "
+        f"runs {len(r['moves'])} steady windows and {len(r['moves'])} windows in which `champion` moves "
+        f"(promotions and rollbacks: {', '.join(map(str, r['moves']))}), {r['window_seconds']} s each, in "
+        "turn; the move comes 0.5 s into its window and the switch happens inside the running server "
+        '(README, "During a switch"). p50 and p99 are the medians over the windows (worst p99 in '
+        "brackets); the delay runs from the move (`registry.promote`) to the first answer whose "
+        "`X-Model-Version` names the new version (a probe every 20 ms).",
+        "",
+        "| clients | steady p50 / p99 ms | switching p50 / p99 ms (worst p99) | p99 switching / steady "
+        "| requests while switching | non-2xx, socket errors | move to new version's first answer, median (max) s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in r["cases"]:
+        steady, switching = c["steady"], c["switching"]
+        lines.append(
+            f"| {c['clients']} | {steady['p50_ms']:.2f} / {steady['p99_ms']:.2f} "
+            f"| {switching['p50_ms']:.2f} / {switching['p99_ms']:.2f} ({switching['p99_max_ms']:.2f}) "
+            f"| {switching['p99_ms'] / steady['p99_ms']:.2f} | {switching['requests']:,} "
+            f"| {switching['non2xx']}, {switching['socket_errors']} "
+            f"| {c['delay_s']['median']:.1f} ({c['delay_s']['max']:.1f}) |"
+        )
+    return [*lines, ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.environ.get("MUSHROOM_DATA"), help="mushroom_cleaned.csv")
@@ -389,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         run("metrics.py", "--data", args.data, "--out", str(tmp / "metrics.json"))
         run("inference_log.py", "--data", args.data, "--out", str(tmp / "inference_log.json"))
+        run("switch.py", "--data", args.data, "--out", str(tmp / "switch.json"))
         run("scale.py", "--rows", args.scale_rows, "--out", str(tmp / "scale.json"))
         run("soak.py", "--seconds", args.soak_seconds, "--out", str(tmp / "soak.md"))
         (tmp / "drift.md").write_text(
@@ -496,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     lines += explain_section(inproc_all["explain"], serving["explain"])
+    if (tmp / "switch.json").is_file():
+        lines += switch_section(json.loads((tmp / "switch.json").read_text()))
     lines += [
         "## In-process: the loaded router's predict against the sub-model's own predict_proba",
         "",

@@ -190,3 +190,23 @@ def example_rows() -> list[dict[str, float]]:
         {"cap-diameter": 1372, "cap-shape": 2, "gill-attachment": 2, "gill-color": 10},
         {"stem-height": 3.81, "stem-width": 1545, "stem-color": 11, "season": SEASON_VALUES[3]},
     ]
+
+
+def golden_rows() -> list[dict[str, float]]:
+    """Fixed rows every registered version answers at training time and again before it serves.
+
+    Both routes, a row carrying both feature sets (it takes the preferred route), edge codes and
+    all four seasons: a version whose sub-models are not the ones it was trained with (a swapped
+    or damaged artifact) answers them differently from what it recorded
+    (:func:`router_model.router.check_golden`).
+    """
+    return [
+        *example_rows(),
+        {"cap-diameter": 0, "cap-shape": 0, "gill-attachment": 0, "gill-color": 0},
+        {"cap-diameter": 600, "cap-shape": 6, "gill-attachment": 6, "gill-color": 11},
+        {"cap-diameter": 3000, "cap-shape": 5, "gill-attachment": 1, "gill-color": 5},
+        {"stem-height": 0.0, "stem-width": 0, "stem-color": 0, "season": SEASON_VALUES[0]},
+        {"stem-height": 1.2, "stem-width": 400, "stem-color": 12, "season": SEASON_VALUES[1]},
+        {"stem-height": 9.5, "stem-width": 3000, "stem-color": 6, "season": SEASON_VALUES[2]},
+        {**example_rows()[0], **example_rows()[1]},
+    ]

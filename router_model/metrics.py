@@ -17,8 +17,9 @@ What is counted (README "Monitoring"):
 The version and the switch count come from the process that started the server
 (:func:`served_env`, set by :mod:`router_model.supervisor`); a server started otherwise says
 ``version="unknown"`` and has no switch counter. The supervisor, not the server, knows about
-switches: each switch starts a new server process, so it hands its running count to each new
-one, which exposes it as a counter that goes up by one with every switch.
+switches: it hands its running count to each server it starts, and with each version it switches
+in place (:mod:`router_model.hot_swap`, :meth:`ServerMetrics.now_serving`), so the counter goes
+up by one with every switch.
 
 ``mlflow models serve --workers N`` runs N uvicorn processes and a scrape reaches one of them, so
 the counters live in prometheus_client's multiprocess mode: each worker writes its own memory-mapped
@@ -193,7 +194,8 @@ class ServerMetrics:
             "Rows the inference log dropped (full queue or failed write).",
             registry=own,
         )
-        # Children bound once: a request then costs two array counts and a few increments.
+        # Children bound once per version: a request then costs two array counts and a few increments.
+        self._rows_family = rows
         self._rows = [rows.labels(route=route, version=self.version) for route in F.ROUTES]
         self._poisonous = [poisonous.labels(route=route) for route in F.ROUTES]
         self._codes: dict[int, Any] = {}
@@ -210,6 +212,19 @@ class ServerMetrics:
         MultiProcessCollector(exposed, path=str(self.multiprocess_path))
         exposed.register(_ServedCollector(self))
         return exposed
+
+    def now_serving(self, run_id: str, version: str, switches: int | None) -> None:
+        """A version switched in inside this server process: count under its version from now on.
+
+        Args:
+            run_id: The MLflow run that logged the new version.
+            version: Its registry version.
+            switches: The supervisor's switch count including this switch.
+        """
+        self.run_id, self.version = run_id, version
+        if switches is not None:
+            self.switches = switches
+        self._rows = [self._rows_family.labels(route=route, version=version) for route in F.ROUTES]
 
     def observe(self, routes: np.ndarray, poisonous: np.ndarray, threshold: float | np.ndarray) -> None:
         """Count a scored batch: rows per route and rows at or above their threshold per route.

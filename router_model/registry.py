@@ -39,12 +39,14 @@ from router_model.errors import RouterError
 from router_model.params import SCHEMA
 from router_model.requirements import pinned_requirements
 from router_model.router import (
+    CONFIG_GOLDEN,
     CONFIG_PREFERRED,
     CONFIG_SAFE_FALSE_ALARM,
     CONFIG_SAFE_THRESHOLD,
     CONFIG_VALIDATION_AUC,
     MushroomRouterModel,
     Router,
+    golden_answers,
 )
 from router_model.submodels import save_submodel, submodel_filename
 
@@ -662,6 +664,7 @@ def log_router(
                     CONFIG_VALIDATION_AUC: result.validation_auc,
                     CONFIG_SAFE_THRESHOLD: {r: s.threshold for r, s in safe.items()},
                     CONFIG_SAFE_FALSE_ALARM: {r: s.false_alarm_rate for r, s in safe.items()},
+                    CONFIG_GOLDEN: golden_answers(result.router),
                 },
                 signature=SIGNATURE,
                 input_example=input_example(),

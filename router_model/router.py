@@ -36,7 +36,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from router_model import features as F
-from router_model import inference_log
+from router_model import inference_log, settings
+from router_model.errors import RouterError
 from router_model.explain import RouteTerms, explanations, route_terms
 from router_model.inputs import as_frame, hashable_labels
 from router_model.params import parse_params
@@ -58,6 +59,12 @@ CONFIG_VALIDATION_AUC = "validation_roc_auc"
 #: :func:`router_model.calibration.safe_threshold`).
 CONFIG_SAFE_THRESHOLD = "safe_threshold_1pct"
 CONFIG_SAFE_FALSE_ALARM = "safe_threshold_false_alarm_rate"
+#: The answers to :func:`router_model.features.golden_rows` at training time (P(poisonous) and
+#: route per row): a server checks a version against them before it takes traffic.
+CONFIG_GOLDEN = "golden_answers"
+#: How far a golden P(poisonous) may move between training and serving (the same code and
+#: sub-models give the same doubles; this only absorbs a float's text round trip).
+GOLDEN_TOLERANCE = 1e-9
 
 _ROUTE_INDEX = {route: i for i, route in enumerate(F.ROUTES)}
 _COLUMN_INDEX = {route: [F.ALL_FEATURES.index(c) for c in F.ROUTE_FEATURES[route]] for route in F.ROUTES}
@@ -306,6 +313,95 @@ class Router:
         return per_route[routes]
 
 
+class GoldenAnswerError(RouterError):
+    """A loaded version answers the golden rows wrongly (or not as it did at training time)."""
+
+
+def golden_answers(router: Router) -> dict[str, list[Any]]:
+    """What ``router`` answers to :func:`router_model.features.golden_rows` (logged in ``model_config``)."""
+    out = router.predict(pd.DataFrame(F.golden_rows()))
+    return {
+        "poisonous_probability": [float(p) for p in out["poisonous_probability"]],
+        "model": [str(r) for r in out["model"]],
+    }
+
+
+def check_answers(out: Any, rows: int, threshold: float = F.DEFAULT_THRESHOLD) -> None:
+    """Refuse an answer that no working router gives: wrong shape, probability or label.
+
+    Args:
+        out: What a loaded version's ``predict`` returned for ``rows`` rows at ``threshold``.
+        rows: How many rows were asked.
+        threshold: The threshold they were asked at.
+
+    Raises:
+        GoldenAnswerError: Naming the first thing wrong.
+    """
+    if not isinstance(out, pd.DataFrame) or list(out.columns)[: len(F.OUTPUT_COLUMNS)] != list(
+        F.OUTPUT_COLUMNS
+    ):
+        raise GoldenAnswerError(
+            f"answer is not a table of {list(F.OUTPUT_COLUMNS)}: got {type(out).__name__}"
+        )
+    if len(out) != rows:
+        raise GoldenAnswerError(f"answered {len(out)} rows for {rows}")
+    poisonous = out["poisonous_probability"].to_numpy(dtype=np.float64)
+    probability = out["probability"].to_numpy(dtype=np.float64)
+    bad = ~(np.isfinite(poisonous) & (poisonous >= 0) & (poisonous <= 1))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise GoldenAnswerError(
+            f"row {row}: poisonous_probability {float(poisonous[row])!r} is not in [0, 1]"
+        )
+    labels = np.where(poisonous >= threshold, F.LABELS[F.LABEL_POISONOUS], F.LABELS[F.LABEL_EDIBLE])
+    expected_probability = np.where(poisonous >= threshold, poisonous, 1.0 - poisonous)
+    for row in range(rows):
+        if str(out["prediction"].iloc[row]) != labels[row] or probability[row] != expected_probability[row]:
+            raise GoldenAnswerError(
+                f"row {row}: prediction {out['prediction'].iloc[row]!r} with probability {float(probability[row])!r} "
+                f"does not follow from poisonous_probability {float(poisonous[row])!r} at threshold {threshold}"
+            )
+        if str(out["model"].iloc[row]) not in F.ROUTES:
+            raise GoldenAnswerError(
+                f"row {row}: route {out['model'].iloc[row]!r} is not one of {list(F.ROUTES)}"
+            )
+
+
+def check_golden(out: Any, recorded: Mapping[str, Any] | None) -> None:
+    """Refuse a version whose answer to the golden rows is invalid or not what it recorded.
+
+    Args:
+        out: The loaded version's ``predict`` of :func:`router_model.features.golden_rows`.
+        recorded: Its ``model_config`` :data:`CONFIG_GOLDEN` (``None``: only validity is checked).
+
+    Raises:
+        GoldenAnswerError: Naming the first golden row answered wrongly.
+    """
+    rows = F.golden_rows()
+    check_answers(out, len(rows))
+    if recorded is None:
+        return
+    expected_p, expected_route = recorded.get("poisonous_probability"), recorded.get("model")
+    if (
+        not isinstance(expected_p, list)
+        or not isinstance(expected_route, list)
+        or len(expected_p) != len(rows)
+    ):
+        shown = repr(recorded)[:200]
+        raise GoldenAnswerError(f"{CONFIG_GOLDEN} in model_config does not hold {len(rows)} answers: {shown}")
+    got = out["poisonous_probability"].to_numpy(dtype=np.float64)
+    for row in range(len(rows)):
+        if str(out["model"].iloc[row]) != expected_route[row]:
+            raise GoldenAnswerError(
+                f"golden row {row} took route {out['model'].iloc[row]!r}; at training time {expected_route[row]!r}"
+            )
+        if not abs(got[row] - float(expected_p[row])) <= GOLDEN_TOLERANCE:
+            raise GoldenAnswerError(
+                f"golden row {row} ({expected_route[row]}): poisonous_probability {float(got[row])!r}; "
+                f"at training time {float(expected_p[row])!r}"
+            )
+
+
 class MushroomRouterModel(mlflow.pyfunc.PythonModel):
     """The MLflow pyfunc wrapper around :class:`Router` (logged as models-from-code)."""
 
@@ -317,26 +413,22 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         """Load both sub-models from the model's artifacts with the trusted skops types.
 
-        Inside ``mlflow models serve`` this also installs :mod:`router_model.server_guard`, starts
-        the :mod:`router_model.inference_log` (unless ``MUSHROOM_INFERENCE_LOG=off``) and the
-        :mod:`router_model.metrics` on ``/metrics`` (unless ``MUSHROOM_METRICS=off``).
+        Inside ``mlflow models serve``, once per process, this also installs
+        :mod:`router_model.server_guard`, starts the :mod:`router_model.inference_log` (unless
+        ``MUSHROOM_INFERENCE_LOG=off``), the :mod:`router_model.metrics` on ``/metrics`` (unless
+        ``MUSHROOM_METRICS=off``) and the :mod:`router_model.hot_swap` watcher (when the
+        supervisor started the server); every version loaded there must answer the golden rows as
+        it did at training time (:func:`check_golden`), or it does not load.
         """
-        from router_model import metrics, server_guard
+        from router_model import server_guard
 
         self._log: inference_log.InferenceLog | None = None
-        self._metrics: metrics.ServerMetrics | None = None
+        self._metrics: Any = None  # router_model.metrics.ServerMetrics in the scoring server
         self._run_id = ""
-        if server_guard.in_scoring_server():
-            server_guard.install()
+        serving = server_guard.in_scoring_server()
+        if serving:
+            self._metrics, self._log = _server_process(_model_run_id(context))
             self._run_id = _model_run_id(context)
-            self._metrics = metrics.start(self._run_id)
-            if self._metrics is not None:
-                server_guard.serve_metrics(self._metrics)
-            self._log = inference_log.active()
-            if self._log is not None:
-                server_guard.on_shutdown(self._log.close)  # a SIGTERM'd server flushes its log
-                if self._metrics is not None:
-                    self._log.on_drop = self._metrics.dropped_rows
         config = context.model_config or {}
         submodels = {route: load_submodel(context.artifacts[route]) for route in F.ROUTES}
         self.router = Router(
@@ -344,6 +436,15 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
             preferred=config.get(CONFIG_PREFERRED, F.LOGISTIC_REGRESSION),
             safe_thresholds=config.get(CONFIG_SAFE_THRESHOLD) or None,
         )
+        if serving:
+            # Before it answers anyone: the golden rows as at training time (a swapped or damaged
+            # sub-model file loads fine and answers wrongly), then follow the supervisor's switches.
+            check_golden(self.router.predict(pd.DataFrame(F.golden_rows())), config.get(CONFIG_GOLDEN))
+            from router_model import hot_swap
+
+            watcher = hot_swap.follow(self._metrics)
+            if watcher is not None and not watcher.started:
+                watcher.start()
 
     def _observe(
         self, matrix: np.ndarray, routes: np.ndarray, poisonous: np.ndarray, threshold: float | np.ndarray
@@ -378,6 +479,30 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
             return self.router.predict(model_input, params, observe=observe)
         except InvalidInputError as err:
             raise MlflowException(f"Invalid input: {err}", error_code=INVALID_PARAMETER_VALUE) from None
+
+
+#: The scoring server's metrics and inference log, set up by the first version this process loads
+#: and shared by every version switched in later (one set of counters and one log per process).
+_SERVER: list[tuple[Any, Any]] = []
+
+
+def _server_process(run_id: str) -> tuple[Any, Any]:
+    """Set up this scoring-server process once: the guard, metrics, inference log, app hooks."""
+    from router_model import metrics, server_guard
+
+    if _SERVER:
+        return _SERVER[0]
+    server_guard.install()
+    server_guard.SLOT.started(settings.env("MUSHROOM_SERVED_VERSION"))
+    served_metrics = metrics.start(run_id)
+    server_guard.hook_app(served_metrics)
+    log = inference_log.active()
+    if log is not None:
+        server_guard.on_shutdown(log.close)  # a SIGTERM'd server flushes its log
+        if served_metrics is not None:
+            log.on_drop = served_metrics.dropped_rows
+    _SERVER.append((served_metrics, log))
+    return _SERVER[0]
 
 
 def _model_run_id(context: mlflow.pyfunc.PythonModelContext) -> str:

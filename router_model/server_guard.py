@@ -49,6 +49,7 @@ them; with an MLflow whose functions no longer have the expected signatures or b
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import csv
 import functools
 import inspect
@@ -58,6 +59,7 @@ import logging
 import operator
 import os
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable
 from types import ModuleType
@@ -231,20 +233,21 @@ def attach_shutdown_hooks() -> bool:
     return True
 
 
-def serve_metrics(metrics: ServerMetrics) -> bool:
-    """Answer ``GET /metrics`` and count ``/invocations`` requests on the scoring server's app.
+def hook_app(metrics: ServerMetrics | None) -> bool:
+    """Add the ``X-Model-Version`` header, and ``/metrics`` when given, to the scoring server's app.
 
     Runs while the model loads, inside the import of MLflow's ``app.py``, whose ``app`` does not
     exist yet (it is assigned once ``scoring_server.init`` returns). The module's class becomes
     one whose ``app`` attribute, when uvicorn reads it right after the import and before it
-    serves, adds the route and the request-counting middleware (:func:`_add_metrics`), so
-    ``/metrics`` answers from the first request. The shutdown hooks are attached then too.
+    serves, adds the header middleware (:class:`VersionHeader`) and, with ``metrics``, the
+    ``/metrics`` route and the request-counting middleware (:func:`_add_metrics`), so both work
+    from the first request. The shutdown hooks are attached then too.
 
     Args:
-        metrics: The server's metrics (:func:`router_model.metrics.start`).
+        metrics: The server's metrics (:func:`router_model.metrics.start`), or ``None`` (off).
 
     Returns:
-        Whether the app will serve them (``False`` when MLflow's app module is not loading).
+        Whether the app will have them (``False`` when MLflow's app module is not loading).
     """
     module = sys.modules.get(_APP_MODULE)
     if module is None:
@@ -252,10 +255,10 @@ def serve_metrics(metrics: ServerMetrics) -> bool:
         return False
     app = vars(module).get(_APP_NAME)
     if app is not None:  # already built (not how mlflow models serve loads): hook it now
-        _add_metrics(app, metrics)
+        _add_to_app(app, metrics)
         return True
 
-    class _MetricsAppModule(type(module)):  # type: ignore[misc]
+    class _HookedAppModule(type(module)):  # type: ignore[misc]
         @property
         def app(self) -> Any:
             try:
@@ -263,13 +266,19 @@ def serve_metrics(metrics: ServerMetrics) -> bool:
             except KeyError:
                 raise AttributeError(_APP_NAME) from None
             self.__class__ = _module_class  # once: then a plain module again
-            _add_metrics(found, metrics)
+            _add_to_app(found, metrics)
             attach_shutdown_hooks()
             return found
 
     _module_class = type(module)
-    module.__class__ = _MetricsAppModule
+    module.__class__ = _HookedAppModule
     return True
+
+
+def _add_to_app(app: Any, metrics: ServerMetrics | None) -> None:
+    if metrics is not None:
+        _add_metrics(app, metrics)
+    app.add_middleware(VersionHeader)  # added last: the outermost, so it sees every answer
 
 
 def _add_metrics(app: Any, metrics: ServerMetrics) -> None:
@@ -281,6 +290,149 @@ def _add_metrics(app: Any, metrics: ServerMetrics) -> None:
 
     app.add_route(METRICS_PATH, metrics_endpoint, methods=["GET"], include_in_schema=False)
     app.add_middleware(RequestCounter, metrics=metrics)
+
+
+# --- which version answers: one slot per server process, swapped in place ------------------------
+
+#: The response header naming the registered version that produced the answer.
+VERSION_HEADER = "X-Model-Version"
+#: Per request: a one-item list the guard fills with the version of the model it answered with
+#: (the list is shared with the worker thread MLflow's handler hops to; a value set there is not).
+_ANSWERED_BY: contextvars.ContextVar[list[str | None] | None] = contextvars.ContextVar(
+    "mushroom_router_answered_by", default=None
+)
+
+
+class Answering:
+    """A model the server answers with, and the registered version it is.
+
+    ``model=None`` stands for the model ``mlflow models serve`` loaded at start (the one MLflow's
+    handler passes to ``invocations``); a switched-in model replaces it (:meth:`ModelSlot.swap`).
+    """
+
+    __slots__ = ("input_schema", "model", "version")
+
+    def __init__(self, model: Any, version: str | None) -> None:
+        self.model = model
+        self.version = version
+        self.input_schema = None if model is None else model.metadata.get_input_schema()
+
+    def pick(self, model: Any, input_schema: Any) -> tuple[Any, Any]:
+        """The model and input schema to answer with, given MLflow's own."""
+        return (model, input_schema) if self.model is None else (self.model, self.input_schema)
+
+    def answered(self) -> None:
+        """Record this model's version as the one answering the current request."""
+        holder = _ANSWERED_BY.get()
+        if holder is not None:
+            holder[0] = self.version
+
+
+class ModelSlot:
+    """The model a server process answers with, swapped atomically with a drain.
+
+    Every request takes the current model when it starts (:meth:`enter`) and lets go when its
+    answer is computed (:meth:`leave`). :meth:`swap` stops new requests from taking the old model,
+    waits until the requests that took it are done, then puts the new one in place: once a
+    request is answered by the new version, none is answered by the old one in this process. The
+    event loop never waits: during the drain the fast path declines (:meth:`enter` with
+    ``wait=False`` returns ``None``) and the request waits in MLflow's worker thread instead.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._current = Answering(None, None)
+        self._inflight = 0
+        self._draining = False
+
+    @property
+    def current(self) -> Answering:
+        """What new requests are answered with."""
+        return self._current
+
+    def started(self, version: str | None) -> None:
+        """Name the version MLflow's own model is (the one the server was started on)."""
+        if self._current.model is None:
+            self._current.version = version
+
+    def version(self) -> str | None:
+        """The version answering now: the switched-in one, else what the starter said (``served_env``)."""
+        return self._current.version or settings.env("MUSHROOM_SERVED_VERSION")
+
+    def enter(self, wait: bool) -> Answering | None:
+        """Take the current model for one request (``None``: a swap drains and ``wait`` is false)."""
+        with self._cond:
+            if self._draining:
+                if not wait:
+                    return None
+                self._cond.wait_for(lambda: not self._draining)
+            self._inflight += 1
+            return self._current
+
+    def leave(self) -> None:
+        """The request that :meth:`enter` took a model for is answered."""
+        with self._cond:
+            self._inflight -= 1
+            if self._inflight == 0 and self._draining:
+                self._cond.notify_all()
+
+    def swap(self, answering: Answering, drain_seconds: float = 30.0) -> bool:
+        """Answer every later request with ``answering``, once the running ones are done.
+
+        Args:
+            answering: The new model and its version.
+            drain_seconds: Longest wait for running requests (a huge batch); then it swaps anyway.
+
+        Returns:
+            Whether the running requests finished in time (``False``: one may still answer with
+            the old model after the swap).
+        """
+        with self._cond:
+            self._draining = True
+            try:
+                drained = self._cond.wait_for(lambda: self._inflight == 0, timeout=drain_seconds)
+                self._current = answering
+            finally:
+                self._draining = False
+                self._cond.notify_all()
+        return drained
+
+
+#: The process's slot (one scoring server per process).
+SLOT = ModelSlot()
+
+
+class VersionHeader:
+    """ASGI middleware: every answer carries :data:`VERSION_HEADER` naming the version that made it.
+
+    The version is the one the guard answered with (recorded per request through
+    :data:`_ANSWERED_BY`), else (health checks, refusals before any model was taken) the version
+    serving now. No header when the version is unknown (a server not started by the supervisor).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        holder: list[str | None] = [None]
+        token = _ANSWERED_BY.set(holder)
+
+        async def send_version(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                version = holder[0] or SLOT.version()
+                if version:
+                    headers = list(message.get("headers", []))
+                    headers.append((VERSION_HEADER.lower().encode(), version.encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_version)
+        finally:
+            _ANSWERED_BY.reset(token)
 
 
 def _takes_parsed_json(module: ModuleType) -> bool:
@@ -330,9 +482,16 @@ def guard(invocations: Callable[..., Any], response_type: type, max_request_byte
         refusal = refused(data, content_type)
         if refusal is not None:
             return refusal
-        answer = fast_answer(data, content_type, model, input_schema)
+        served = SLOT.enter(wait=False)  # never blocks the event loop: a switch drains elsewhere
+        if served is None:
+            return None
+        try:
+            answer = fast_answer(data, content_type, *served.pick(model, input_schema))
+        finally:
+            SLOT.leave()
         if answer is None:
             return None
+        served.answered()
         return response_type(response=answer, status=200, mimetype="application/json")
 
     def slow(data: bytes, content_type: str | None, model: Any, input_schema: Any) -> Any:
@@ -347,8 +506,10 @@ def guard(invocations: Callable[..., Any], response_type: type, max_request_byte
             raise MlflowException(
                 _bounded(f"Invalid input: {err}"), error_code=INVALID_PARAMETER_VALUE
             ) from None
+        served = SLOT.enter(wait=True)
         try:
-            result = invocations(body, content_type, model, input_schema)
+            served.answered()
+            result = invocations(body, content_type, *served.pick(model, input_schema))
         except MlflowException as err:
             raise clean_error(err) from None
         except (ValueError, RecursionError, TypeError) as err:
@@ -357,6 +518,8 @@ def guard(invocations: Callable[..., Any], response_type: type, max_request_byte
                 _bounded(f"could not read the request body: {type(err).__name__}: {err}"),
                 error_code=BAD_REQUEST,
             ) from None
+        finally:
+            SLOT.leave()
         if result.status >= 400 and result.mimetype != "application/json":
             return refuse(result.status, result.response)
         return result
@@ -406,7 +569,9 @@ _LABEL_NAMES = (F.LABELS[F.LABEL_EDIBLE], F.LABELS[F.LABEL_POISONOUS])
 _FEATURE_INDEX: dict[str, int] = {}
 #: The cache of column labels is bounded: clients choose the labels.
 _FEATURE_INDEX_MAX, _FEATURE_LABEL_MAX = 4096, 64
-_fast_target: list[Any] = [None, None]  # [model object, its MushroomRouterModel or False]
+#: (model object, its MushroomRouterModel or False), replaced whole: threads read it while a
+#: switch warms a new model up.
+_fast_target: tuple[Any, Any] = (None, False)
 
 
 def _feature_index(label: str) -> int:
@@ -428,8 +593,10 @@ def fast_router(model: Any, input_schema: Any) -> MushroomRouterModel | None:
     of numbers between parsing it and the router's ``predict``, besides enforcing the params
     schema, which the fast path runs too.
     """
-    if _fast_target[0] is not model:
-        found: MushroomRouterModel | bool = False
+    global _fast_target
+    cached_model, found = _fast_target
+    if cached_model is not model:
+        found = False
         try:
             python_model = model.unwrap_python_model()
             if (
@@ -442,10 +609,10 @@ def fast_router(model: Any, input_schema: Any) -> MushroomRouterModel | None:
                 found = python_model
         except MlflowException:  # not a PythonModel
             pass
-        _fast_target[:] = [model, found]
-    if input_schema is not None or _fast_target[1] is False:
+        _fast_target = (model, found)
+    if input_schema is not None or found is False:
         return None
-    return _fast_target[1]
+    return found
 
 
 def fast_answer(data: bytes, content_type: str, model: Any, input_schema: Any = None) -> bytes | None:

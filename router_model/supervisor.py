@@ -1,16 +1,36 @@
 """Keep ``mlflow models serve`` serving whatever version holds the ``champion`` alias.
 
 The model server in the compose stack runs ``mushroom-router supervise``: it polls the registry,
-and when ``champion`` moves it downloads the new version into a verified cache, proves that it
-loads and answers (on a spare loopback port, while the old server keeps serving), and only then
-stops the old server and starts ``mlflow models serve`` on the new one (same host and port).
+and when ``champion`` moves it downloads the new version into a verified cache and has the
+running server switch to it **in place** (:mod:`router_model.hot_swap`): it writes the version
+into a control file; each uvicorn worker loads it beside the old one, proves it answers (its
+input example, and golden rows against the answers recorded at training time), swaps it in
+after the requests on the old one are done, and acknowledges. No request is refused or fails,
+and every answer's ``X-Model-Version`` header names the version that produced it.
+
+Why in place rather than a new server: the old way stopped the server and started a new one on
+the same port, which refused requests for a whole server start at every switch; a second
+server on another port needs a proxy in front of it or a listening socket handed over, and still
+starts a whole server beside the running one on the same cores. A switch in place costs one
+model load in a background thread of each worker. It is used when the new version can run in
+the running process: the same code (the trust check already requires the installed code), and
+the same MLflow and Python versions, loader, signature and pinned requirements as the version
+the server started on (:func:`router_model.hot_swap.incompatibility`). Otherwise the supervisor
+falls back to a restart (tried first on a spare loopback port), which refuses requests for one
+server start, as before.
+
+The poll is one registry call (``get_model_version_by_alias``), so it runs every
+:data:`DEFAULT_POLL_SECONDS` seconds: a moved alias is served within a poll, a download and a
+load.
 
 The rule behind every fault: **never give up a good server for a version that has not shown it
 works, and keep serving the last good version when the registry cannot say what to serve.**
 
-- The champion cannot be downloaded or loaded (missing or corrupted artifacts): the old server
-  keeps serving, the bad download is thrown away, and the version is tried again with back-off
-  (from one poll interval up to :data:`MAX_RETRY_SECONDS`), so a repaired store is picked up.
+- The champion cannot be downloaded, does not load or answers its golden rows wrongly: the old
+  version keeps serving, the version is tagged ``serving=rejected`` with the reason (where the
+  server's account may tag), the bad download is thrown away, and the version is tried again with
+  back-off (from one poll interval up to :data:`MAX_RETRY_SECONDS`), so a repaired store is
+  picked up.
 - The ``champion`` alias, or the version it named, is deleted: the last good version keeps being
   served, and the log and :data:`STATE_FILE` say so; a restarted supervisor serves it again from
   its cache.
@@ -18,9 +38,6 @@ works, and keep serving the last good version when the registry cannot say what 
   (:data:`router_model.settings.MLFLOW_HTTP_LIMITS`), a
   crashed server is restarted from the cache without the registry, and SIGTERM is acted on
   within seconds.
-
-A switch still costs one server start: requests fail (connection refused) from the moment the old
-server stops until the new one answers ``/ping`` (one port, one server).
 """
 
 from __future__ import annotations
@@ -43,7 +60,7 @@ from typing import Any
 
 import requests
 
-from router_model import metrics, registry, serving, settings, trust
+from router_model import hot_swap, metrics, registry, serving, settings, trust
 
 _logger = logging.getLogger(__name__)
 
@@ -53,6 +70,10 @@ START_TIMEOUT_SECONDS = 120.0
 MAX_RETRY_SECONDS = 300.0
 #: The supervisor's status, written on every change into its cache folder (read by ``status``).
 STATE_FILE = "state.json"
+#: The control file the servers' workers follow (:mod:`router_model.hot_swap`), in the same folder.
+SWITCH_FILE = "switch.json"
+#: Longest wait for every worker to acknowledge an in-place switch.
+SWITCH_TIMEOUT_SECONDS = 90.0
 MANIFEST_FILE = "manifest.json"
 MODEL_DIR = "model"
 
@@ -186,11 +207,16 @@ class ModelCache:
 
 @dataclass
 class Served:
-    """The version being served and its process."""
+    """The version being served, its process, and the cached version that process started on."""
 
     version: int
     key: str
     process: subprocess.Popen
+    boot_key: str
+
+
+class SwitchRefusedError(RuntimeError):
+    """The running server loaded the new version and refused it (it did not load or answered wrongly)."""
 
 
 @dataclass
@@ -238,6 +264,9 @@ class ChampionSupervisor:
         #: none); each server is told the count, and exposes it on /metrics.
         self.switches = 0
         self._last_served: int | None = None
+        self.control = self.cache_dir / SWITCH_FILE
+        #: Request numbers of the control file; from the clock, so a restarted supervisor's are new.
+        self._seq = time.time_ns()
 
     # --- state and log ---------------------------------------------------------------------------
 
@@ -285,17 +314,29 @@ class ChampionSupervisor:
         serving.stop_server(self.served.process)
         self.served = None
 
-    def _start(self, model: Path, version: int, host: str, port: int) -> subprocess.Popen:
+    def _start(
+        self, model: Path, version: int, host: str, port: int, follow: bool = True
+    ) -> subprocess.Popen:
         """Start ``mlflow models serve`` on ``model`` and wait until it answers ``/ping``.
+
+        Args:
+            model: The verified local copy to serve.
+            version: Its registry version.
+            host: Interface.
+            port: Port.
+            follow: Whether the server follows the control file (not a try-out server).
 
         Raises:
             RuntimeError: If the server exits (the version does not load) or :meth:`stop` is called.
             TimeoutError: If it does not answer within :data:`START_TIMEOUT_SECONDS`.
         """
         switches = self.switches + (self._last_served not in (None, version))
-        proc = serving.start_server(
-            str(model), host, port, self.workers, extra_env=metrics.served_env(version, switches)
-        )
+        env = metrics.served_env(version, switches)
+        if follow:
+            # Named before the start, so a worker uvicorn restarts later serves what is current.
+            hot_swap.write_control(self.control, self._next_seq(), version, model, switches)
+            env[hot_swap.SWITCH_FILE_ENV] = str(self.control)
+        proc = serving.start_server(str(model), host, port, self.workers, extra_env=env)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         try:
             while not self._ping(port):
@@ -318,11 +359,15 @@ class ChampionSupervisor:
 
     def _try_out(self, model: Path, version: int) -> None:
         """Start ``version`` on a spare loopback port, wait for ``/ping``, stop it again."""
-        proc = self._start(model, version, "127.0.0.1", _free_port())
+        proc = self._start(model, version, "127.0.0.1", _free_port(), follow=False)
         serving.stop_server(proc)
 
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
     def _serve(self, model: Path, version: int, key: str) -> float:
-        """Replace the current server (if any) with ``version``; the old one stops only now.
+        """Replace the current server (if any) with a new one on ``version``; the old one stops only now.
 
         Returns:
             Seconds from stopping the old server until the new one answered (the request gap).
@@ -344,7 +389,7 @@ class ChampionSupervisor:
                 except Exception as err:
                     _logger.error("Could not bring back version %s: %s", previous.version, err)
             raise
-        self.served = Served(version, key, proc)
+        self.served = Served(version, key, proc, key)
         self.last_good = {"version": version, "key": key}
         self.switches += self._last_served not in (None, version)
         self._last_served = version
@@ -372,7 +417,7 @@ class ChampionSupervisor:
             return False
         self._stop_served()
         proc = self._start(model, version, self.host, self.port)
-        self.served = Served(version, key, proc)
+        self.served = Served(version, key, proc, key)
         self.switches += self._last_served not in (None, version)
         self._last_served = version
         _logger.info(
@@ -385,23 +430,119 @@ class ChampionSupervisor:
         )
         return True
 
-    def switch_to(self, version: Any) -> float:
-        """Serve a registry ``ModelVersion``: download and verify it, try it out, then switch.
-
-        While a server runs, the new version is first started on a spare loopback port: a version
-        that does not load never replaces a working one.
+    def _in_place(self, model: Path, version: int, key: str) -> float:
+        """Have the running server's workers switch to ``version`` (:mod:`router_model.hot_swap`).
 
         Returns:
-            Seconds from stopping the old server until the new one answered (the request gap).
+            Seconds from writing the control file until every worker answered with the new version.
+
+        Raises:
+            SwitchRefusedError: If the workers loaded it and refused it (it is tagged rejected).
+            RuntimeError, TimeoutError: If the server exits, :meth:`stop` is called, or not every
+                worker acknowledges within :data:`SWITCH_TIMEOUT_SECONDS` (then every worker is
+                told to serve the old version again).
+        """
+        assert self.served is not None
+        previous = self.served
+        switches = self.switches + (self._last_served not in (None, version))
+        started = time.monotonic()
+        seq = self._next_seq()
+        hot_swap.write_control(self.control, seq, version, model, switches)
+        try:
+            acks = self._acknowledged(seq, version)
+        except Exception:
+            self._switch_back(previous)
+            raise
+        refused = sorted({ack["reason"] for ack in acks.values() if not ack.get("ok")})
+        if refused:
+            if len(refused) < len(acks):  # some workers switched: all back to the old version
+                self._switch_back(previous)
+            reason = "; ".join(refused)
+            reject(version, f"the model server refused it: {reason}")
+            raise SwitchRefusedError(f"the model server refused it: {reason}")
+        self.served = Served(version, key, previous.process, previous.boot_key)
+        self.last_good = {"version": version, "key": key}
+        self.switches = switches
+        self._last_served = version
+        took = time.monotonic() - started
+        _logger.info(
+            "Serving %s version %s on %s:%s (pid %s, was %s), switched in place in %d worker(s); "
+            "switch took %.1fs, no request refused",
+            settings.MODEL_NAME,
+            version,
+            self.host,
+            self.port,
+            previous.process.pid,
+            previous.version,
+            len(acks),
+            took,
+        )
+        return took
+
+    def _acknowledged(self, seq: int, version: int) -> dict[int, dict[str, Any]]:
+        """Wait until every worker of the served process acknowledged control request ``seq``."""
+        assert self.served is not None
+        deadline = time.monotonic() + SWITCH_TIMEOUT_SECONDS
+        while True:
+            live = set(serving.group_pids(self.served.process.pid))
+            acks = {pid: ack for pid, ack in hot_swap.read_acks(self.control, seq).items() if pid in live}
+            if len(acks) >= self.workers:
+                return acks
+            if self.served.process.poll() is not None:
+                raise RuntimeError(f"the model server exited while switching to version {version}")
+            if self.stopping.is_set():
+                raise RuntimeError(f"stopped while switching to version {version}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{len(acks)} of {self.workers} worker(s) switched to version {version} within "
+                    f"{SWITCH_TIMEOUT_SECONDS:.0f}s"
+                )
+            time.sleep(0.05)
+
+    def _switch_back(self, previous: Served) -> None:
+        """Tell every worker to serve ``previous`` again (after a partial or abandoned switch)."""
+        model = self.cache.verified(previous.key)
+        if model is None or previous.process.poll() is not None:
+            return
+        seq = self._next_seq()
+        hot_swap.write_control(self.control, seq, previous.version, model, self.switches)
+        try:
+            self._acknowledged(seq, previous.version)
+        except Exception as err:
+            _logger.error("Workers did not all return to version %s: %s", previous.version, err)
+
+    def switch_to(self, version: Any) -> float:
+        """Serve a registry ``ModelVersion``: download and verify it, then switch to it.
+
+        With a server running, the switch happens inside it when the version can run there
+        (:func:`router_model.hot_swap.incompatibility`): no request is refused. Otherwise the new
+        version is first started on a spare loopback port (a version that does not load never
+        replaces a working one), then the server is restarted on it.
+
+        Returns:
+            Seconds the switch took (until the new version answers).
         """
         number, key = int(version.version), cache_key(version)
         model = checked(self.cache.fetch(version), version)
-        if self.served is not None:
-            self._try_out(model, number)
-        gap = self._serve(model, number, key)
+        if self.served is None:
+            took = self._serve(model, number, key)
+        else:
+            why = hot_swap.incompatibility(self.cache.model_dir(self.served.boot_key), model)
+            if why is None:
+                took = self._in_place(model, number, key)
+            else:
+                _logger.warning(
+                    "Version %s cannot be switched in place (%s); restarting the server on it", number, why
+                )
+                self._try_out(model, number)
+                took = self._serve(model, number, key)
+        if version.tags.get("serving") == "rejected":
+            with contextlib.suppress(Exception):  # a reader account may not tag
+                registry.tag_version(number, {"serving": "served", "serving_reason": ""})
         self.failures.pop(key, None)
-        self.cache.prune({key})
-        return gap
+        assert self.served is not None
+        self.cache.prune({key, self.served.boot_key, hot_swap.ack_dir(self.control).name})
+        return took
 
     # --- one poll --------------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ OPTIONAL_ENV = {
     "PROMETHEUS_MULTIPROC_DIR": "the model server picks a folder for its workers' metric files itself",
     "MUSHROOM_SERVED_VERSION": "set by the supervisor for each server it starts, not by the stack",
     "MUSHROOM_SERVED_SWITCHES": "set by the supervisor for each server it starts, not by the stack",
+    "MUSHROOM_SWITCH_FILE": "set by the supervisor for each server it starts, not by the stack",
     "MLFLOW_TRACKING_USERNAME": "only named in an error; each client of the tracking server sets its account",
 }
 

@@ -404,7 +404,7 @@ def test_the_route_and_the_counter_are_added_when_uvicorn_reads_the_app(monkeypa
     module = types.ModuleType(server_guard._APP_MODULE)
     monkeypatch.setitem(sys.modules, server_guard._APP_MODULE, module)
     m = ServerMetrics("run-9")
-    assert server_guard.serve_metrics(m)  # called from load_context: no app yet
+    assert server_guard.hook_app(m)  # called from load_context: no app yet
     app = FastAPI()
 
     @app.post("/invocations")
@@ -433,5 +433,5 @@ def test_without_mlflows_app_module_there_is_no_metrics_route(monkeypatch, caplo
     from router_model import server_guard
 
     monkeypatch.delitem(sys.modules, server_guard._APP_MODULE, raising=False)
-    assert not server_guard.serve_metrics(ServerMetrics())
+    assert not server_guard.hook_app(ServerMetrics())
     assert "no /metrics" in caplog.text

@@ -535,3 +535,27 @@ def test_status_shows_an_empty_registry_and_the_model_server_state(run_cli, fres
     assert done.stdout.splitlines()[0] == (
         f"Model server ({default_cache_dir()}): holding, serving version 3 - why (at now)"
     )
+
+
+def test_a_version_that_cannot_run_in_the_running_server_is_served_by_a_restart(
+    supervisor, fresh_store, monkeypatch, caplog
+):
+    """The fallback of an in-place switch: a new server on the new version (one server start)."""
+    from router_model import hot_swap
+
+    caplog.set_level(logging.INFO, logger="router_model.supervisor")
+    first = pipeline.retrain(source="synthetic")
+    wait_until(lambda: served_is(supervisor, 1), 90, "version 1 to be served")
+    old_pid = supervisor.served.process.pid
+    pipeline.train_and_register(first["data"]["path"], train_params=WEAK_TRAIN_PARAMS)
+    monkeypatch.setattr(hot_swap, "incompatibility", lambda running, new: "its requirements.txt differs")
+    registry.set_alias(settings.CHAMPION, 2)
+    wait_until(lambda: served_is(supervisor, 2), 120, "version 2 to be served by a new server")
+    assert supervisor.served.process.pid != old_pid
+    assert "Version 2 cannot be switched in place (its requirements.txt differs)" in caplog.text
+    assert "switched in place in" not in caplog.text
+    pd.testing.assert_series_equal(
+        score(supervisor.port)["poisonous_probability"],
+        pd.Series(expected_for(2), name="poisonous_probability"),
+    )
+    assert served(supervisor.port) == ("2", 1)
