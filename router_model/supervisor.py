@@ -61,6 +61,7 @@ from typing import Any
 import requests
 
 from router_model import hot_swap, metrics, registry, serving, settings, trust
+from router_model.errors import RouterError
 
 _logger = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ class Served:
     boot_key: str
 
 
-class SwitchRefusedError(RuntimeError):
+class SwitchRefusedError(RouterError, RuntimeError):
     """The running server loaded the new version and refused it (it did not load or answered wrongly)."""
 
 
