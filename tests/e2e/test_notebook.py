@@ -65,5 +65,5 @@ def test_quickstart_runs_top_to_bottom(champion_in_default_store, venv_kernel, t
     assert outputs(check, "text/plain") == [repr(sys.executable)]
     figures = [i for i, cell in enumerate(cells) if cell.cell_type == "code" and outputs(cell, "image/png")]
     assert len(figures) == 2, "expected the ROC trade-off and the waterfall"
-    assert "explain" in "".join(cells[figures[-1]].source)
+    assert "fig, end = waterfall(explanation" in cells[figures[-1]].source
     assert picture.read_bytes().startswith(PNG_MAGIC)
