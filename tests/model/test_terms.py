@@ -113,3 +113,22 @@ def test_a_model_without_additive_tables_is_refused():
     dummy = DummyClassifier().fit([[0.0]], [1])
     with pytest.raises(TermsError, match="route 'naive_bayes': DummyClassifier has no additive log-odds"):
         route_terms(F.NAIVE_BAYES, dummy)
+
+
+def test_the_figure_draws_each_routes_terms_as_bars_of_their_log_odds(trained):
+    import matplotlib.pyplot as plt
+
+    from router_model.plots import terms_figure
+
+    table = terms_table(trained.router.submodels, trained.test)
+    figure = terms_figure(table)
+    try:
+        for ax, route in zip(figure.axes, F.ROUTES, strict=True):
+            terms = table[(table["route"] == route) & (table["kind"] == KIND_TERM)]
+            widths = [bar.get_width() for bar in ax.patches]
+            assert widths == terms["log_odds"].iloc[::-1].tolist()  # largest at the top
+            assert ax.get_title().startswith(f"{route}: the {TOP_TERMS} largest terms")
+            labels = [tick.get_text() for tick in ax.get_yticklabels()]
+            assert labels[-1].startswith(terms["features"].iloc[0].split(JOIN)[0])
+    finally:
+        plt.close(figure)
