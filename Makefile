@@ -14,7 +14,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # mlflow models serve and airflow start uvicorn/gunicorn by name: the venv's bin/ must be on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install run train serve test lint format lock bench airflow compose-check clean
+.PHONY: help install run train serve notebook test lint format lock bench airflow compose-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ train: install ## train and register only
 
 serve: install ## serve models:/mushroom-router@champion
 	$(PY) -m router_model serve --host $(HOST) --port $(PORT)
+
+notebook: install ## run notebooks/quickstart.ipynb on the champion; writes notebooks/quickstart-executed.ipynb
+	$(VENV)/bin/jupyter-execute notebooks/quickstart.ipynb --output quickstart-executed
 
 test: install ## lint, then run every test
 	$(VENV)/bin/ruff check .

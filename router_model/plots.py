@@ -1,4 +1,4 @@
-"""Evaluation figures logged with each training run: ROC curves, confusion matrices and reliability per route."""
+"""Evaluation figures logged with each training run: ROC, confusion, reliability and largest terms per route."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 from router_model import features as F
 from router_model.calibration import ECE_BINS, expected_calibration_error, reliability
+from router_model.terms import JOIN, KIND_BASE, KIND_TERM
 
 
 def roc_figure(y: np.ndarray, poisonous_by_route: Mapping[str, np.ndarray]) -> Figure:
@@ -78,6 +80,35 @@ def reliability_figure(
     counts.set_ylabel("rows")
     counts.set_yscale("log")
     fig.tight_layout()
+    return fig
+
+
+def terms_figure(table: pd.DataFrame) -> Figure:
+    """Each route's largest terms as bars (red: toward poisonous, blue: toward edible), base in the title.
+
+    Args:
+        table: :func:`router_model.terms.terms_table` output (a ``base`` row, then terms, per route).
+    """
+    routes = list(dict.fromkeys(table["route"]))
+    most = max(1, int((table["kind"] == KIND_TERM).groupby(table["route"]).sum().max()))
+    fig, axes = plt.subplots(
+        len(routes), 1, figsize=(11, 1.2 + 0.32 * most * len(routes)), squeeze=False, layout="constrained"
+    )
+    for ax, route in zip(axes[:, 0], routes, strict=True):
+        rows = table[table["route"] == route]
+        base = rows[rows["kind"] == KIND_BASE]["log_odds"].iloc[0]
+        terms = rows[rows["kind"] == KIND_TERM].iloc[::-1]
+        labels = [
+            JOIN.join(f"{name} {value}" for name, value in zip(f.split(JOIN), b.split(JOIN), strict=True))
+            + f"  (n={n})"
+            for f, b, n in zip(terms["features"], terms["bins"], terms["rows"], strict=True)
+        ]
+        colors = ["tab:red" if v > 0 else "tab:blue" for v in terms["log_odds"]]
+        ax.barh(np.arange(len(terms)), terms["log_odds"], color=colors)
+        ax.set_yticks(np.arange(len(terms)), labels, fontsize=7)
+        ax.axvline(0, color="grey", linewidth=0.8)
+        ax.set_title(f"{route}: the {len(terms)} largest terms (base {base:+.3f})", fontsize=9)
+        ax.set_xlabel("log-odds of poisonous (calibrated); n = held-out rows in the bin", fontsize=8)
     return fig
 
 

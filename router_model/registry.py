@@ -69,6 +69,10 @@ TAG_TRAIN_PARAMS_SHA256 = "train_params_sha256"
 HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
 #: Each version's reference distribution for the drift monitor (:mod:`router_model.drift`).
 DRIFT_REFERENCE_ARTIFACT = "monitoring/reference.json"
+#: Each route's base and largest additive terms on the held-out rows (:mod:`router_model.terms`),
+#: as a table and as a figure next to the ROC curves.
+TERMS_ARTIFACT = "plots/terms.csv"
+TERMS_FIGURE_ARTIFACT = "plots/terms.png"
 
 #: Folder under the experiment's artifact root where training files are shared between machines,
 #: one subfolder per sha256 of the file's bytes (content-addressed: the same file is stored once).
@@ -602,7 +606,8 @@ def log_router(
     """
     import matplotlib.pyplot as plt
 
-    from router_model.plots import confusion_figure, reliability_figure, roc_figure
+    from router_model.plots import confusion_figure, reliability_figure, roc_figure, terms_figure
+    from router_model.terms import terms_table
 
     exp = experiment_id()
     tags = {**data_tags, **(extra_tags or {})}
@@ -644,6 +649,11 @@ def log_router(
         ):
             mlflow.log_figure(figure, f"plots/{name}.png")
             plt.close(figure)
+        terms = terms_table(result.router.submodels, test)
+        mlflow.log_text(terms.to_csv(index=False), TERMS_ARTIFACT)
+        figure = terms_figure(terms)
+        mlflow.log_figure(figure, TERMS_FIGURE_ARTIFACT)
+        plt.close(figure)
         mlflow.log_dict(drift.reference_profile(test, scores), DRIFT_REFERENCE_ARTIFACT)
         with tempfile.TemporaryDirectory() as tmp:
             holdout = Path(tmp) / Path(HOLDOUT_ARTIFACT).name

@@ -4,7 +4,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from router_model import data, pipeline, registry, settings
+from router_model import data, pipeline, registry, settings, terms
 from router_model import features as F
 from router_model.settings import WEAK_TRAIN_PARAMS
 
@@ -85,7 +85,25 @@ def test_run_records_params_metrics_data_and_plots(small_csv):
         "logistic_regression",
     )
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(out["run_id"], "plots")}
-    assert artifacts == {"plots/roc.png", "plots/confusion_matrix.png", "plots/reliability.png"}
+    assert artifacts == {
+        "plots/roc.png",
+        "plots/confusion_matrix.png",
+        "plots/reliability.png",
+        registry.TERMS_FIGURE_ARTIFACT,
+        registry.TERMS_ARTIFACT,
+    }
+
+
+def test_run_logs_the_registered_models_largest_terms(small_csv):
+    out = pipeline.retrain(path=small_csv)
+    logged = mlflow.artifacts.download_artifacts(f"runs:/{out['run_id']}/{registry.TERMS_ARTIFACT}")
+    table = pd.read_csv(logged, float_precision="round_trip", keep_default_na=False)
+    submodels = registry.load_router(out["model_uri"]).submodels
+    expected = terms.terms_table(submodels, registry.holdout_frame(out["version"]))
+    pd.testing.assert_frame_equal(table, expected, check_exact=True)
+    assert set(table["route"]) == set(F.ROUTES)
+    for route, features in zip(table["route"], table["features"], strict=True):
+        assert features == "" or set(features.split(terms.JOIN)) <= set(F.ROUTE_FEATURES[route])
 
 
 def test_version_records_its_safe_thresholds_in_tags_and_model_config(small_csv):
