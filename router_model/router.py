@@ -319,7 +319,8 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
 
         Inside ``mlflow models serve`` this also installs :mod:`router_model.server_guard`, starts
         the :mod:`router_model.inference_log` (unless ``MUSHROOM_INFERENCE_LOG=off``) and the
-        :mod:`router_model.metrics` on ``/metrics`` (unless ``MUSHROOM_METRICS=off``).
+        :mod:`router_model.metrics` on ``/metrics`` (unless ``MUSHROOM_METRICS=off``), and adds the
+        readiness probe ``/ready``.
         """
         from router_model import metrics, server_guard
 
@@ -328,6 +329,7 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
         self._run_id = ""
         if server_guard.in_scoring_server():
             server_guard.install()
+            server_guard.serve_readiness(self)
             self._run_id = _model_run_id(context)
             self._metrics = metrics.start(self._run_id)
             if self._metrics is not None:
