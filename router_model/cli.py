@@ -202,6 +202,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from router_model import serving
+
+    serving.prepare_process()
     from router_model.supervisor import trusted_copy
 
     uri = args.model_uri or settings.model_uri()

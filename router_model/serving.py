@@ -205,6 +205,17 @@ def stop_server(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_SECONDS) -
     raise RuntimeError(f"model server process group {pgid} survived SIGKILL")
 
 
+def prepare_process() -> None:
+    """Import what loading the router needs, in the order that costs least, before anything else.
+
+    First thing in a process that will serve the router (:func:`main`, ``mushroom-router serve``):
+    skops is imported before MLflow (:func:`router_model.submodels.import_skops_for_serving`).
+    """
+    from router_model.submodels import import_skops_for_serving
+
+    import_skops_for_serving()
+
+
 class _StopSignalError(Exception):
     """SIGTERM or SIGHUP arrived: stop serving (exit 0, as for ``docker stop``)."""
 
@@ -268,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model_dir", help="a local MLflow model folder (MLmodel at its root)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    prepare_process()
     return run(args.model_dir, args.host, args.port, args.workers)
 
 
