@@ -221,6 +221,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _supervise(args: argparse.Namespace) -> int:
+    from router_model import serving
+
+    # The first server imports MLflow's scoring server and the model's libraries while this
+    # process imports the registry client and finds the champion.
+    serving.prewarm(args.host, args.port, args.workers)
     from router_model.supervisor import supervise
 
     supervise(args.host, args.port, args.workers, args.poll_seconds)

@@ -33,6 +33,8 @@ from router_model import features as F
 from router_model import settings
 
 _logger = logging.getLogger(__name__)
+#: This module, run as the server of a local folder (``python -m router_model.serving``).
+_MODULE = "router_model.serving"
 
 #: How long :func:`stop_server` waits after SIGTERM, and then after SIGKILL (the compose file's
 #: ``stop_grace_period`` for the model server is checked against these).
@@ -114,7 +116,7 @@ def server_command(
     uri = model_uri or settings.model_uri()
     where = ["--host", host, "--port", str(port), "--workers", str(workers)]
     if Path(uri).is_dir():
-        return [sys.executable, "-m", __name__, *where, str(Path(uri).resolve())]
+        return [sys.executable, "-m", _MODULE, *where, str(Path(uri).resolve())]
     return [sys.executable, "-m", "router_model", "serve", "--model-uri", uri, *where]
 
 
@@ -144,9 +146,54 @@ def start_server(
         The server process, leader of its own process group.
     """
     cmd = server_command(model_uri, host, port, workers)
+    spare = None if popen_kwargs or cmd[2] != _MODULE else _take_spare(cmd[3:-1])
+    if spare is not None:
+        _logger.info("Starting (prewarmed, pid %s): %s", spare.pid, " ".join(cmd))
+        handover = {"model_dir": cmd[-1], "env": {**serve_env(), **(extra_env or {})}}
+        spare.stdin.write(json.dumps(handover).encode() + b"\n")
+        spare.stdin.close()
+        return spare
     _logger.info("Starting: %s", " ".join(cmd))
     popen_kwargs.setdefault("start_new_session", True)
     return subprocess.Popen(cmd, env={**serve_env(), **(extra_env or {})}, **popen_kwargs)
+
+
+#: A prewarmed server process waiting for its model folder (:func:`prewarm`), at most one.
+_SPARE: list[subprocess.Popen] = []
+_WAIT = "--wait"
+
+
+def prewarm(
+    host: str = settings.DEFAULT_SERVE_HOST, port: int = settings.DEFAULT_SERVE_PORT, workers: int = 1
+) -> subprocess.Popen:
+    """Start a server process for ``host:port`` now, before it is known what it will serve.
+
+    It imports what serving needs (MLflow's scoring server, scikit-learn, the router) while the
+    caller (``mushroom-router supervise``) reads the registry and checks the version, on another
+    core; the next :func:`start_server` of a local folder on the same ``host``, ``port`` and
+    ``workers`` hands it the folder and its environment on its stdin instead of starting a new
+    process. It exits when its stdin closes, so it does not outlive the process that started it.
+    """
+    where = ["--host", host, "--port", str(port), "--workers", str(workers)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", _MODULE, *where, _WAIT],
+        env=serve_env(),
+        stdin=subprocess.PIPE,
+        start_new_session=True,
+    )
+    _SPARE.append(proc)
+    return proc
+
+
+def _take_spare(where: list[str]) -> subprocess.Popen | None:
+    """The waiting prewarmed process started for ``where`` (host, port, workers), if it still runs."""
+    for proc in list(_SPARE):
+        if proc.poll() is not None:
+            _SPARE.remove(proc)
+        elif proc.args[3:-1] == where:
+            _SPARE.remove(proc)
+            return proc
+    return None
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -265,22 +312,38 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m router_model.serving [--host H] [--port P] [--workers N] MODEL_DIR``.
+    """``python -m router_model.serving [--host H] [--port P] [--workers N] MODEL_DIR | --wait``.
 
     Serves a model folder whose code the caller has already checked (the supervisor's verified
-    cache): what :func:`start_server` runs for a local folder.
+    cache): what :func:`start_server` runs for a local folder. With ``--wait`` (:func:`prewarm`)
+    it imports everything first and then reads ``{"model_dir", "env"}`` as one JSON line on stdin.
     """
     import argparse
 
-    parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=main.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {_MODULE}", description=main.__doc__.splitlines()[0])
     parser.add_argument("--host", default=settings.DEFAULT_SERVE_HOST)
     parser.add_argument("--port", type=int, default=settings.DEFAULT_SERVE_PORT)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("model_dir", help="a local MLflow model folder (MLmodel at its root)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("model_dir", nargs="?", help="a local MLflow model folder (MLmodel at its root)")
+    where.add_argument(_WAIT, action="store_true", help="import everything, then read the folder from stdin")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     prepare_process()
-    return run(args.model_dir, args.host, args.port, args.workers)
+    model_dir = args.model_dir
+    if args.wait:
+        import mlflow.pyfunc.scoring_server  # noqa: F401 - imported now, while the caller works
+        import uvicorn  # noqa: F401
+
+        from router_model import server_guard  # noqa: F401
+
+        line = sys.stdin.readline()
+        if not line:  # the starter exited without needing this server
+            return 0
+        handover = json.loads(line)
+        os.environ.update(handover["env"])
+        model_dir = handover["model_dir"]
+    return run(model_dir, args.host, args.port, args.workers)
 
 
 def curl_example(host: str = settings.DEFAULT_SERVE_HOST, port: int = settings.DEFAULT_SERVE_PORT) -> str:
