@@ -13,9 +13,11 @@ module every MLflow model server runs). Against it, from launching the command t
 
 The machine is shared, so the cases take turns within each round (floor, then each server, the
 order rotating from round to round) and each ratio is the median over the median floor of the
-same run. The store is a local SQLite file, as for ``make run``.
+same run. The registry is a local SQLite file, as for ``make run`` (``--store sqlite``), or an
+``mlflow server`` on loopback, as in the compose stack (``--store http``).
 
-Usage: ``python bench/coldstart.py [--rounds 5] [--data mushroom_cleaned.csv] [--out results.json]``
+Usage: ``python bench/coldstart.py [--rounds 5] [--store sqlite|http] [--data mushroom_cleaned.csv]
+[--out results.json]``
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="measurements of each case (median)")
     parser.add_argument("--data", default=None, help="train on this file (default: the synthetic sample)")
+    parser.add_argument("--store", choices=("sqlite", "http"), default="sqlite", help="where the registry is")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
 
@@ -103,6 +106,54 @@ def main(argv: list[str] | None = None) -> int:
         MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
         MUSHROOM_INFERENCE_LOG="off",
     )
+    tracking = None
+    if args.store == "http":
+        port = free_port()
+        tracking = subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                env["MLFLOW_TRACKING_URI"],
+                "--artifacts-destination",
+                str(work / "mlartifacts"),
+                "--serve-artifacts",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
+        wait_for(f"{env['MLFLOW_TRACKING_URI']}/health", tracking)
+    try:
+        return measure(args, work, env)
+    finally:
+        if tracking is not None:
+            serving.stop_server(tracking)
+
+
+def wait_for(url: str, proc: subprocess.Popen) -> None:
+    """Poll ``url`` until it answers 200."""
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the tracking server exited with {proc.returncode}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {TIMEOUT_SECONDS:.0f}s")
+
+
+def measure(args: argparse.Namespace, work: Path, env: dict[str, str]) -> int:
+    """Train, then time the floor and each case, interleaved; print and write the figures."""
     source = ["--data", args.data] if args.data else ["--synthetic"]
     train = subprocess.run(
         [str(BIN / "mushroom-router"), "train", *source], env=env, capture_output=True, text=True
@@ -115,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     first_prediction_seconds(command("serve", port, work), port, env, log)
     model_dir = next((work / "data" / "serving").glob("v*/model"))
-    env_mlflow = serving.serve_env(env)
+    env_mlflow = {**serving.serve_env(env), "MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]}
+    env_mlflow["MLFLOW_REGISTRY_URI"] = env_mlflow["MLFLOW_TRACKING_URI"]
 
     times: dict[str, list[float]] = {FLOOR: [], **{case: [] for case in CASES}}
     for round_ in range(args.rounds):
@@ -133,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     floor = statistics.median(times[FLOOR])
     results = {
         "rounds": args.rounds,
+        "store": args.store,
         "floor": {"seconds": times[FLOOR], "median": floor},
         "cases": {case: summary(times[case], floor) for case in CASES},
         "load": list(os.getloadavg()),
