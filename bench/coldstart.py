@@ -23,8 +23,10 @@ Usage: ``python bench/coldstart.py [--rounds 5] [--store sqlite|http] [--data mu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -32,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import requests
 from benchlib import BIN, free_port
 
@@ -45,15 +48,35 @@ POLL_SECONDS = 0.02
 TIMEOUT_SECONDS = 180.0
 
 
-def floor_seconds(env: dict[str, str]) -> float:
-    """Wall time of one fresh ``python -c "import mlflow.pyfunc.scoring_server"``."""
+def floor_seconds(env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds of one fresh ``python -c "import mlflow.pyfunc.scoring_server"``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     subprocess.run([sys.executable, "-c", "import mlflow.pyfunc.scoring_server"], env=env, check=True)
-    return time.monotonic() - started
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def first_prediction_seconds(argv: list[str], port: int, env: dict[str, str], log: Path) -> float:
-    """Launch ``argv`` and time it until ``POST /invocations`` on ``port`` answers 200; then stop it."""
+def tree_cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of ``pid`` and every process it started (even in another session)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def first_prediction_seconds(
+    argv: list[str], port: int, env: dict[str, str], log: Path
+) -> tuple[float, float]:
+    """Launch ``argv`` and time it until ``POST /invocations`` on ``port`` answers 200; then stop it.
+
+    Returns:
+        Wall seconds, and CPU seconds of its processes by then.
+    """
     url = f"http://127.0.0.1:{port}/invocations"
     headers = {"Content-Type": "application/json", "Connection": "close"}
     with log.open("ab") as out:
@@ -63,7 +86,7 @@ def first_prediction_seconds(argv: list[str], port: int, env: dict[str, str], lo
             while True:
                 try:
                     if requests.post(url, data=BODY, headers=headers, timeout=5).status_code == 200:
-                        return time.monotonic() - started
+                        return time.monotonic() - started, tree_cpu_seconds(proc.pid)
                 except requests.RequestException:
                     pass
                 if proc.poll() is not None:
@@ -164,35 +187,48 @@ def measure(args: argparse.Namespace, work: Path, env: dict[str, str]) -> int:
     log = work / "servers.log"
     # One untimed start fills the verified cache, as any start after the first finds it.
     port = free_port()
-    first_prediction_seconds(command("serve", port, work), port, env, log)
+    first_prediction_seconds(command("serve", port, work), port, env, log)  # untimed
     model_dir = next((work / "data" / "serving").glob("v*/model"))
     env_mlflow = {**serving.serve_env(env), "MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]}
     env_mlflow["MLFLOW_REGISTRY_URI"] = env_mlflow["MLFLOW_TRACKING_URI"]
 
     times: dict[str, list[float]] = {FLOOR: [], **{case: [] for case in CASES}}
+    cpu: dict[str, list[float]] = {FLOOR: [], **{case: [] for case in CASES}}
     for round_ in range(args.rounds):
-        times[FLOOR].append(floor_seconds(env))
+        wall, used = floor_seconds(env)
+        times[FLOOR].append(wall)
+        cpu[FLOOR].append(used)
         shift = round_ % len(CASES)
         for case in CASES[shift:] + CASES[:shift]:
             port = free_port()
             case_env = env_mlflow if case == "mlflow models serve" else env
-            times[case].append(first_prediction_seconds(command(case, port, model_dir), port, case_env, log))
+            wall, used = first_prediction_seconds(command(case, port, model_dir), port, case_env, log)
+            times[case].append(wall)
+            cpu[case].append(used)
         print(
             f"round {round_ + 1}: "
-            + ", ".join(f"{name} {values[-1]:.2f}s" for name, values in times.items()),
+            + ", ".join(
+                f"{name} {values[-1]:.2f}s ({cpu[name][-1]:.2f}s CPU)" for name, values in times.items()
+            ),
             flush=True,
         )
     floor = statistics.median(times[FLOOR])
+    floor_cpu = statistics.median(cpu[FLOOR])
     results = {
         "rounds": args.rounds,
         "store": args.store,
-        "floor": {"seconds": times[FLOOR], "median": floor},
-        "cases": {case: summary(times[case], floor) for case in CASES},
+        "floor": {"seconds": times[FLOOR], "median": floor, "cpu": summary(cpu[FLOOR], floor_cpu)},
+        "cases": {
+            case: {**summary(times[case], floor), "cpu": summary(cpu[case], floor_cpu)} for case in CASES
+        },
         "load": list(os.getloadavg()),
     }
-    print(f"floor (import mlflow.pyfunc.scoring_server): median {floor:.2f}s")
+    print(f"floor (import mlflow.pyfunc.scoring_server): median {floor:.2f}s, {floor_cpu:.2f}s CPU")
     for case, figures in results["cases"].items():
-        print(f"{case}: median {figures['median']:.2f}s = {figures['ratio']:.2f}x the floor")
+        print(
+            f"{case}: median {figures['median']:.2f}s = {figures['ratio']:.2f}x the floor; "
+            f"CPU {figures['cpu']['median']:.2f}s = {figures['cpu']['ratio']:.2f}x"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     return 0

@@ -153,12 +153,14 @@ def coldstart_section(runs: list[dict]) -> list[str]:
         'against the floor: one fresh `python -c "import mlflow.pyfunc.scoring_server"`, what every MLflow '
         "model server imports. Taken in turn within each round (the floor, then the servers in an order "
         "rotating from round to round) on the same loaded machine; each ratio is a median over the median "
-        "floor of the same run. The verified cache already holds the champion (as on every start but the "
-        'first). `serve` and `supervise` start MLflow\'s scoring server directly (README: "Starting fast"); '
-        "`mlflow models serve` of the same verified copy is the documented command.",
+        "floor of the same run. CPU is the user and system time of the command's processes until that "
+        "answer (the floor's: of its one process), less disturbed by the other jobs than wall time. The "
+        "verified cache already holds the champion (as on every start but the first). `serve` and "
+        '`supervise` start MLflow\'s scoring server directly (README: "Starting fast"); `mlflow models '
+        "serve` of the same verified copy is the documented command.",
         "",
-        "| registry | | each round, s | median, s | **median / floor** |",
-        "|---|---|---|---|---|",
+        "| registry | | wall s, each round | wall median s | **wall / floor** | CPU median s | CPU / floor |",
+        "|---|---|---|---|---|---|---|",
     ]
     names = {"serve": "`mushroom-router serve`", "supervise": "`mushroom-router supervise`"}
     for cold in runs:
@@ -166,23 +168,24 @@ def coldstart_section(runs: list[dict]) -> list[str]:
         floor = cold["floor"]
         lines.append(
             f"| {store} | floor: `import mlflow.pyfunc.scoring_server` "
-            f"| {', '.join(f'{x:.2f}' for x in floor['seconds'])} | {floor['median']:.2f} | 1 |"
+            f"| {', '.join(f'{x:.2f}' for x in floor['seconds'])} | {floor['median']:.2f} | 1 "
+            f"| {floor['cpu']['median']:.2f} | 1 |"
         )
         for case, figures in cold["cases"].items():
             lines.append(
                 f"| {store} | {names.get(case, '`' + case + '`')} "
                 f"| {', '.join(f'{x:.2f}' for x in figures['seconds'])} "
-                f"| {figures['median']:.2f} | **{figures['ratio']:.2f}x** |"
+                f"| {figures['median']:.2f} | **{figures['ratio']:.2f}x** "
+                f"| {figures['cpu']['median']:.2f} | {figures['cpu']['ratio']:.2f}x |"
             )
     lines.append("")
     for cold in runs:
-        serve = cold["cases"]["serve"]["ratio"]
+        serve, supervise = (cold["cases"][case]["ratio"] for case in ("serve", "supervise"))
         lines.append(
-            f"- {_STORE_NAMES[cold['store']]}: `mushroom-router serve` **{serve:.2f}x** the floor (target <= "
-            f"{TARGET_COLD_START_RATIO}x: {'met' if serve <= TARGET_COLD_START_RATIO else 'missed'}), "
-            f"{cold['rounds']} rounds; load average at the end "
-            + " / ".join(f"{x:.1f}" for x in cold["load"])
-            + "."
+            f"- {_STORE_NAMES[cold['store']]}: `mushroom-router serve` **{serve:.2f}x** the floor, `supervise` "
+            f"**{supervise:.2f}x** (target <= {TARGET_COLD_START_RATIO}x: "
+            f"{'met' if max(serve, supervise) <= TARGET_COLD_START_RATIO else 'missed'}), {cold['rounds']} "
+            "rounds; load average at the end " + " / ".join(f"{x:.1f}" for x in cold["load"]) + "."
         )
     lines.append("")
     return lines
