@@ -248,10 +248,10 @@ def serve_metrics(metrics: ServerMetrics) -> bool:
     Returns:
         Whether the app will serve them (``False`` when MLflow's app module is not loading).
     """
-    return when_app_built(lambda app: _add_metrics(app, metrics))
+    return when_app_built(lambda app: _add_metrics(app, metrics), METRICS_PATH)
 
 
-def when_app_built(callback: Callable[[Any], None]) -> bool:
+def when_app_built(callback: Callable[[Any], None], what: str) -> bool:
     """Call ``callback(app)`` with the scoring server's FastAPI app as soon as it exists.
 
     Runs while the model loads, inside the import of MLflow's ``app.py``, whose ``app`` does not
@@ -260,12 +260,16 @@ def when_app_built(callback: Callable[[Any], None]) -> bool:
     serves, runs the callbacks (and attaches the shutdown hooks), so what they add is there from
     the first request.
 
+    Args:
+        callback: Adds something to the app.
+        what: What it adds, for the warning when there is no app to add it to.
+
     Returns:
         Whether the callback will run (``False`` when MLflow's app module is not loading).
     """
     module = sys.modules.get(_APP_MODULE)
     if module is None:
-        _logger.warning("MLflow's scoring app module %s is not loading; %r not added", _APP_MODULE, callback)
+        _logger.warning("MLflow's scoring app module %s is not loading; no %s", _APP_MODULE, what)
         return False
     app = vars(module).get(_APP_NAME)
     if app is not None:  # already built (not how mlflow models serve loads): hook it now
@@ -321,7 +325,7 @@ def serve_readiness(model: MushroomRouterModel) -> bool:
     Returns:
         Whether the app will answer it (``False`` when MLflow's app module is not loading).
     """
-    return when_app_built(lambda app: _add_readiness(app, model))
+    return when_app_built(lambda app: _add_readiness(app, model), READY_PATH)
 
 
 def ready_check(model: MushroomRouterModel) -> None:

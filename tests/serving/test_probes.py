@@ -148,3 +148,11 @@ def test_ready_check_passes_for_the_served_router(served_router):
 def test_the_probe_paths_are_the_servers():
     assert probe_paths() == {"livenessProbe": "/ping", "readinessProbe": server_guard.READY_PATH}
     assert Path(compose_healthcheck_path()) == Path(server_guard.READY_PATH)
+
+
+def test_without_mlflows_app_module_there_is_no_readiness_route(monkeypatch, caplog):
+    import sys
+
+    monkeypatch.delitem(sys.modules, server_guard._APP_MODULE, raising=False)
+    assert not server_guard.serve_readiness(types.SimpleNamespace(router=None))
+    assert f"no {server_guard.READY_PATH}" in caplog.text
