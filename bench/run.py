@@ -188,6 +188,28 @@ def coldstart_section(runs: list[dict]) -> list[str]:
             "rounds; load average at the end " + " / ".join(f"{x:.1f}" for x in cold["load"]) + "."
         )
     lines.append("")
+    lines += [
+        "Where a start goes (profiled once with `time.process_time` per phase and `python -X importtime`, "
+        "2026-12-03, on the same loaded machine, not in the run above; CPU seconds, the floor 1.6-1.8):",
+        "",
+        "- Before: `mushroom-router serve` imported the registry client, checked the version, then started "
+        "`mlflow models serve`, whose CLI imports most of MLflow (`mlflow --version` alone: 5.4-6.0 s wall in "
+        "issue #11), and which starts uvicorn, which imports the scoring server again and loads the model: "
+        "three Python start-ups in a row.",
+        "- Now one process: scikit-learn and skops 1.5, MLflow's scoring server and the router 1.1, the "
+        "SQLite registry client 1.1-1.2 (MLflow's SQLAlchemy store builds its ORM models; with an `mlflow "
+        "server` registry this is one HTTP call), loading the model 0.07.",
+        "- Loading the model took 0.9-1.0 before two cuts: skops, imported after MLflow, looked every NumPy "
+        "and SciPy ufunc up in every one of about 3,000 loaded modules and imported all of scikit-learn to "
+        "list its estimators (now imported first, trusting only the three scikit-learn types the router's "
+        "files hold); and MLflow's requirement check read the file list of every installed distribution "
+        "before comparing versions (now skipped; the versions are still compared).",
+        "- What is left above the floor is scikit-learn itself (its `sklearn.utils` imports `scipy.stats`), "
+        "which the model needs to load, and with SQLite the registry client. `supervise` runs two processes "
+        "(the supervisor and its server): its CPU is their sum, but the server imports while the "
+        "supervisor reads the registry.",
+        "",
+    ]
     return lines
 
 
