@@ -150,9 +150,13 @@ def start_server(
     if spare is not None:
         _logger.info("Starting (prewarmed, pid %s): %s", spare.pid, " ".join(cmd))
         handover = {"model_dir": cmd[-1], "env": {**serve_env(), **(extra_env or {})}}
-        spare.stdin.write(json.dumps(handover).encode() + b"\n")
-        spare.stdin.close()
-        return spare
+        try:
+            spare.stdin.write(json.dumps(handover).encode() + b"\n")
+            spare.stdin.close()
+            return spare
+        except OSError as err:  # it died since: a new process instead
+            _logger.warning("Prewarmed server %s is gone (%s); starting a new one", spare.pid, err)
+            stop_server(spare)
     _logger.info("Starting: %s", " ".join(cmd))
     popen_kwargs.setdefault("start_new_session", True)
     return subprocess.Popen(cmd, env={**serve_env(), **(extra_env or {})}, **popen_kwargs)

@@ -120,3 +120,18 @@ def test_an_unused_prewarmed_server_exits_with_its_starter():
     finally:
         serving._SPARE.clear()
         serving.stop_server(spare)
+
+
+@pytest.mark.serving
+def test_a_prewarmed_server_that_died_is_replaced_by_a_new_one(registered, isolated_env):
+    model = supervisor.trusted_copy(registered["model_uri"], isolated_env / "start-cache")
+    port = free_port()
+    spare = serving.prewarm(port=port)
+    spare.kill()
+    spare.wait()
+    proc = serving.start_server(str(model), port=port)
+    try:
+        assert proc is not spare and spare not in serving._SPARE
+        wait_for_http(f"http://127.0.0.1:{port}/ready", proc)
+    finally:
+        serving.stop_server(proc)
