@@ -9,9 +9,9 @@ wrk (a C load generator) sends them the identical requests, taking the servers i
 round: single rows as ``dataframe_records`` (the reference app gets the same record as its own
 JSON object), batches of 100, 1,000 and 10,000 rows of the real data's LR features as
 ``dataframe_split`` (the reference app takes one record per request: its rows/s is its single-row
-requests/s), and single rows from 64 concurrent connections. Also measures the cold start of
-``mushroom-router serve`` and the wall time of ``mushroom-router train`` on the real data (which
-registers the router it then serves). Explanations (issue #14): the router with ``explain`` off
+requests/s), and single rows from 64 concurrent connections. Also measures the wall time of
+``mushroom-router train`` on the real data (which registers the router it then serves; the cold
+start is ``bench/coldstart.py``'s). Explanations (issue #14): the router with ``explain`` off
 against on (every term), single rows and 1,000-row batches, the same bodies but for the param
 (``--explain-only`` trains, serves the router alone and measures only these).
 
@@ -331,20 +331,6 @@ def main(argv: list[str] | None = None) -> int:
                 example, getattr(lr_model, predict_fn)(example.to_numpy())
             ),
         )
-
-    # Cold start: launch `mushroom-router serve` to the first 200 on /ping.
-    cold = []
-    for _ in range(3):
-        port = free_port()
-        launched = time.monotonic()
-        proc = start([str(BIN / "mushroom-router"), "serve", "--port", str(port)], env, work / "cold.log")
-        try:
-            wait_ping(port, proc)
-            cold.append(time.monotonic() - launched)
-        finally:
-            serving.stop_server(proc)
-    results["cold_start_seconds"] = cold
-    print(f"cold start: {', '.join(f'{c:.1f}s' for c in cold)}", flush=True)
 
     ports = {name: free_port() for name in (*SERVERS, REFERENCE)}
     serve = serve_command(args.workers)

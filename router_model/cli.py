@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -101,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(f"--{settings.FORCE_RETRAIN}", action="store_true", help=settings.FORCE_RETRAIN_HELP)
 
-    serve = sub.add_parser("serve", help="serve models:/mushroom-router@champion with mlflow models serve")
+    serve = sub.add_parser(
+        "serve", help="serve models:/mushroom-router@champion with MLflow's scoring server"
+    )
     serve.add_argument("--host", default=settings.DEFAULT_SERVE_HOST)
     serve.add_argument("--port", type=int, default=settings.DEFAULT_SERVE_PORT)
     serve.add_argument("--workers", type=int, default=1)
@@ -201,6 +202,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from router_model import serving
+
+    serving.prepare_process()
     from router_model.supervisor import trusted_copy
 
     uri = args.model_uri or settings.model_uri()
@@ -209,30 +212,20 @@ def _serve(args: argparse.Namespace) -> int:
     # and the server loads exactly the checked bytes (router_model/trust.py).
     local = trusted_copy(uri)
     print(
-        f"Serving {uri} ({local}) on http://{args.host}:{args.port} (Ctrl-C stops). When /ping answers, try:"
+        f"Serving {uri} ({local}) on http://{args.host}:{args.port} (Ctrl-C stops). When /ready answers, try:"
     )
     print(serving.curl_example(args.host, args.port), flush=True)
-    proc = serving.start_server(str(local), args.host, args.port, args.workers)
-
-    stopped_by: list[int] = []
-
-    def interrupt(signum: int, _frame: object) -> None:
-        stopped_by.append(signum)
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    # The server runs in its own process group (serving.start_server): a signal for this process
-    # must stop it, and its uvicorn child, here.
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, interrupt)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        return 0 if stopped_by else 130  # asked to stop (docker stop, systemd) vs Ctrl-C
-    finally:
-        serving.stop_server(proc)
+    # MLflow's scoring server runs in this process (no `mlflow models serve` in between): what
+    # this process imported for the check is not imported again.
+    return serving.run(local, args.host, args.port, args.workers)
 
 
 def _supervise(args: argparse.Namespace) -> int:
+    from router_model import serving
+
+    # The first server imports MLflow's scoring server and the model's libraries while this
+    # process imports the registry client and finds the champion.
+    serving.prewarm(args.host, args.port, args.workers)
     from router_model.supervisor import supervise
 
     supervise(args.host, args.port, args.workers, args.poll_seconds)

@@ -59,8 +59,9 @@ LABEL_EDIBLE = 0
 LABEL_POISONOUS = 1
 LABELS: Mapping[int, str] = {LABEL_EDIBLE: "edible", LABEL_POISONOUS: "poisonous"}
 
-#: Output columns of the router, in order.
-OUTPUT_COLUMNS: tuple[str, ...] = ("prediction", "probability", "poisonous_probability", "model")
+#: Output columns of the router, in order (the last two: P(poisonous) and the route taken).
+OUT_POISONOUS_PROBABILITY, OUT_MODEL = "poisonous_probability", "model"
+OUTPUT_COLUMNS: tuple[str, ...] = ("prediction", "probability", OUT_POISONOUS_PROBABILITY, OUT_MODEL)
 
 DEFAULT_THRESHOLD = 0.5
 

@@ -416,8 +416,8 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
         Inside ``mlflow models serve``, once per process, this also installs
         :mod:`router_model.server_guard`, starts the :mod:`router_model.inference_log` (unless
         ``MUSHROOM_INFERENCE_LOG=off``), the :mod:`router_model.metrics` on ``/metrics`` (unless
-        ``MUSHROOM_METRICS=off``) and the :mod:`router_model.hot_swap` watcher (when the
-        supervisor started the server); every version loaded there must answer the golden rows as
+        ``MUSHROOM_METRICS=off``), the readiness probe ``/ready`` and the :mod:`router_model.hot_swap`
+        watcher (when the supervisor started the server); every version loaded there must answer the golden rows as
         it did at training time (:func:`check_golden`), or it does not load.
         """
         from router_model import server_guard
@@ -427,8 +427,8 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
         self._run_id = ""
         serving = server_guard.in_scoring_server()
         if serving:
-            self._metrics, self._log = _server_process(_model_run_id(context))
             self._run_id = _model_run_id(context)
+            self._metrics, self._log = _server_process(self._run_id, self)
         config = context.model_config or {}
         submodels = {route: load_submodel(context.artifacts[route]) for route in F.ROUTES}
         self.router = Router(
@@ -486,13 +486,17 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
 _SERVER: list[tuple[Any, Any]] = []
 
 
-def _server_process(run_id: str) -> tuple[Any, Any]:
-    """Set up this scoring-server process once: the guard, metrics, inference log, app hooks."""
+def _server_process(run_id: str, model: MushroomRouterModel) -> tuple[Any, Any]:
+    """Set up this scoring-server process once: the guard, metrics, inference log, app hooks.
+
+    ``model`` is the first one loaded (the one the server starts on): ``/ready`` checks it.
+    """
     from router_model import metrics, server_guard
 
     if _SERVER:
         return _SERVER[0]
     server_guard.install()
+    server_guard.serve_readiness(model)
     server_guard.SLOT.started(settings.env("MUSHROOM_SERVED_VERSION"))
     served_metrics = metrics.start(run_id)
     server_guard.hook_app(served_metrics)

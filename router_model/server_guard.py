@@ -105,6 +105,10 @@ _APP_NAME = "app"
 #: Called when the scoring server shuts down gracefully (see :func:`on_shutdown`).
 _SHUTDOWN: list[Callable[[], None]] = []
 _SHUTDOWN_ATTACHED: list[bool] = []
+#: The readiness probe's path (:func:`serve_readiness`); liveness is MLflow's ``/ping``.
+READY_PATH = "/ready"
+#: Called with MLflow's FastAPI app once it is built (see :func:`when_app_built`).
+_APP_HOOKS: list[Callable[[Any], None]] = []
 #: MLflow's JSON request forms (its scoring protocol) and the content types the guard reads first.
 DF_RECORDS, DF_SPLIT, INSTANCES, INPUTS = "dataframe_records", "dataframe_split", "instances", "inputs"
 JSON_FORMS = (DF_RECORDS, DF_SPLIT, INSTANCES, INPUTS)
@@ -237,11 +241,8 @@ def hook_app(metrics: ServerMetrics | None) -> bool:
     """Add the ``X-Model-Version`` header, and ``/metrics`` when given, to the scoring server's app.
 
     Runs while the model loads, inside the import of MLflow's ``app.py``, whose ``app`` does not
-    exist yet (it is assigned once ``scoring_server.init`` returns). The module's class becomes
-    one whose ``app`` attribute, when uvicorn reads it right after the import and before it
-    serves, adds the header middleware (:class:`VersionHeader`) and, with ``metrics``, the
-    ``/metrics`` route and the request-counting middleware (:func:`_add_metrics`), so both work
-    from the first request. The shutdown hooks are attached then too.
+    exist yet (:func:`when_app_built`), so the header and ``/metrics`` are there from the first
+    request. The shutdown hooks are attached then too.
 
     Args:
         metrics: The server's metrics (:func:`router_model.metrics.start`), or ``None`` (off).
@@ -249,30 +250,57 @@ def hook_app(metrics: ServerMetrics | None) -> bool:
     Returns:
         Whether the app will have them (``False`` when MLflow's app module is not loading).
     """
+    return when_app_built(lambda app: _add_to_app(app, metrics), f"{VERSION_HEADER} header or {METRICS_PATH}")
+
+
+def when_app_built(callback: Callable[[Any], None], what: str) -> bool:
+    """Call ``callback(app)`` with the scoring server's FastAPI app as soon as it exists.
+
+    Runs while the model loads, inside the import of MLflow's ``app.py``, whose ``app`` does not
+    exist yet (it is assigned once ``scoring_server.init`` returns). The module's class becomes
+    one whose ``app`` attribute, when uvicorn reads it right after the import and before it
+    serves, runs the callbacks (and attaches the shutdown hooks), so what they add is there from
+    the first request.
+
+    Args:
+        callback: Adds something to the app.
+        what: What it adds, for the warning when there is no app to add it to.
+
+    Returns:
+        Whether the callback will run (``False`` when MLflow's app module is not loading).
+    """
     module = sys.modules.get(_APP_MODULE)
     if module is None:
-        _logger.warning("MLflow's scoring app module %s is not loading; no /metrics", _APP_MODULE)
+        _logger.warning("MLflow's scoring app module %s is not loading; no %s", _APP_MODULE, what)
         return False
     app = vars(module).get(_APP_NAME)
     if app is not None:  # already built (not how mlflow models serve loads): hook it now
-        _add_to_app(app, metrics)
+        callback(app)
+        return True
+    _APP_HOOKS.append(callback)
+    if isinstance(module, _AppHookModule):
         return True
 
-    class _HookedAppModule(type(module)):  # type: ignore[misc]
-        @property
-        def app(self) -> Any:
-            try:
-                found = vars(self)[_APP_NAME]
-            except KeyError:
-                raise AttributeError(_APP_NAME) from None
-            self.__class__ = _module_class  # once: then a plain module again
-            _add_to_app(found, metrics)
-            attach_shutdown_hooks()
-            return found
-
-    _module_class = type(module)
-    module.__class__ = _HookedAppModule
+    module.__class__ = type("_AppHookModule", (_AppHookModule, type(module)), {})
     return True
+
+
+class _AppHookModule:
+    """Mixed into the class of MLflow's app module until uvicorn first reads its ``app``."""
+
+    @property
+    def app(self) -> Any:
+        try:
+            found = vars(self)[_APP_NAME]
+        except KeyError:
+            raise AttributeError(_APP_NAME) from None
+        self.__class__ = type(self).__mro__[2]  # once: then a plain module again
+        hooks = list(_APP_HOOKS)
+        _APP_HOOKS.clear()
+        for hook in hooks:
+            hook(found)
+        attach_shutdown_hooks()
+        return found
 
 
 def _add_to_app(app: Any, metrics: ServerMetrics | None) -> None:
@@ -433,6 +461,66 @@ class VersionHeader:
             await self.app(scope, receive, send_version)
         finally:
             _ANSWERED_BY.reset(token)
+
+
+def serve_readiness(model: MushroomRouterModel) -> bool:
+    """Answer ``GET /ready``: 200 once ``model`` has scored the fixed example rows, else 503.
+
+    Liveness is MLflow's ``/ping`` (and ``/health``): it answers as soon as the app serves, with no
+    work. Readiness asks more: that the loaded model answers a prediction. The first ``/ready``
+    scores :func:`router_model.features.example_rows` (one row per route) in a worker thread,
+    without the inference log or the metrics, and checks each row took its route and got a finite
+    probability; after the first success it answers from memory, so probing it often costs
+    nothing. A failure answers 503 with the reason and is tried again on the next probe.
+
+    Returns:
+        Whether the app will answer it (``False`` when MLflow's app module is not loading).
+    """
+    return when_app_built(lambda app: _add_readiness(app, model), READY_PATH)
+
+
+def ready_check(model: MushroomRouterModel) -> None:
+    """Score the example rows with ``model`` and check the answer (what ``/ready`` runs once).
+
+    Raises:
+        RuntimeError: If a row was not answered as expected (its route, a finite probability).
+        Exception: Whatever scoring raises (a model that cannot predict).
+    """
+    router = getattr(model, "router", None)
+    if router is None:
+        raise RuntimeError("the model has not loaded its sub-models")
+    answer = router.predict(pd.DataFrame(F.example_rows()), None)
+    expected = list(F.ROUTES)
+    routes = [str(r) for r in answer[F.OUT_MODEL]]
+    probability = answer[F.OUT_POISONOUS_PROBABILITY].to_numpy(dtype=float)
+    if (
+        routes != expected
+        or not np.isfinite(probability).all()
+        or ((probability < 0) | (probability > 1)).any()
+    ):
+        raise RuntimeError(
+            f"the example rows were answered {routes} with P(poisonous) {probability.tolist()}; "
+            f"expected routes {expected} and probabilities in [0, 1]"
+        )
+
+
+def _add_readiness(app: Any, model: MushroomRouterModel) -> None:
+    from fastapi import Request, Response  # MLflow's scoring server is a FastAPI app
+
+    done: list[bool] = []
+
+    async def ready_endpoint(request: Request) -> Response:
+        if not done:
+            try:
+                await asyncio.to_thread(ready_check, model)
+            except Exception as err:
+                _logger.warning("Not ready: %s", err)
+                body = json.dumps({"ready": False, "reason": _bounded(f"{type(err).__name__}: {err}")})
+                return Response(body, status_code=503, media_type=JSON_TYPE)
+            done.append(True)
+        return Response('{"ready": true}', media_type=JSON_TYPE)
+
+    app.add_route(READY_PATH, ready_endpoint, methods=["GET"], include_in_schema=False)
 
 
 def _takes_parsed_json(module: ModuleType) -> bool:
@@ -1050,3 +1138,80 @@ def predictions_to_json(raw_predictions: Any, output: Any, metadata: dict[str, A
             return
     predictions = _get_jsonable_obj(raw_predictions, pandas_orient="records")
     output.write(json.dumps({"predictions": predictions, **(metadata or {})}, cls=NumpyEncoder))
+
+
+# --------------------------------------------------------------------------------------------
+# Starting MLflow's scoring server directly (the project's own serve and supervise)
+# --------------------------------------------------------------------------------------------
+
+#: MLflow's request timeout variable, which ``mlflow models serve`` sets for its uvicorn worker
+#: from ``--timeout`` (default 60 s, also read from this variable).
+REQUEST_TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 60
+
+
+def scoring_server_env(
+    model_path: str | os.PathLike[str], base: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The variables ``mlflow models serve --env-manager local`` gives its uvicorn worker.
+
+    As MLflow's ``scoring_server.get_cmd``: the model's ``file://`` URI in
+    :data:`SERVER_MODEL_PATH_ENV` and the request timeout (``--timeout``'s default, or the
+    variable's value when set), over a copy of ``base`` (default: this process's environment).
+    """
+    from pathlib import Path
+
+    env = dict(os.environ if base is None else base)
+    env[SERVER_MODEL_PATH_ENV] = Path(os.path.abspath(model_path)).as_uri()  # path_to_local_file_uri
+    env[REQUEST_TIMEOUT_ENV] = str(env.get(REQUEST_TIMEOUT_ENV) or DEFAULT_REQUEST_TIMEOUT_SECONDS)
+    return env
+
+
+def run_scoring_server(model_path: str | os.PathLike[str], host: str, port: int, workers: int = 1) -> None:
+    """Serve ``model_path`` with MLflow's scoring server in this process, as ``mlflow models serve``
+    does in its uvicorn child, and return when it stops.
+
+    ``mlflow models serve --env-manager local`` starts the ``mlflow`` command line (seconds of
+    imports), which runs ``uvicorn --host H --port P --workers N mlflow.pyfunc.scoring_server.app:app``
+    in a new process with :func:`scoring_server_env`; that imports MLflow again and loads the model
+    while importing the app. Here the same uvicorn call runs in the calling process, which reuses
+    what it already imported: the same app, the same variables, the same worker processes for
+    ``workers`` > 1 (spawned by uvicorn, each loading the model), the same graceful shutdown.
+
+    One thing is skipped: the scan of every installed distribution's files that MLflow runs when it
+    loads a model (:func:`skip_distribution_scan`); the model's requirements are still checked
+    against the installed versions.
+    """
+    os.environ.update(scoring_server_env(model_path))
+    skip_distribution_scan()
+    import uvicorn
+
+    uvicorn.run(f"{_APP_MODULE}:{_APP_NAME}", host=host, port=port, workers=workers)
+
+
+def skip_distribution_scan() -> bool:
+    """Let MLflow's requirement check at model load skip its scan of all installed files.
+
+    ``mlflow.pyfunc.load_model`` compares the model's ``requirements.txt`` with the installed
+    versions (and warns about mismatches). It looks each one up with ``importlib.metadata.version``;
+    only for a package without metadata does it fall back to importing a module named after it,
+    for which it first maps every installed module to its distribution by reading the file list of
+    every installed distribution (``packages_distributions``), about a second per server start.
+    This seeds that map with MLflow's own fixed entries instead, so the check gives the same result
+    for every package installed with metadata (all of this model's requirements).
+
+    Returns:
+        Whether the map was seeded (``False`` with an MLflow without that map, or when it is
+        already built).
+    """
+    try:
+        from mlflow.utils import requirements_utils as reqs
+    except ImportError:  # pragma: no cover - another MLflow: nothing to skip
+        return False
+    if getattr(reqs, "_MODULES_TO_PACKAGES", False) is not None:
+        return False
+    reqs._MODULES_TO_PACKAGES = {
+        **getattr(reqs, "MLFLOW_MODULES_TO_PACKAGES", {}),
+        **getattr(reqs, "DATABRICKS_MODULES_TO_PACKAGES", {}),
+    }
+    return True

@@ -1,9 +1,19 @@
-"""Serve the registered router with ``mlflow models serve`` (no hand-written web app).
+"""Serve the registered router with MLflow's scoring server (no hand-written web app).
 
-:func:`serve_command` builds the exact command line and :func:`serve_env` the environment it
-needs: the virtual environment's ``bin/`` on ``PATH`` (MLflow starts ``uvicorn`` by name), the
-tracking URI, and ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`` so only the router's own trusted
-skops types can ever be loaded.
+Two ways to start the same server:
+
+* ``mlflow models serve`` (the documented one, for any user and runtime): :func:`serve_command`
+  builds the exact command line and :func:`serve_env` the environment it needs: the virtual
+  environment's ``bin/`` on ``PATH`` (MLflow starts ``uvicorn`` by name), the tracking URI, and
+  ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`` so only the router's own trusted skops types can
+  ever be loaded.
+* The project's own ``mushroom-router serve`` and ``supervise`` (:func:`run`,
+  :func:`start_server`): the ``mlflow`` command line spends seconds importing itself, then starts
+  uvicorn, which imports MLflow again and loads the model, one after the other. They run the same
+  uvicorn call on the same app with the same variables directly
+  (:func:`router_model.server_guard.run_scoring_server`), in one process, so a server answers its
+  first prediction in little more than the time Python takes to import MLflow's scoring server
+  (figures in ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ from router_model import features as F
 from router_model import settings
 
 _logger = logging.getLogger(__name__)
+#: This module, run as the server of a local folder (``python -m router_model.serving``).
+_MODULE = "router_model.serving"
 
 #: How long :func:`stop_server` waits after SIGTERM, and then after SIGKILL (the compose file's
 #: ``stop_grace_period`` for the model server is checked against these).
@@ -89,6 +101,25 @@ def serve_command(
     ]
 
 
+def server_command(
+    model_uri: str | None = None,
+    host: str = settings.DEFAULT_SERVE_HOST,
+    port: int = settings.DEFAULT_SERVE_PORT,
+    workers: int = 1,
+) -> list[str]:
+    """The command line that serves ``model_uri`` the project's way (see the module docstring).
+
+    A local folder (a copy whose code was already checked, as the supervisor hands over) is served
+    by ``python -m router_model.serving``; anything else (a ``models:/`` URI) by ``python -m
+    router_model serve``, which downloads the version and checks its code first.
+    """
+    uri = model_uri or settings.model_uri()
+    where = ["--host", host, "--port", str(port), "--workers", str(workers)]
+    if Path(uri).is_dir():
+        return [sys.executable, "-m", _MODULE, *where, str(Path(uri).resolve())]
+    return [sys.executable, "-m", "router_model", "serve", "--model-uri", uri, *where]
+
+
 def start_server(
     model_uri: str | None = None,
     host: str = settings.DEFAULT_SERVE_HOST,
@@ -97,14 +128,14 @@ def start_server(
     extra_env: Mapping[str, str] | None = None,
     **popen_kwargs: object,
 ) -> subprocess.Popen:
-    """Start ``mlflow models serve`` as a subprocess in its own process group.
+    """Start the model server (:func:`server_command`) as a subprocess in its own process group.
 
-    ``mlflow models serve`` runs ``uvicorn`` as a child process, which is what holds the port.
-    Stop the server with :func:`stop_server`, which waits for that child too; terminating only the
-    returned process leaves ``uvicorn`` answering on the port for a while after it has exited.
+    With ``workers`` > 1, uvicorn runs the workers as child processes, which hold the port
+    between them. Stop the server with :func:`stop_server`, which waits for every process of the
+    group; terminating only the returned process could leave a worker answering for a moment.
 
     Args:
-        model_uri: Default ``models:/mushroom-router@champion``.
+        model_uri: A served folder or a ``models:/`` URI; default ``models:/mushroom-router@champion``.
         host: Interface to bind.
         port: TCP port.
         workers: Uvicorn worker processes.
@@ -112,12 +143,61 @@ def start_server(
         **popen_kwargs: Passed to :class:`subprocess.Popen` (``stdout``, ``stderr``, ...).
 
     Returns:
-        The ``mlflow models serve`` process, leader of its own process group.
+        The server process, leader of its own process group.
     """
-    cmd = serve_command(model_uri, host, port, workers)
+    cmd = server_command(model_uri, host, port, workers)
+    spare = None if popen_kwargs or cmd[2] != _MODULE else _take_spare(cmd[3:-1])
+    if spare is not None:
+        _logger.info("Starting (prewarmed, pid %s): %s", spare.pid, " ".join(cmd))
+        handover = {"model_dir": cmd[-1], "env": {**serve_env(), **(extra_env or {})}}
+        try:
+            spare.stdin.write(json.dumps(handover).encode() + b"\n")
+            spare.stdin.close()
+            return spare
+        except OSError as err:  # it died since: a new process instead
+            _logger.warning("Prewarmed server %s is gone (%s); starting a new one", spare.pid, err)
+            stop_server(spare)
     _logger.info("Starting: %s", " ".join(cmd))
     popen_kwargs.setdefault("start_new_session", True)
     return subprocess.Popen(cmd, env={**serve_env(), **(extra_env or {})}, **popen_kwargs)
+
+
+#: A prewarmed server process waiting for its model folder (:func:`prewarm`), at most one.
+_SPARE: list[subprocess.Popen] = []
+_WAIT = "--wait"
+
+
+def prewarm(
+    host: str = settings.DEFAULT_SERVE_HOST, port: int = settings.DEFAULT_SERVE_PORT, workers: int = 1
+) -> subprocess.Popen:
+    """Start a server process for ``host:port`` now, before it is known what it will serve.
+
+    It imports what serving needs (MLflow's scoring server, scikit-learn, the router) while the
+    caller (``mushroom-router supervise``) reads the registry and checks the version, on another
+    core; the next :func:`start_server` of a local folder on the same ``host``, ``port`` and
+    ``workers`` hands it the folder and its environment on its stdin instead of starting a new
+    process. It exits when its stdin closes, so it does not outlive the process that started it.
+    """
+    where = ["--host", host, "--port", str(port), "--workers", str(workers)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", _MODULE, *where, _WAIT],
+        env=serve_env(),
+        stdin=subprocess.PIPE,
+        start_new_session=True,
+    )
+    _SPARE.append(proc)
+    return proc
+
+
+def _take_spare(where: list[str]) -> subprocess.Popen | None:
+    """The waiting prewarmed process started for ``where`` (host, port, workers), if it still runs."""
+    for proc in list(_SPARE):
+        if proc.poll() is not None:
+            _SPARE.remove(proc)
+        elif proc.args[3:-1] == where:
+            _SPARE.remove(proc)
+            return proc
+    return None
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -148,7 +228,7 @@ def group_pids(pgid: int) -> list[int]:
 def stop_server(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_SECONDS) -> int:
     """Stop a process group started by :func:`start_server` and wait until none of it runs.
 
-    Sends SIGTERM to the whole group (the ``mlflow`` process and the ``uvicorn`` it started), and
+    Sends SIGTERM to the whole group (the server and any worker or child it started), and
     SIGKILL to what is left after ``timeout`` seconds. When this returns, nothing of the old server
     holds its port, so a new server can bind it and a ``/ping`` answer comes from the new one.
     Safe to call on a server that already exited (its ``uvicorn`` child may not have).
@@ -158,7 +238,7 @@ def stop_server(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_SECONDS) -
         timeout: Seconds to wait for a graceful stop before killing.
 
     Returns:
-        The ``mlflow`` process's exit code.
+        The server process's exit code.
     """
     pgid = proc.pid
     for sig, wait_for in ((signal.SIGTERM, timeout), (signal.SIGKILL, KILL_WAIT_SECONDS)):
@@ -176,7 +256,105 @@ def stop_server(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_SECONDS) -
     raise RuntimeError(f"model server process group {pgid} survived SIGKILL")
 
 
+def prepare_process() -> None:
+    """Import what loading the router needs, in the order that costs least, before anything else.
+
+    First thing in a process that will serve the router (:func:`main`, ``mushroom-router serve``):
+    skops is imported before MLflow (:func:`router_model.submodels.import_skops_for_serving`).
+    """
+    from router_model.submodels import import_skops_for_serving
+
+    import_skops_for_serving()
+
+
+class _StopSignalError(Exception):
+    """SIGTERM or SIGHUP arrived: stop serving (exit 0, as for ``docker stop``)."""
+
+
+def run(
+    model_path: str | Path,
+    host: str = settings.DEFAULT_SERVE_HOST,
+    port: int = settings.DEFAULT_SERVE_PORT,
+    workers: int = 1,
+) -> int:
+    """Serve a local model folder in this process until stopped (``mushroom-router serve``).
+
+    The caller has checked the folder's code (:func:`router_model.supervisor.trusted_copy`). The
+    environment is :func:`serve_env`'s, then MLflow's scoring server runs here
+    (:func:`router_model.server_guard.run_scoring_server`). SIGTERM stops it gracefully (uvicorn
+    finishes the requests in flight and runs the shutdown hooks: the inference log is flushed), and
+    so does SIGHUP (a closed terminal), which one uvicorn worker would otherwise ignore.
+
+    Returns:
+        0 when stopped by SIGTERM or SIGHUP, 130 on Ctrl-C, else uvicorn's exit status.
+    """
+    from router_model import server_guard
+
+    def stop(signum: int, _frame: object) -> None:
+        # Before uvicorn runs (the model still loading) and again after its graceful shutdown,
+        # which restores this handler and raises the signal once more.
+        raise _StopSignalError(signal.Signals(signum).name)
+
+    def hang_up(_signum: int, _frame: object) -> None:
+        signal.raise_signal(signal.SIGTERM)  # uvicorn's graceful shutdown, as for SIGTERM
+
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, stop),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, hang_up),
+    }
+    os.environ.update(serve_env())
+    try:
+        server_guard.run_scoring_server(model_path, host, port, workers)
+    except _StopSignalError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m router_model.serving [--host H] [--port P] [--workers N] MODEL_DIR | --wait``.
+
+    Serves a model folder whose code the caller has already checked (the supervisor's verified
+    cache): what :func:`start_server` runs for a local folder. With ``--wait`` (:func:`prewarm`)
+    it imports everything first and then reads ``{"model_dir", "env"}`` as one JSON line on stdin.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m {_MODULE}", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--host", default=settings.DEFAULT_SERVE_HOST)
+    parser.add_argument("--port", type=int, default=settings.DEFAULT_SERVE_PORT)
+    parser.add_argument("--workers", type=int, default=1)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("model_dir", nargs="?", help="a local MLflow model folder (MLmodel at its root)")
+    where.add_argument(_WAIT, action="store_true", help="import everything, then read the folder from stdin")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    prepare_process()
+    model_dir = args.model_dir
+    if args.wait:
+        import mlflow.pyfunc.scoring_server  # noqa: F401 - imported now, while the caller works
+        import uvicorn  # noqa: F401
+
+        from router_model import server_guard  # noqa: F401
+
+        line = sys.stdin.readline()
+        if not line:  # the starter exited without needing this server
+            return 0
+        handover = json.loads(line)
+        os.environ.update(handover["env"])
+        model_dir = handover["model_dir"]
+    return run(model_dir, args.host, args.port, args.workers)
+
+
 def curl_example(host: str = settings.DEFAULT_SERVE_HOST, port: int = settings.DEFAULT_SERVE_PORT) -> str:
     """A ready-to-paste curl command that scores one row of each feature set."""
     body = json.dumps({"dataframe_records": F.example_rows(), "params": {"threshold": 0.5}})
     return f"curl -s http://{host}:{port}/invocations -H 'Content-Type: application/json' \\\n  -d '{body}'"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -278,3 +278,21 @@ class TrackingServer:
 
     def log(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.root.glob("mlflow-*.log")))
+
+
+#: The Kubernetes example of the model server (README, "Probes for orchestrators").
+KUBERNETES_MANIFEST = REPO / "docker" / "kubernetes" / "model-server.yaml"
+
+
+def kubernetes_documents() -> list[dict]:
+    """The documents of :data:`KUBERNETES_MANIFEST`, parsed."""
+    import yaml
+
+    return [doc for doc in yaml.safe_load_all(KUBERNETES_MANIFEST.read_text()) if doc]
+
+
+def model_server_container() -> dict:
+    """The model server's container in the Kubernetes example's Deployment."""
+    (deployment,) = [doc for doc in kubernetes_documents() if doc["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container

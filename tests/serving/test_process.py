@@ -1,4 +1,5 @@
-"""Stopping a model server stops all of it: `mlflow models serve` and the uvicorn child it starts.
+"""Stopping a model server stops all of it: `mlflow models serve` and the uvicorn child it starts,
+or the project's server and its uvicorn workers.
 
 `mlflow models serve` runs uvicorn as a child process, and uvicorn holds the port. Terminating only
 the mlflow process left uvicorn answering `/ping` for ~60 ms after it exited (measured), long enough
@@ -83,13 +84,26 @@ def test_stop_server_returns_only_when_the_port_is_free(linger, leader_killed_fi
 
 
 @pytest.mark.serving
-def test_a_stopped_mlflow_server_no_longer_answers(registered):
+@pytest.mark.parametrize(
+    "start",
+    [
+        pytest.param(lambda port: serving.start_server(port=port, workers=2), id="project-serve-2-workers"),
+        pytest.param(
+            lambda port: subprocess.Popen(
+                serving.serve_command(port=port), env=serving.serve_env(), start_new_session=True
+            ),
+            id="mlflow-models-serve",
+        ),
+    ],
+)
+def test_a_stopped_server_no_longer_answers(registered, start):
+    """Both have children that hold the port: uvicorn's workers, or the uvicorn mlflow starts."""
     port = free_port()
-    proc = serving.start_server(port=port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start(port)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", proc)
         running = serving.group_pids(proc.pid)
-        assert proc.pid in running and len(running) >= 2, f"expected mlflow and its uvicorn child: {running}"
+        assert proc.pid in running and len(running) >= 2, f"expected the server and its children: {running}"
     finally:
         serving.stop_server(proc)
     with pytest.raises(requests.ConnectionError):

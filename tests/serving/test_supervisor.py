@@ -374,12 +374,12 @@ class Lines:
 
 
 def kill_model_servers_on(port: int) -> list[int]:
-    """Kill the process group of every ``mlflow models serve`` on ``port``; returns the groups."""
+    """Kill the process group of every model server on ``port``; returns the groups."""
     groups = set()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             argv = cmdline.read_bytes().split(b"\0")
-            serves = b"serve" in argv or b"mlflow.pyfunc.scoring_server.app:app" in argv
+            serves = b"serve" in argv or b"router_model.serving" in argv
             if serves and b"--port" in argv and str(port).encode() in argv:
                 groups.add(os.getpgid(int(cmdline.parent.name)))
         except OSError:  # gone meanwhile
