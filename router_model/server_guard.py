@@ -250,7 +250,7 @@ def hook_app(metrics: ServerMetrics | None) -> bool:
     Returns:
         Whether the app will have them (``False`` when MLflow's app module is not loading).
     """
-    return when_app_built(lambda app: _add_to_app(app, metrics), f"{VERSION_HEADER} header or {METRICS_PATH}")
+    return when_app_built(lambda app: _add_to_app(app, metrics), f"{METRICS_PATH} or {VERSION_HEADER} header")
 
 
 def when_app_built(callback: Callable[[Any], None], what: str) -> bool:
