@@ -265,16 +265,15 @@ class Router:
             out["error"] = problems.messages
         return out
 
-    def explain(
-        self, matrix: np.ndarray, routes: np.ndarray, top: int, for_json: bool = False
-    ) -> list[dict[str, Any] | None]:
+    def explain(self, matrix: np.ndarray, routes: np.ndarray, top: int, for_json: bool = False) -> list[Any]:
         """The explanation of every routed row (:func:`router_model.explain.explanations`).
 
         Args:
             matrix: The validated feature matrix.
             routes: Route indices from :meth:`score` (-1: no route, no explanation).
             top: 0 for every term, k for the k largest and one "other" term.
-            for_json: For an answer orjson writes at once (the model server's fast path; see
+            for_json: Each explanation as its JSON text (``orjson.Fragment``) for an answer
+                orjson writes (the model server's fast path; see
                 :func:`router_model.explain.explanations`).
 
         Returns:
@@ -283,7 +282,7 @@ class Router:
         Raises:
             InvalidInputError: If a route taken has a sub-model this package cannot explain.
         """
-        out: list[dict[str, Any] | None] = [None] * len(matrix)
+        out: list[Any] = [None] * len(matrix)
         for route, index in _ROUTE_INDEX.items():
             rows = np.flatnonzero(routes == index)
             if not len(rows):

@@ -745,9 +745,10 @@ def fast_answer(data: bytes, content_type: str, model: Any, input_schema: Any = 
         scores = pyfunc.router.score(matrix, model_name, threshold, observe=pyfunc.observer())
         if explain is None:
             return _answer(scores, None)
-        # An explanation is many small dicts and lists: made, written and freed (by reference
-        # counting: none is in a cycle) while the cyclic collector rests, so that they never
-        # trigger a collection of the whole server's heap (router_model.explain.paused_gc).
+        # Each row's explanation comes as its JSON text, joined from pieces in bulk
+        # (router_model.explain._as_json); the pieces and the answer's dicts are made, written
+        # and freed (by reference counting: none is in a cycle) while the cyclic collector
+        # rests, so that they never trigger a collection of the whole server's heap.
         with paused_gc():
             return _answer(scores, pyfunc.router.explain(matrix, scores.routes, explain, for_json=True))
     except (_DeclinedError, orjson.JSONDecodeError, InvalidInputError, MlflowException, OverflowError):

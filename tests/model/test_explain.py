@@ -8,6 +8,7 @@ fails instead where ``MUSHROOM_REQUIRE_SERVICES=1``).
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from scipy.special import logit
@@ -227,3 +228,26 @@ def test_explanations_sum_on_every_row_of_the_real_data(real_router, real_frame,
         assert len(out) == len(real_frame) == 54035
         sums = np.array(explanation_sums(out[F.EXPLANATION].tolist()))
         np.testing.assert_allclose(sums, logit(out["poisonous_probability"]), rtol=0, atol=TOLERANCE)
+
+
+# --- the model server's JSON text -----------------------------------------------------------------
+
+#: Numbers whose JSON text differs between writers (exponents, long fractions, -0.0, integers
+#: held as floats), put into a measured column of the first rows.
+AWKWARD = [1e-07, 0.1 + 0.2, 123456789.0, 1e16, -0.0, 5e-324, 2.5]
+
+
+@pytest.mark.parametrize("route", F.ROUTES)
+@pytest.mark.parametrize(("n_rows", "top"), [(1, 0), (1, 2), (57, 0), (57, 1), (57, 3), (57, 13), (57, 100)])
+def test_the_servers_json_text_is_orjsons_text_of_the_dicts(rows, router, route, n_rows, top):
+    columns = F.ROUTE_FEATURES[route]
+    terms = E.route_terms(router.submodels[route], tuple(columns))
+    X = rows[list(columns)].to_numpy(dtype=float)[:n_rows].copy()
+    measured = next(
+        j for j, name in enumerate(columns) if name not in F.CATEGORY_CARDINALITY and name != F.SEASON
+    )
+    X[: len(AWKWARD), measured] = AWKWARD[: len(X)]
+    texts = E.explanations(terms, X, top, for_json=True)
+    assert [type(text) for text in texts] == [orjson.Fragment] * n_rows
+    assert orjson.dumps(texts) == orjson.dumps(E.explanations(terms, X, top))
+    assert E.explanations(terms, X[:0], top, for_json=True) == []
