@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,6 +39,52 @@ def wait_ping(port: int, proc: subprocess.Popen | None = None, timeout: float = 
             pass
         time.sleep(0.05)
     raise TimeoutError(f"port {port} did not answer /ping within {timeout}s")
+
+
+def wrk_parser(description: str, duration: int, rounds: int, rounds_help: str) -> argparse.ArgumentParser:
+    """The options every wrk benchmark takes: data, run length, rounds, load shape, output file."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", default=os.environ.get("MUSHROOM_DATA"), help="mushroom_cleaned.csv")
+    parser.add_argument("--duration", type=int, default=duration, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=rounds, help=rounds_help)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="write the figures as JSON here")
+    return parser
+
+
+def wrk_ready(args: argparse.Namespace) -> bool:
+    """Whether a wrk benchmark can run (data given, wrk installed); says why not on stderr."""
+    if not args.data:
+        print("no data: pass --data or set MUSHROOM_DATA", file=sys.stderr)
+        return False
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (Debian: apt-get install wrk); `make bench` installs it", file=sys.stderr)
+        return False
+    return True
+
+
+def bench_env(work: Path, drop: tuple[str, ...] = ("MUSHROOM_", "MLFLOW_"), **extra: str) -> dict[str, str]:
+    """This environment without the ``drop`` prefixes, pointed at a fresh home and SQLite store in ``work``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        MUSHROOM_HOME=str(work),
+        MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
+        **extra,
+    )
+    return env
+
+
+def train(env: dict[str, str], source: list[str]) -> bool:
+    """Run ``mushroom-router train`` on ``source`` (CLI options); print its stderr tail if it fails."""
+    done = subprocess.run(
+        [str(BIN / "mushroom-router"), "train", *source], env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        print(done.stderr[-3000:], file=sys.stderr)
+        return False
+    return True
 
 
 def machine() -> dict[str, str]:

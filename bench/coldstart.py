@@ -36,7 +36,7 @@ from pathlib import Path
 
 import psutil
 import requests
-from benchlib import BIN, free_port
+from benchlib import BIN, bench_env, free_port, train
 
 from router_model import features as F
 from router_model import serving
@@ -122,13 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="mushroom-coldstart-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSHROOM_", "MLFLOW_"))}
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        MUSHROOM_HOME=str(work),
-        MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
-        MUSHROOM_INFERENCE_LOG="off",
-    )
+    env = bench_env(work, MUSHROOM_INFERENCE_LOG="off")
     tracking = None
     if args.store == "http":
         port = free_port()
@@ -178,11 +172,7 @@ def wait_for(url: str, proc: subprocess.Popen) -> None:
 def measure(args: argparse.Namespace, work: Path, env: dict[str, str]) -> int:
     """Train, then time the floor and each case, interleaved; print and write the figures."""
     source = ["--data", args.data] if args.data else ["--synthetic"]
-    train = subprocess.run(
-        [str(BIN / "mushroom-router"), "train", *source], env=env, capture_output=True, text=True
-    )
-    if train.returncode != 0:
-        print(train.stderr[-3000:], file=sys.stderr)
+    if not train(env, source):
         return 1
     log = work / "servers.log"
     # One untimed start fills the verified cache, as any start after the first finds it.

@@ -14,12 +14,10 @@ Usage: ``python bench/metrics.py --data mushroom_cleaned.csv [--duration 5] [--r
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 import requests
-from benchlib import BIN, free_port, wait_ping
+from benchlib import bench_env, free_port, train, wait_ping, wrk_parser, wrk_ready
 from serving import on_off, start, write_body
 
 from router_model import features as F
@@ -98,34 +96,16 @@ def in_process(frame: pd.DataFrame, work: Path, repeat: int = 2000) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.environ.get("MUSHROOM_DATA"), help="mushroom_cleaned.csv")
-    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, default=6, help="on/off pairs per batch size")
-    parser.add_argument("--connections", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=None, help="write the figures as JSON here")
+    parser = wrk_parser(
+        __doc__.splitlines()[0], duration=5, rounds=6, rounds_help="on/off pairs per batch size"
+    )
     args = parser.parse_args(argv)
-    if not args.data:
-        print("no data: pass --data or set MUSHROOM_DATA", file=sys.stderr)
-        return 2
-    if shutil.which("wrk") is None:
-        print("wrk is not installed (Debian: apt-get install wrk); `make bench` installs it", file=sys.stderr)
+    if not wrk_ready(args):
         return 2
 
     work = Path(tempfile.mkdtemp(prefix="mushroom-bench-metrics-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSHROOM_", "MLFLOW_", "PROMETHEUS_"))}
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        MUSHROOM_HOME=str(work),
-        MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
-        MUSHROOM_INFERENCE_LOG="off",
-    )
-    train = subprocess.run(
-        [str(BIN / "mushroom-router"), "train", "--data", args.data], env=env, capture_output=True, text=True
-    )
-    if train.returncode != 0:
-        print(train.stderr[-3000:], file=sys.stderr)
+    env = bench_env(work, drop=("MUSHROOM_", "MLFLOW_", "PROMETHEUS_"), MUSHROOM_INFERENCE_LOG="off")
+    if not train(env, ["--data", args.data]):
         return 1
 
     os.environ.update({k: env[k] for k in ("MUSHROOM_HOME", "MLFLOW_TRACKING_URI")})

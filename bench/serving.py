@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from benchlib import BIN, REPO, free_port, wait_ping
+from benchlib import BIN, REPO, bench_env, free_port, train, wait_ping, wrk_parser, wrk_ready
 
 from router_model import features as F
 from router_model import serving
@@ -248,30 +248,17 @@ def explain_cases(port: int, work: Path, frame: pd.DataFrame, args: argparse.Nam
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.environ.get("MUSHROOM_DATA"), help="mushroom_cleaned.csv")
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating router/plain rounds per case")
-    parser.add_argument("--connections", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = wrk_parser(
+        __doc__.splitlines()[0], duration=10, rounds=2, rounds_help="alternating router/plain rounds per case"
+    )
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of each server")
-    parser.add_argument("--out", default=None, help="write the figures as JSON here")
     parser.add_argument("--explain-only", action="store_true", help="only the explain off/on cases")
     args = parser.parse_args(argv)
-    if not args.data:
-        print("no data: pass --data or set MUSHROOM_DATA", file=sys.stderr)
-        return 2
-    if shutil.which("wrk") is None:
-        print("wrk is not installed (Debian: apt-get install wrk); `make bench` installs it", file=sys.stderr)
+    if not wrk_ready(args):
         return 2
 
     work = Path(tempfile.mkdtemp(prefix="mushroom-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MUSHROOM_", "MLFLOW_"))}
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        MUSHROOM_HOME=str(work),
-        MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
-    )
+    env = bench_env(work)
     results: dict = {
         "duration_s": args.duration,
         "connections": args.connections,
@@ -280,11 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     started = time.monotonic()
-    train = subprocess.run(
-        [str(BIN / "mushroom-router"), "train", "--data", args.data], env=env, capture_output=True, text=True
-    )
-    if train.returncode != 0:
-        print(train.stderr[-3000:], file=sys.stderr)
+    if not train(env, ["--data", args.data]):
         return 1
     results["train_seconds"] = time.monotonic() - started
     print(f"train on the real data: {results['train_seconds']:.1f}s", flush=True)
