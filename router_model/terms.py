@@ -1,8 +1,9 @@
 """The global view of a trained version: each route's additive terms, named by the raw features in them.
 
 Both routes answer with ``logit(P(poisonous)) = base + one term per crossed feature column``
-(:func:`router_model.scorers.log_odds_tables`, calibration map folded in): a logistic regression
-coefficient of the one-hot code, or a naive Bayes log-likelihood ratio of the code's bin. So the
+(:func:`router_model.explain.route_terms`, the same tables the explanations sum, calibration map
+folded in): a logistic regression coefficient of the one-hot code, or a naive Bayes log-likelihood
+ratio of the code's bin. So the
 terms *are* the model, and listing the largest ones, each named by the raw features its column
 crosses and the bin of each, shows what its answers are made of, with nothing estimated.
 
@@ -20,9 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from router_model import explain
 from router_model import features as F
 from router_model.errors import RouterError
-from router_model.scorers import log_odds_tables
 from router_model.transformers import BinCross
 
 #: Terms per route in the logged table and figure.
@@ -92,15 +93,17 @@ def route_terms(
         The ``base`` row, then the terms by absolute log-odds, largest first.
 
     Raises:
-        TermsError: If the sub-model is not one whose log-odds are additive tables.
+        TermsError: If the sub-model is not one whose log-odds are additive tables (finite, over the
+            route's features).
     """
-    additive = log_odds_tables(submodel)
+    additive = explain.route_terms(submodel, F.ROUTE_FEATURES[route])
     if additive is None:
         raise TermsError(
             f"route {route!r}: {type(submodel).__name__} has no additive log-odds tables; "
-            "expected a BinCross pipeline into CategoricalNB or LogisticRegression"
+            f"expected a BinCross pipeline over {list(F.ROUTE_FEATURES[route])} into CategoricalNB or "
+            "LogisticRegression"
         )
-    codes, tables, bias = additive
+    codes, tables = additive.codes, additive.tables
     if X is None:
         counts = [np.zeros(len(table), dtype=np.int64) for table in tables]
     else:
@@ -122,7 +125,7 @@ def route_terms(
             "bins": "",
             "column": -1,
             "code": -1,
-            "log_odds": float(bias),
+            "log_odds": additive.base,
             "rows": 0 if X is None else len(X),
         }
     ]
@@ -131,7 +134,7 @@ def route_terms(
             {
                 "route": route,
                 "kind": KIND_TERM,
-                "features": JOIN.join(column_features(codes, int(column[i]))),
+                "features": JOIN.join(additive.features[int(column[i])]),
                 "bins": JOIN.join(bin_labels(codes, int(column[i]), int(code[i]))),
                 "column": int(column[i]),
                 "code": int(code[i]),
