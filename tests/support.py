@@ -21,6 +21,16 @@ PG_PORT = int(os.environ.get("MUSHROOM_TEST_PGPORT", "5432"))
 PG_USER = os.environ.get("MUSHROOM_TEST_PGUSER", "postgres")
 
 
+#: The JSON request forms MLflow's scoring server takes (the serving tests' parametrize ids).
+JSON_FORMS = (
+    "dataframe_split",
+    "dataframe_records",
+    "instances_records",
+    "instances_columns",
+    "inputs_records",
+    "inputs_columns",
+)
+
 #: Fixed rows of both routes (a golden set): every path that explains must give these rows the
 #: same explanation. Absent key = not given; the last row carries both feature sets.
 GOLDEN_ROWS: list[dict[str, float]] = [

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import requests
 from scipy.special import logit
-from support import GOLDEN_ROWS, explanation_sums
+from support import GOLDEN_ROWS, JSON_FORMS, explanation_sums
 
 from router_model import features as F
 
@@ -29,12 +29,7 @@ EXPLAIN = {
     "top2": ({"explain": 2}, {"explain": True, "explain_top": 2}),
 }
 FORMS = (
-    "dataframe_split",
-    "dataframe_records",
-    "instances_records",
-    "instances_columns",
-    "inputs_records",
-    "inputs_columns",
+    *JSON_FORMS,
     # a numeric string takes MLflow's path instead of the guard's fast path
     "dataframe_records_numeric_strings",
 )

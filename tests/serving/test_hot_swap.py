@@ -52,13 +52,26 @@ def test_a_swap_goes_ahead_after_the_drain_limit():
     assert slot.version() == "8"
 
 
+def post_with_version_header(app):
+    """POST /invocations to ``app`` (a FastAPI app) behind the version-header middleware, in process."""
+    import httpx
+
+    app.add_middleware(server_guard.VersionHeader)
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
+            return await client.post("/invocations")
+
+    return asyncio.run(call())
+
+
 @pytest.mark.parametrize(
     ("answered", "served_env", "expected"),
     [("5", "4", "5"), (None, "4", "4"), (None, None, None)],
     ids=["the-answering-version", "refusal-before-any-model", "unknown-version-no-header"],
 )
 def test_the_version_header(monkeypatch, answered, served_env, expected):
-    import httpx
     from fastapi import FastAPI, Response
 
     if served_env is None:
@@ -76,14 +89,7 @@ def test_the_version_header(monkeypatch, answered, served_env, expected):
         await asyncio.to_thread(work)
         return Response("{}", media_type="application/json")
 
-    app.add_middleware(server_guard.VersionHeader)
-
-    async def call() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
-            return await client.post("/invocations")
-
-    response = asyncio.run(call())
+    response = post_with_version_header(app)
     assert response.status_code == 200
     assert response.headers.get(server_guard.VERSION_HEADER) == expected
 
@@ -185,7 +191,6 @@ def test_an_answer_from_the_boot_model_names_the_boot_version_even_when_a_swap_l
     monkeypatch,
 ):
     """Old code named the version serving when the header was written, not the one that answered."""
-    import httpx
     from fastapi import FastAPI, Response
 
     slot = server_guard.ModelSlot()
@@ -201,12 +206,5 @@ def test_an_answer_from_the_boot_model_names_the_boot_version_even_when_a_swap_l
         slot.swap(server_guard.Answering(_Model(), "2"))  # lands before the answer is sent
         return Response("{}", media_type="application/json")
 
-    app.add_middleware(server_guard.VersionHeader)
-
-    async def call() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
-            return await client.post("/invocations")
-
-    assert asyncio.run(call()).headers[server_guard.VERSION_HEADER] == "1"
+    assert post_with_version_header(app).headers[server_guard.VERSION_HEADER] == "1"
     assert slot.version() == "2"

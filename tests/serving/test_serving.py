@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 import requests
+from support import JSON_FORMS
 
 from router_model import features as F
 
@@ -78,16 +79,7 @@ def test_every_request_form_routes_a_mixed_batch(server, body):
 #: One row of each kind; the batches below mix them in every order up to three rows.
 KINDS = {"nb": NB, "lr": LR, "both": NB | LR}
 ORDERS = [order for n in (1, 2, 3) for order in itertools.product(KINDS, repeat=n)]
-FORMS = (
-    "dataframe_split",
-    "dataframe_records",
-    "instances_records",
-    "instances_columns",
-    "inputs_records",
-    "inputs_columns",
-    "csv",
-    "parquet",
-)
+FORMS = (*JSON_FORMS, "csv", "parquet")
 
 
 def encode(records: list[dict], form: str) -> tuple[str | bytes, str]:
