@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -85,6 +86,20 @@ def train(env: dict[str, str], source: list[str]) -> bool:
         print(done.stderr[-3000:], file=sys.stderr)
         return False
     return True
+
+
+def trained_work(prefix: str, data: str, **extra: str) -> tuple[Path, dict[str, str]] | None:
+    """A fresh work folder with the router trained on ``data``, and the servers' environment.
+
+    The home and tracking store are also set in this process (for the in-process parts of a
+    benchmark). ``extra`` goes into the environment; ``None`` if training failed (said on stderr).
+    """
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    env = bench_env(work, drop=("MUSHROOM_", "MLFLOW_", "PROMETHEUS_"), **extra)
+    if not train(env, ["--data", data]):
+        return None
+    os.environ.update({k: env[k] for k in ("MUSHROOM_HOME", "MLFLOW_TRACKING_URI")})
+    return work, env
 
 
 def machine() -> dict[str, str]:

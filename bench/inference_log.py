@@ -26,18 +26,16 @@ Usage: ``python bench/inference_log.py --data mushroom_cleaned.csv [--duration 5
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import requests
-from benchlib import bench_env, free_port, train, wait_ping, wrk_parser, wrk_ready
+from benchlib import free_port, trained_work, wait_ping, wrk_parser, wrk_ready
 from serving import on_off, start, write_body
 
 from router_model import features as F
@@ -125,13 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     if not wrk_ready(args):
         return 2
 
-    work = Path(tempfile.mkdtemp(prefix="mushroom-bench-log-"))
-    folder = work / "inference"
-    env = bench_env(work, drop=("MUSHROOM_", "MLFLOW_", "PROMETHEUS_"))
-    if not train(env, ["--data", args.data]):
+    trained = trained_work("mushroom-bench-log-", args.data)
+    if trained is None:
         return 1
-
-    os.environ.update({k: env[k] for k in ("MUSHROOM_HOME", "MLFLOW_TRACKING_URI")})
+    work, env = trained
+    folder = work / "inference"
     ports = {name: free_port() for name in SERVERS}
     targets = {"log_on": str(folder), "log_off": inference_log.OFF}
     procs = {

@@ -19,14 +19,13 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import requests
-from benchlib import bench_env, free_port, train, wait_ping, wrk_parser, wrk_ready
+from benchlib import free_port, trained_work, wait_ping, wrk_parser, wrk_ready
 from serving import on_off, start, write_body
 
 from router_model import features as F
@@ -103,12 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     if not wrk_ready(args):
         return 2
 
-    work = Path(tempfile.mkdtemp(prefix="mushroom-bench-metrics-"))
-    env = bench_env(work, drop=("MUSHROOM_", "MLFLOW_", "PROMETHEUS_"), MUSHROOM_INFERENCE_LOG="off")
-    if not train(env, ["--data", args.data]):
+    trained = trained_work("mushroom-bench-metrics-", args.data, MUSHROOM_INFERENCE_LOG="off")
+    if trained is None:
         return 1
-
-    os.environ.update({k: env[k] for k in ("MUSHROOM_HOME", "MLFLOW_TRACKING_URI")})
+    work, env = trained
     ports = {name: free_port() for name in SERVERS}
     procs = {}
     for name in SERVERS:
