@@ -148,7 +148,7 @@ def start_server(
     cmd = server_command(model_uri, host, port, workers)
     spare = None if popen_kwargs or cmd[2] != _MODULE else _take_spare(cmd[3:-1])
     if spare is not None:
-        _logger.info("Starting (prewarmed, pid %s): %s", spare.pid, " ".join(cmd))
+        _logger.info("Starting: %s (in prewarmed pid %s)", " ".join(cmd), spare.pid)
         handover = {"model_dir": cmd[-1], "env": {**serve_env(), **(extra_env or {})}}
         try:
             spare.stdin.write(json.dumps(handover).encode() + b"\n")
