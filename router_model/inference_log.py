@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -105,16 +105,34 @@ def _thresholds(batches: Sequence[Batch], sizes: np.ndarray) -> np.ndarray:
     )
 
 
+class _Joined(NamedTuple):
+    """The batches' per-row arrays, each joined once (what both sinks' tables are built from)."""
+
+    sizes: np.ndarray
+    routes: np.ndarray
+    poisonous: np.ndarray
+    threshold: np.ndarray
+    matrix: np.ndarray
+
+
+def _joined(batches: Sequence[Batch]) -> _Joined:
+    sizes = _sizes(batches)
+    return _Joined(
+        sizes,
+        np.concatenate([b.routes for b in batches]),
+        np.concatenate([b.poisonous for b in batches]).astype(np.float64, copy=False),
+        _thresholds(batches, sizes),
+        np.concatenate([b.matrix for b in batches]).reshape(-1, len(F.ALL_FEATURES)),
+    )
+
+
 def frame_of(batches: Sequence[Batch]) -> pd.DataFrame:
     """Queued batches as one table of log rows (:data:`COLUMNS`), in order (what the PostgreSQL sink writes).
 
     Built column by column from the batches' arrays joined once, not table by table: a pandas
     table per single-row request cost the writer more than answering the request cost the server.
     """
-    sizes = _sizes(batches)
-    poisonous = np.concatenate([b.poisonous for b in batches]).astype(np.float64, copy=False)
-    threshold = _thresholds(batches, sizes)
-    matrix = np.concatenate([b.matrix for b in batches]).reshape(-1, len(F.ALL_FEATURES))
+    sizes, routes, poisonous, threshold, matrix = _joined(batches)
 
     def per_row(values: list[Any]) -> np.ndarray:
         return np.repeat(np.asarray(values, dtype=object), sizes)
@@ -124,7 +142,7 @@ def frame_of(batches: Sequence[Batch]) -> pd.DataFrame:
         "time": pd.to_datetime(_times_ns(batches, sizes), unit="ns", utc=True),
         "request_id": per_row([b.request_id for b in batches]),
         "model_run_id": per_row([b.model_run_id for b in batches]),
-        "route": np.asarray(F.ROUTES, dtype=object)[np.concatenate([b.routes for b in batches])],
+        "route": np.asarray(F.ROUTES, dtype=object)[routes],
         "threshold": threshold,
         **{name: matrix[:, i] for i, name in enumerate(F.ALL_FEATURES)},
         "poisonous_probability": poisonous,
@@ -140,10 +158,7 @@ def table_of(batches: Sequence[Batch]) -> pa.Table:
     column's few distinct values), the rest NumPy arrays handed to Arrow as they are. Read back
     with pandas, the rows equal :func:`frame_of`'s (NaN where a row did not give a feature).
     """
-    sizes = _sizes(batches)
-    poisonous = np.concatenate([b.poisonous for b in batches]).astype(np.float64, copy=False)
-    threshold = _thresholds(batches, sizes)
-    matrix = np.concatenate([b.matrix for b in batches]).reshape(-1, len(F.ALL_FEATURES))
+    sizes, routes, poisonous, threshold, matrix = _joined(batches)
     which = pa.array(np.repeat(np.arange(len(batches), dtype=np.int32), sizes))
 
     def text(indices: pa.Array | np.ndarray, values: list[str]) -> pa.DictionaryArray:
@@ -154,7 +169,7 @@ def table_of(batches: Sequence[Batch]) -> pa.Table:
         "time": pa.array(_times_ns(batches, sizes), type=pa.timestamp("ns", tz="UTC")),
         "request_id": text(which, [b.request_id for b in batches]),
         "model_run_id": text(which, [b.model_run_id for b in batches]),
-        "route": text(np.concatenate([b.routes for b in batches]).astype(np.int32), list(F.ROUTES)),
+        "route": text(routes.astype(np.int32), list(F.ROUTES)),
         "threshold": pa.array(threshold),
         **{name: pa.array(matrix[:, i]) for i, name in enumerate(F.ALL_FEATURES)},
         "poisonous_probability": pa.array(poisonous),

@@ -588,16 +588,20 @@ def guard(invocations: Callable[..., Any], response_type: type, max_request_byte
             return refusal
         try:
             body = prepare(data, content_type)
-            if isinstance(body, dict) and PARAMS in body:
-                body[PARAMS] = request_params(body[PARAMS], model.metadata.get_params_schema())
         except InvalidInputError as err:
-            raise MlflowException(
-                _bounded(f"Invalid input: {err}"), error_code=INVALID_PARAMETER_VALUE
-            ) from None
+            raise _invalid_input(err) from None
         served = SLOT.enter(wait=True)
         try:
+            model, input_schema = served.pick(model, input_schema)
+            if isinstance(body, dict) and PARAMS in body:
+                # The params schema of the version that answers (a switch may have replaced the
+                # model MLflow's handler passed in).
+                try:
+                    body[PARAMS] = request_params(body[PARAMS], model.metadata.get_params_schema())
+                except InvalidInputError as err:
+                    raise _invalid_input(err) from None
             served.answered()
-            result = invocations(body, content_type, *served.pick(model, input_schema))
+            result = invocations(body, content_type, model, input_schema)
         except MlflowException as err:
             raise clean_error(err) from None
         except (ValueError, RecursionError, TypeError) as err:
@@ -621,6 +625,11 @@ def guard(invocations: Callable[..., Any], response_type: type, max_request_byte
     setattr(guarded, _FAST, fast)
     setattr(guarded, _SLOW, slow)
     return guarded
+
+
+def _invalid_input(err: InvalidInputError) -> MlflowException:
+    """The 400 for input the guard refuses before MLflow's path (bounded message)."""
+    return MlflowException(_bounded(f"Invalid input: {err}"), error_code=INVALID_PARAMETER_VALUE)
 
 
 class _EventLoopFastPath:

@@ -114,10 +114,15 @@ def server_command(
     router_model serve``, which downloads the version and checks its code first.
     """
     uri = model_uri or settings.model_uri()
-    where = ["--host", host, "--port", str(port), "--workers", str(workers)]
+    where = _where(host, port, workers)
     if Path(uri).is_dir():
         return [sys.executable, "-m", _MODULE, *where, str(Path(uri).resolve())]
     return [sys.executable, "-m", "router_model", "serve", "--model-uri", uri, *where]
+
+
+def _where(host: str, port: int, workers: int) -> list[str]:
+    """The server options both start commands share (a prewarmed server is matched on them)."""
+    return ["--host", host, "--port", str(port), "--workers", str(workers)]
 
 
 def start_server(
@@ -178,9 +183,8 @@ def prewarm(
     ``workers`` hands it the folder and its environment on its stdin instead of starting a new
     process. It exits when its stdin closes, so it does not outlive the process that started it.
     """
-    where = ["--host", host, "--port", str(port), "--workers", str(workers)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", _MODULE, *where, _WAIT],
+        [sys.executable, "-m", _MODULE, *_where(host, port, workers), _WAIT],
         env=serve_env(),
         stdin=subprocess.PIPE,
         start_new_session=True,

@@ -1,4 +1,4 @@
-"""Keep ``mlflow models serve`` serving whatever version holds the ``champion`` alias.
+"""Keep MLflow's scoring server serving whatever version holds the ``champion`` alias.
 
 The model server in the compose stack runs ``mushroom-router supervise``: it polls the registry,
 and when ``champion`` moves it downloads the new version into a verified cache and has the
@@ -233,8 +233,8 @@ class ChampionSupervisor:
     """Poll the alias and (re)start the model server when it moves.
 
     Args:
-        host: Interface for ``mlflow models serve``.
-        port: Port for ``mlflow models serve``.
+        host: Interface for the model server.
+        port: Port for the model server.
         workers: Uvicorn workers.
         poll_seconds: Seconds between registry polls.
         alias: The alias to follow.
@@ -318,7 +318,7 @@ class ChampionSupervisor:
     def _start(
         self, model: Path, version: int, host: str, port: int, follow: bool = True
     ) -> subprocess.Popen:
-        """Start ``mlflow models serve`` on ``model`` and wait until it answers ``/ping``.
+        """Start a model server (:func:`~router_model.serving.start_server`) on ``model``; wait for ``/ping``.
 
         Args:
             model: The verified local copy to serve.
@@ -331,7 +331,7 @@ class ChampionSupervisor:
             RuntimeError: If the server exits (the version does not load) or :meth:`stop` is called.
             TimeoutError: If it does not answer within :data:`START_TIMEOUT_SECONDS`.
         """
-        switches = self.switches + (self._last_served not in (None, version))
+        switches = self._switches_after(version)
         env = metrics.served_env(version, switches)
         if follow:
             # Named before the start, so a worker uvicorn restarts later serves what is current.
@@ -343,7 +343,7 @@ class ChampionSupervisor:
             while not self._ping(port):
                 if proc.poll() is not None:
                     raise RuntimeError(
-                        f"mlflow models serve exited with {proc.returncode} for version {version} "
+                        f"the model server exited with {proc.returncode} for version {version} "
                         "(it does not load; see the server's output above)"
                     )
                 if self.stopping.is_set():
@@ -362,6 +362,22 @@ class ChampionSupervisor:
         """Start ``version`` on a spare loopback port, wait for ``/ping``, stop it again."""
         proc = self._start(model, version, "127.0.0.1", _free_port(), follow=False)
         serving.stop_server(proc)
+
+    def _now_serving(self, served: Served, good: bool) -> None:
+        """Record what serves now; ``good``: it just proved itself (it becomes the last good one).
+
+        A switch is counted when the version differs from the last one served (a restart of the
+        same version, or a first start, is none).
+        """
+        self.served = served
+        if good:
+            self.last_good = {"version": served.version, "key": served.key}
+        self.switches = self._switches_after(served.version)
+        self._last_served = served.version
+
+    def _switches_after(self, version: int) -> int:
+        """The switch count once ``version`` serves (told to each server, for ``/metrics``)."""
+        return self.switches + (self._last_served not in (None, version))
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -390,10 +406,7 @@ class ChampionSupervisor:
                 except Exception as err:
                     _logger.error("Could not bring back version %s: %s", previous.version, err)
             raise
-        self.served = Served(version, key, proc, key)
-        self.last_good = {"version": version, "key": key}
-        self.switches += self._last_served not in (None, version)
-        self._last_served = version
+        self._now_serving(Served(version, key, proc, key), good=True)
         gap = time.monotonic() - started
         _logger.info(
             "Serving %s version %s on %s:%s (pid %s, was %s); switch took %.1fs",
@@ -418,9 +431,7 @@ class ChampionSupervisor:
             return False
         self._stop_served()
         proc = self._start(model, version, self.host, self.port)
-        self.served = Served(version, key, proc, key)
-        self.switches += self._last_served not in (None, version)
-        self._last_served = version
+        self._now_serving(Served(version, key, proc, key), good=False)
         _logger.info(
             "Serving %s version %s again from %s (pid %s, %s)",
             settings.MODEL_NAME,
@@ -445,7 +456,7 @@ class ChampionSupervisor:
         """
         assert self.served is not None
         previous = self.served
-        switches = self.switches + (self._last_served not in (None, version))
+        switches = self._switches_after(version)
         started = time.monotonic()
         seq = self._next_seq()
         hot_swap.write_control(self.control, seq, version, model, switches)
@@ -461,10 +472,7 @@ class ChampionSupervisor:
             reason = "; ".join(refused)
             reject(version, f"the model server refused it: {reason}")
             raise SwitchRefusedError(f"the model server refused it: {reason}")
-        self.served = Served(version, key, previous.process, previous.boot_key)
-        self.last_good = {"version": version, "key": key}
-        self.switches = switches
-        self._last_served = version
+        self._now_serving(Served(version, key, previous.process, previous.boot_key), good=True)
         took = time.monotonic() - started
         _logger.info(
             "Serving %s version %s on %s:%s (pid %s, was %s), switched in place in %d worker(s); "
@@ -665,7 +673,7 @@ def checked(model: Path, version: Any) -> Path:
 def trusted_copy(model_uri: str, cache_dir: str | Path | None = None) -> Path:
     """A verified local copy of a registered version whose code this process trusts.
 
-    What ``mushroom-router serve`` hands to ``mlflow models serve``, so that it loads exactly the
+    What ``mushroom-router serve`` hands to MLflow's scoring server, so that it loads exactly the
     bytes checked here (a ``models:/`` URI served directly would be downloaded again, unchecked).
 
     Args:
