@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import requests
 from support import create_database, drop_database, free_port, pg_url, postgres_or_skip, wait_for_http
@@ -222,3 +223,17 @@ def test_a_real_server_logs_every_answered_row_and_flushes_on_sigterm(
     assert logged["threshold"].tolist() == [0.5] * 4 + [0.1] * 4
     assert logged["model_run_id"].eq(registered["run_id"]).all()
     assert logged["request_id"].nunique() == 2
+
+
+def test_parquet_files_use_a_dictionary_only_for_columns_of_few_values(tmp_path):
+    """Measured columns are written plain: a dictionary tried on every float costs the writer more than it saves."""
+    ParquetSink(tmp_path).write([batch(1000)])
+    [part] = tmp_path.glob("part-*.parquet")
+    chunks = pq.ParquetFile(part).metadata.row_group(0)
+    encoded = {
+        chunks.column(i).path_in_schema: "RLE_DICTIONARY" in chunks.column(i).encodings
+        for i in range(chunks.num_columns)
+    }
+    assert encoded == {name: name in inference_log.FEW_VALUES for name in inference_log.COLUMNS}
+    assert {"cap-diameter", "stem-width", "poisonous_probability"}.isdisjoint(inference_log.FEW_VALUES)
+    assert {"request_id", "route", "stem-color", "season", "prediction"} <= set(inference_log.FEW_VALUES)
