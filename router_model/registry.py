@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import mlflow
@@ -38,17 +38,12 @@ from router_model import features as F
 from router_model.errors import RouterError
 from router_model.params import SCHEMA
 from router_model.requirements import pinned_requirements
-from router_model.router import (
-    CONFIG_GOLDEN,
-    CONFIG_PREFERRED,
-    CONFIG_SAFE_FALSE_ALARM,
-    CONFIG_SAFE_THRESHOLD,
-    CONFIG_VALIDATION_AUC,
-    MushroomRouterModel,
-    Router,
-    golden_answers,
-)
-from router_model.submodels import save_submodel, submodel_filename
+
+if TYPE_CHECKING:
+    from router_model.router import Router
+
+# The router, its sub-models and scikit-learn are imported where a router is logged or loaded:
+# reading the registry (the supervisor, `serve` before its server starts) needs none of them.
 
 _logger = logging.getLogger(__name__)
 
@@ -577,6 +572,8 @@ def drift_reference(version: int | str) -> dict[str, Any] | None:
 
 def load_router(model_uri: str) -> Router:
     """Load a registered router and return its :class:`Router` (for evaluation in-process)."""
+    from router_model.router import MushroomRouterModel
+
     client()
     model = mlflow.pyfunc.load_model(model_uri)
     python_model = model.unwrap_python_model()
@@ -607,6 +604,15 @@ def log_router(
     import matplotlib.pyplot as plt
 
     from router_model.plots import confusion_figure, reliability_figure, roc_figure, terms_figure
+    from router_model.router import (
+        CONFIG_GOLDEN,
+        CONFIG_PREFERRED,
+        CONFIG_SAFE_FALSE_ALARM,
+        CONFIG_SAFE_THRESHOLD,
+        CONFIG_VALIDATION_AUC,
+        golden_answers,
+    )
+    from router_model.submodels import save_submodel, submodel_filename
     from router_model.terms import terms_table
 
     exp = experiment_id()

@@ -135,3 +135,12 @@ def test_a_prewarmed_server_that_died_is_replaced_by_a_new_one(registered, isola
         wait_for_http(f"http://127.0.0.1:{port}/ready", proc)
     finally:
         serving.stop_server(proc)
+
+
+@pytest.mark.parametrize("module", ["router_model.supervisor", "router_model.registry"])
+def test_reading_the_registry_imports_no_model_library(module):
+    """The supervisor (and `serve` before its server starts) reads the registry on one core while
+    the server imports scikit-learn and skops on the other: it must not import them itself."""
+    probe = f"import sys, {module}; print(sorted(m for m in ('sklearn', 'skops') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
