@@ -505,8 +505,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tmp = Path(tempfile.mkdtemp(prefix="mushroom-bench-run-"))
         load = {"before": os.getloadavg()}
+        # Without --check: a missed quality target is reported in the page (each target, met or
+        # MISSED, per fold), not a reason to stop measuring everything else.
         (tmp / "quality.md").write_text(
-            run("quality.py", "--data", args.data, "--plot", str(DOCS / "reliability.png"), "--check")
+            run("quality.py", "--data", args.data, "--plot", str(DOCS / "reliability.png"))
         )
         run("inprocess.py", "--data", args.data, "--out", str(tmp / "inprocess.json"))
         run(
