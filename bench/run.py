@@ -152,7 +152,7 @@ def coldstart_section(runs: list[dict]) -> list[str]:
         "From launching the command to the first 200 on `POST /invocations` (one row, polled every 20 ms), "
         'against the floor: one fresh `python -c "import mlflow.pyfunc.scoring_server"`, what every MLflow '
         "model server imports. Taken in turn within each round (the floor, then the servers in an order "
-        "rotating from round to round) on the same loaded machine; each ratio is a median over the median "
+        "rotating from round to round) on the same machine; each ratio is a median over the median "
         "floor of the same run. CPU is the user and system time of the command's processes until that "
         "answer (the floor's: of its one process), less disturbed by the other jobs than wall time. The "
         "verified cache already holds the champion (as on every start but the first). `serve` and "
@@ -189,25 +189,30 @@ def coldstart_section(runs: list[dict]) -> list[str]:
         )
     lines.append("")
     lines += [
-        "Where a start goes (profiled once with `time.process_time` per phase and `python -X importtime`, "
-        "2026-12-03, on the same loaded machine, not in the run above; CPU seconds, the floor 1.6-1.8):",
+        "Where a start goes (wall seconds, measured once on a quiet machine, load average about 1, "
+        "2026-12-03, not in the run above; the floor 1.43-1.49):",
         "",
-        "- Before: `mushroom-router serve` imported the registry client, checked the version, then started "
-        "`mlflow models serve`, whose CLI imports most of MLflow (`mlflow --version` alone: 5.4-6.0 s wall in "
-        "issue #11), and which starts uvicorn, which imports the scoring server again and loads the model: "
-        "three Python start-ups in a row.",
-        "- Now one process: scikit-learn and skops 1.5, MLflow's scoring server and the router 1.1, the "
-        "SQLite registry client 1.1-1.2 (MLflow's SQLAlchemy store builds its ORM models; with an `mlflow "
-        "server` registry this is one HTTP call), loading the model 0.07.",
-        "- Loading the model took 0.9-1.0 before two cuts: skops, imported after MLflow, looked every NumPy "
-        "and SciPy ufunc up in every one of about 3,000 loaded modules and imported all of scikit-learn to "
-        "list its estimators (now imported first, trusting only the three scikit-learn types the router's "
-        "files hold); and MLflow's requirement check read the file list of every installed distribution "
-        "before comparing versions (now skipped; the versions are still compared).",
-        "- What is left above the floor is scikit-learn itself (its `sklearn.utils` imports `scipy.stats`), "
-        "which the model needs to load, and with SQLite the registry client. `supervise` runs two processes "
-        "(the supervisor and its server): its CPU is their sum, but the server imports while the "
-        "supervisor reads the registry.",
+        "- Before issue #11: `mushroom-router serve` imported the registry client, checked the version, then "
+        "started `mlflow models serve`, whose CLI imports most of MLflow (`mlflow --version` alone: 5.4-6.0 s "
+        "wall), and which starts uvicorn, which imports the scoring server again and loads the model: three "
+        "Python start-ups in a row.",
+        "- `serve` now, one process, in turn: skops and scikit-learn 1.13-1.16, the registry client 0.84, "
+        "MLflow's SQLAlchemy store and the version check 0.77 (with an `mlflow server` registry one HTTP "
+        "call instead), the rest of MLflow's scoring server, the guard and the model's load about 0.3.",
+        "- The server process alone (`python -m router_model.serving` of the verified folder, what "
+        "`supervise` hands the folder to) answers first after 2.23-2.41 s: 1.5-1.65x the floor by itself. "
+        "What it imports beyond the floor is scikit-learn (its `sklearn.base` imports `sklearn.utils`, which "
+        "imports `scipy.stats`) and skops, about 0.55 s, needed to load the sub-models' files. So no "
+        "ordering of the same work meets 1.5x on this machine; a server that scores from tables saved with "
+        "the version, and loads scikit-learn only for older versions, would.",
+        "- `supervise` reads the registry while its server imports, on the other core: it was 3.0-3.4 s "
+        "until its supervisor stopped importing scikit-learn just to read the registry (the registry "
+        "module imported the router for logging it).",
+        "- Loading the model took 0.9-1.0 s CPU before two cuts: skops, imported after MLflow, looked every "
+        "NumPy and SciPy ufunc up in every one of about 3,000 loaded modules and imported all of "
+        "scikit-learn to list its estimators (now imported first, trusting only the three scikit-learn "
+        "types the router's files hold); and MLflow's requirement check read the file list of every "
+        "installed distribution before comparing versions (now skipped; the versions are still compared).",
         "",
     ]
     return lines
