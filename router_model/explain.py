@@ -73,17 +73,6 @@ class RouteTerms:
         object.__setattr__(self, "_offsets", offsets.astype(np.int64))
         object.__setattr__(self, "_flat", np.concatenate(self.tables))
 
-    def contributions(self, X: np.ndarray) -> np.ndarray:
-        """Every term of every row.
-
-        Args:
-            X: The route's feature columns, validated, shape ``(n_rows, 4)``.
-
-        Returns:
-            A float array of shape ``(n_rows, n_terms)``.
-        """
-        return self._flat[self.entries(X)]
-
     def entries(self, X: np.ndarray) -> np.ndarray:
         """Where every term of every row is in the tables laid end to end, shape ``(n_rows, n_terms)``."""
         return self.codes.base_codes(X) @ self._strides + self._offsets
@@ -162,6 +151,11 @@ def _objects(items: list[bytes]) -> np.ndarray:
     return out
 
 
+def column_features(codes: BinCross, column: int) -> tuple[str, ...]:
+    """The raw features an output column of ``codes`` crosses, in input order."""
+    return tuple(codes.columns[j] for j in codes.combinations_[column])
+
+
 def route_terms(estimator: Any, columns: tuple[str, ...]) -> RouteTerms | None:
     """The additive terms of a fitted sub-model, or ``None`` when it is not one this module knows.
 
@@ -180,7 +174,7 @@ def route_terms(estimator: Any, columns: tuple[str, ...]) -> RouteTerms | None:
         base=float(bias),
         codes=codes,
         tables=tuple(np.asarray(table, dtype=np.float64) for table in tables),
-        features=tuple(tuple(columns[j] for j in combo) for combo in positions),
+        features=tuple(column_features(codes, t) for t in range(len(positions))),
         positions=positions,
     )
 
@@ -240,7 +234,7 @@ def explanations(
     keep = n_terms if top <= 0 or top >= n_terms else top
     columns = _raw_values(X, terms.codes.columns)
     if for_json:
-        return _as_json(terms, entries, columns, order[:, :keep], ranked, keep)
+        return _as_json(terms, entries, columns, order[:, :keep], ranked)
     names, base = terms.features, terms.base
     with paused_gc():
         # Per term, every row's values of its features (built by zip and map, in C).
@@ -270,7 +264,6 @@ def _as_json(
     columns: list[list[Any]],
     order: np.ndarray,
     ranked: np.ndarray,
-    keep: int,
 ) -> list[orjson.Fragment]:
     """Every row's explanation as the bytes ``orjson.dumps`` writes for its dict, built in bulk.
 
@@ -279,9 +272,14 @@ def _as_json(
     row, made once, and the text of the row's values, each written once by orjson (so every
     number is exactly its text in the dict's JSON). Which pieces a row takes, in its terms'
     order, is worked out for all rows at once with integer arrays.
+
+    Args:
+        order: Per row, the listed terms (the ``keep`` largest), in order.
+        ranked: Per row, every term's contribution, largest first (the rest make "other").
     """
     pieces = terms.json_pieces()
     n_rows, n_terms = ranked.shape
+    keep = order.shape[1]
     n_columns = len(columns)
     # Per row, the pieces its terms' heads and values are taken from: the heads, then the
     # row's value texts (2 * j: column j's; 2 * j + 1: the same followed by a comma).

@@ -65,11 +65,6 @@ def bin_label(codes: BinCross, position: int, code: int) -> str:
     return str(code)
 
 
-def column_features(codes: BinCross, column: int) -> tuple[str, ...]:
-    """The raw features an output column of ``codes`` crosses, in input order."""
-    return tuple(codes.columns[j] for j in codes.combinations_[column])
-
-
 def bin_labels(codes: BinCross, column: int, code: int) -> tuple[str, ...]:
     """The bin of each raw feature behind one code of a crossed output column (:func:`bin_label`)."""
     combo = codes.combinations_[column]

@@ -7,6 +7,7 @@ from scipy.special import logit
 from sklearn.dummy import DummyClassifier
 
 from router_model import features as F
+from router_model.explain import column_features
 from router_model.scorers import log_odds_tables
 from router_model.terms import (
     JOIN,
@@ -17,7 +18,6 @@ from router_model.terms import (
     TermsError,
     bin_label,
     bin_labels,
-    column_features,
     route_terms,
     terms_table,
 )
