@@ -202,8 +202,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from router_model import serving
-
-    serving.prepare_process()
     from router_model.supervisor import trusted_copy
 
     uri = args.model_uri or settings.model_uri()
@@ -211,6 +209,7 @@ def _serve(args: argparse.Namespace) -> int:
     # Only code this installation trusts is loaded: the version is downloaded and checked first,
     # and the server loads exactly the checked bytes (router_model/trust.py).
     local = trusted_copy(uri)
+    serving.prepare_process(local)
     print(
         f"Serving {uri} ({local}) on http://{args.host}:{args.port} (Ctrl-C stops). When /ready answers, try:"
     )

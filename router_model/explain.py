@@ -3,8 +3,9 @@
 Both sub-models are additive in the log-odds (see :mod:`router_model.scorers`): the calibrated
 log-odds of a row is ``bias + sum over BinCross output columns of table[column][code]``, and
 :func:`router_model.scorers.log_odds_tables` reads those tables from the fitted models with the
-calibration map folded in. So the explanation is not an approximation (no sampling, no
-surrogate): it is the scorer's own sum, written out term by term.
+calibration map folded in (a version carries them as :class:`router_model.additive.AdditiveModel`
+files). So the explanation is not an approximation (no sampling, no surrogate): it is the
+scorer's own sum, written out term by term.
 
 * Logistic regression: a term is the coefficient of the row's one-hot column in one block (a
   single, pair or triple of binned features), scaled by the calibration slope; ``base`` is the
@@ -30,8 +31,7 @@ import numpy as np
 import orjson
 
 from router_model import features as F
-from router_model.scorers import log_odds_tables
-from router_model.transformers import BinCross
+from router_model.additive import AdditiveModel, Codes
 
 #: Keys of one explanation and of one of its terms (the answer's JSON shape).
 BASE, CONTRIBUTIONS = "base", "contributions"
@@ -44,14 +44,14 @@ class RouteTerms:
 
     Attributes:
         base: The log-odds before any feature (bias, calibration folded in).
-        codes: The fitted ``BinCross`` that codes a row.
+        codes: How a row is coded (a fitted ``BinCross``'s :class:`~router_model.additive.Codes`).
         tables: Per term, its contribution for every code.
         features: Per term, the raw feature names its column is built from.
         positions: Per term, those features' positions among the route's columns.
     """
 
     base: float
-    codes: BinCross
+    codes: Codes
     tables: tuple[np.ndarray, ...]
     features: tuple[tuple[str, ...], ...]
     positions: tuple[tuple[int, ...], ...]
@@ -151,8 +151,8 @@ def _objects(items: list[bytes]) -> np.ndarray:
     return out
 
 
-def column_features(codes: BinCross, column: int) -> tuple[str, ...]:
-    """The raw features an output column of ``codes`` crosses, in input order."""
+def column_features(codes: Any, column: int) -> tuple[str, ...]:
+    """The raw features an output column crosses, in input order (``codes``: a fitted ``BinCross`` or its ``Codes``)."""
     return tuple(codes.columns[j] for j in codes.combinations_[column])
 
 
@@ -160,20 +160,29 @@ def route_terms(estimator: Any, columns: tuple[str, ...]) -> RouteTerms | None:
     """The additive terms of a fitted sub-model, or ``None`` when it is not one this module knows.
 
     Args:
-        estimator: A sub-model (:func:`router_model.scorers.log_odds_tables` knows the project's two).
+        estimator: A sub-model (:func:`router_model.scorers.additive_model` knows the project's two).
         columns: The route's feature names, in the order the sub-model sees them.
     """
-    additive = log_odds_tables(estimator)
-    if additive is None:
-        return None
-    codes, tables, bias = additive
-    if tuple(codes.columns) != tuple(columns) or not all(np.isfinite(table).all() for table in tables):
+    from router_model.scorers import additive_model  # scikit-learn: only for fitted estimators
+
+    model = additive_model(estimator)
+    return None if model is None else terms_of(model, columns)
+
+
+def terms_of(model: AdditiveModel, columns: tuple[str, ...]) -> RouteTerms | None:
+    """The additive terms of a route's :class:`~router_model.additive.AdditiveModel`.
+
+    Returns:
+        ``None`` when the model codes other columns than ``columns`` or has a non-finite term.
+    """
+    codes = model.codes
+    if tuple(codes.columns) != tuple(columns) or not all(np.isfinite(table).all() for table in model.tables):
         return None
     positions = tuple(tuple(int(j) for j in combo) for combo in codes.combinations_)
     return RouteTerms(
-        base=float(bias),
+        base=float(model.bias),
         codes=codes,
-        tables=tuple(np.asarray(table, dtype=np.float64) for table in tables),
+        tables=tuple(np.asarray(table, dtype=np.float64) for table in model.tables),
         features=tuple(column_features(codes, t) for t in range(len(positions))),
         positions=positions,
     )

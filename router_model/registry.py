@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -582,6 +582,30 @@ def load_router(model_uri: str) -> Router:
     return python_model.router
 
 
+def tables_artifacts(submodels: Mapping[str, Any], folder: Path) -> dict[str, str]:
+    """Write each route's log-odds tables, checked against its estimator, for the logged model.
+
+    A model server scores from these without scikit-learn (:mod:`router_model.additive`). When a
+    route's estimator has no tables that agree with its ``predict_proba``, none are written and
+    the version loads its skops files, as versions logged before the tables did.
+
+    Returns:
+        Artifact key to file, for ``mlflow.pyfunc.log_model``'s ``artifacts`` (empty: no tables).
+    """
+    from router_model.additive import artifact_key, tables_filename
+    from router_model.scorers import checked_additive
+
+    models = {route: checked_additive(model) for route, model in submodels.items()}
+    files: dict[str, str] = {}
+    if any(model is None for model in models.values()):
+        return files
+    for route, model in models.items():
+        path = folder / tables_filename(route)
+        model.save(path)
+        files[artifact_key(route)] = str(path)
+    return files
+
+
 def log_router(
     result: Any,
     data_tags: dict[str, str],
@@ -670,6 +694,7 @@ def log_router(
                 path = str(Path(tmp) / submodel_filename(route))
                 save_submodel(model, path)
                 artifacts[route] = path
+            artifacts.update(tables_artifacts(result.router.submodels, Path(tmp)))
             info = mlflow.pyfunc.log_model(
                 name=ARTIFACT_NAME,
                 python_model=str(ENTRY_FILE),

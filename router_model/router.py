@@ -37,12 +37,12 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from router_model import features as F
 from router_model import inference_log, settings
+from router_model.additive import AdditiveModel, artifact_key
 from router_model.errors import RouterError
-from router_model.explain import RouteTerms, explanations, route_terms
+from router_model.explain import RouteTerms, explanations, route_terms, terms_of
 from router_model.inputs import as_frame, hashable_labels
 from router_model.params import parse_params
-from router_model.scorers import compile_scorer
-from router_model.submodels import load_submodel
+from router_model.submodels import LazySubmodels, load_submodel
 from router_model.validation import (
     InvalidInputError,
     RowProblems,
@@ -141,6 +141,11 @@ class Router:
         preferred: Route for rows that carry both feature sets.
         safe_thresholds: Per route, the threshold ``"threshold": "safe"`` stands for (``None``
             for a model trained before they were recorded; ``"safe"`` is refused then).
+        tables: Per route, the sub-model's log-odds tables as a version logged them
+            (:mod:`router_model.additive`): rows are then scored and explained from these, and
+            ``submodels`` (which may load lazily) is only handed out, never called. Without
+            them the tables are read from the fitted ``submodels`` and checked against their
+            ``predict_proba`` (:func:`router_model.scorers.compile_scorer`).
     """
 
     def __init__(
@@ -148,6 +153,7 @@ class Router:
         submodels: Mapping[str, Any],
         preferred: str,
         safe_thresholds: Mapping[str, float] | None = None,
+        tables: Mapping[str, AdditiveModel] | None = None,
     ) -> None:
         if set(submodels) != set(F.ROUTES):
             raise ValueError(f"need sub-models {list(F.ROUTES)}, got {sorted(submodels)}")
@@ -155,15 +161,25 @@ class Router:
             raise ValueError(f"preferred route {preferred!r} is not one of {list(F.ROUTES)}")
         if safe_thresholds is not None and set(safe_thresholds) != set(F.ROUTES):
             raise ValueError(f"need safe thresholds for {list(F.ROUTES)}, got {sorted(safe_thresholds)}")
-        self.submodels = dict(submodels)
+        if tables is not None and set(tables) != set(F.ROUTES):
+            raise ValueError(f"need tables for {list(F.ROUTES)}, got {sorted(tables)}")
+        self.submodels = dict(submodels) if tables is None else submodels
         self.preferred = preferred
         self.safe_thresholds = (
             None if safe_thresholds is None else {r: float(t) for r, t in safe_thresholds.items()}
         )
-        self._scorers = {route: compile_scorer(model) for route, model in self.submodels.items()}
-        self._terms: dict[str, RouteTerms | None] = {
-            route: route_terms(model, F.ROUTE_FEATURES[route]) for route, model in self.submodels.items()
-        }
+        self._scorers: dict[str, Callable[[np.ndarray], np.ndarray]]
+        self._terms: dict[str, RouteTerms | None]
+        if tables is None:
+            from router_model.scorers import compile_scorer  # scikit-learn: fitted estimators only
+
+            self._scorers = {route: compile_scorer(model) for route, model in self.submodels.items()}
+            self._terms = {
+                route: route_terms(model, F.ROUTE_FEATURES[route]) for route, model in self.submodels.items()
+            }
+        else:
+            self._scorers = {route: model.poisonous_probability for route, model in tables.items()}
+            self._terms = {route: terms_of(model, F.ROUTE_FEATURES[route]) for route, model in tables.items()}
 
     def score(
         self,
@@ -410,7 +426,12 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        """Load both sub-models from the model's artifacts with the trusted skops types.
+        """Load both routes: from their log-odds tables, or, for a version without them, from skops.
+
+        A version logged with tables (:mod:`router_model.additive`) is scored from them, without
+        importing scikit-learn; its skops files load on first use of ``router.submodels``
+        (:class:`~router_model.submodels.LazySubmodels`), with the trusted skops types. Such a
+        version must answer the golden rows as it did at training time wherever it loads.
 
         Inside ``mlflow models serve``, once per process, this also installs
         :mod:`router_model.server_guard`, starts the :mod:`router_model.inference_log` (unless
@@ -429,16 +450,20 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
             self._run_id = _model_run_id(context)
             self._metrics, self._log = _server_process(self._run_id, self)
         config = context.model_config or {}
-        submodels = {route: load_submodel(context.artifacts[route]) for route in F.ROUTES}
+        files = {route: context.artifacts[route] for route in F.ROUTES}
+        tables = load_tables(context.artifacts)
         self.router = Router(
-            submodels,
+            LazySubmodels(files) if tables else {route: load_submodel(path) for route, path in files.items()},
             preferred=config.get(CONFIG_PREFERRED, F.LOGISTIC_REGRESSION),
             safe_thresholds=config.get(CONFIG_SAFE_THRESHOLD) or None,
+            tables=tables,
         )
-        if serving:
+        if serving or tables:
             # Before it answers anyone: the golden rows as at training time (a swapped or damaged
-            # sub-model file loads fine and answers wrongly), then follow the supervisor's switches.
+            # file loads fine and answers wrongly; tables are not checked against the estimators
+            # at load, so this is their check), then follow the supervisor's switches.
             check_golden(self.router.predict(pd.DataFrame(F.golden_rows())), config.get(CONFIG_GOLDEN))
+        if serving:
             from router_model import hot_swap
 
             watcher = hot_swap.follow(self._metrics)
@@ -506,6 +531,20 @@ def _server_process(run_id: str, model: MushroomRouterModel) -> tuple[Any, Any]:
             log.on_drop = served_metrics.dropped_rows
     _SERVER.append((served_metrics, log))
     return _SERVER[0]
+
+
+def load_tables(artifacts: Mapping[str, str]) -> dict[str, AdditiveModel] | None:
+    """Each route's tables from a loaded model's artifacts, or ``None`` for a version without them.
+
+    Versions logged before the tables existed carry only the skops files; they load those.
+
+    Raises:
+        router_model.additive.TablesFormatError: Naming a tables file this code cannot read.
+    """
+    keys = {route: artifact_key(route) for route in F.ROUTES}
+    if not all(key in artifacts for key in keys.values()):
+        return None
+    return {route: AdditiveModel.load(artifacts[key]) for route, key in keys.items()}
 
 
 def _model_run_id(context: mlflow.pyfunc.PythonModelContext) -> str:

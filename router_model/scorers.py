@@ -16,8 +16,10 @@ trains, the arithmetic is tiny and exact:
   bias) and costs nothing per row.
 
 The models stay the scikit-learn estimators they are (that is what is stored and what a notebook
-gets); :func:`compile_scorer` only reads their fitted parameters, checks the result against
-``predict_proba`` once, and falls back to ``predict_proba`` for any other estimator.
+gets); this module only reads their fitted parameters into an
+:class:`~router_model.additive.AdditiveModel`, checks it against ``predict_proba``
+(:func:`checked_additive`), and falls back to ``predict_proba`` for any other estimator. Each
+version logs the checked tables, so a model server scores from them without this module.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.naive_bayes import CategoricalNB
 from sklearn.pipeline import Pipeline
 
 from router_model import features as F
+from router_model.additive import AdditiveModel, Codes
 from router_model.calibration import LogOddsCalibrated
 from router_model.transformers import BinCross, OneHotCodes
 
@@ -104,16 +106,13 @@ def log_odds_tables(estimator: Any) -> Additive | None:
     return _pipeline_log_odds(estimator)
 
 
-def _additive(codes: BinCross, tables: list[np.ndarray], bias: float) -> Scorer:
-    """P(poisonous) = expit(bias + sum over output columns of table[column][code])."""
-
-    def score(X: np.ndarray) -> np.ndarray:
-        logit = np.full(len(X), bias)
-        for table, code in zip(tables, codes.iter_codes(X), strict=True):
-            logit += table[code]
-        return expit(logit)
-
-    return score
+def additive_model(estimator: Any) -> AdditiveModel | None:
+    """A sub-model's log-odds tables (:func:`log_odds_tables`) as an :class:`AdditiveModel`, unchecked."""
+    additive = log_odds_tables(estimator)
+    if additive is None:
+        return None
+    codes, tables, bias = additive
+    return AdditiveModel(Codes.of(codes), tuple(np.asarray(t, dtype=np.float64) for t in tables), float(bias))
 
 
 def probe_rows(columns: tuple[str, ...], n_rows: int = 256, seed: int = 0) -> np.ndarray:
@@ -130,10 +129,29 @@ def probe_rows(columns: tuple[str, ...], n_rows: int = 256, seed: int = 0) -> np
     return out
 
 
+def checked_additive(estimator: Any) -> AdditiveModel | None:
+    """A sub-model's :class:`AdditiveModel`, when it agrees with ``predict_proba`` to 1e-9 on probe rows.
+
+    What training logs with each version (the model server scores from it without scikit-learn)
+    and what :func:`compile_scorer` runs.
+
+    Returns:
+        ``None`` for an estimator this module does not know, or whose tables disagree (logged).
+    """
+    model = additive_model(estimator)
+    if model is None:
+        return None
+    rows = probe_rows(model.codes.columns)
+    if not np.allclose(model.poisonous_probability(rows), _fallback(estimator)(rows), rtol=0, atol=1e-9):
+        _logger.warning("Fast scorer for %s disagrees with predict_proba; using predict_proba", estimator)
+        return None
+    return model
+
+
 def compile_scorer(estimator: Any) -> Scorer:
     """Return a function mapping a route's feature matrix to P(poisonous).
 
-    The fast path is used only after it agrees with ``predict_proba`` to 1e-9 on probe rows;
+    The fast path is used only after it agrees with ``predict_proba`` (:func:`checked_additive`);
     otherwise (or for an estimator it does not know) ``predict_proba`` itself is used.
 
     Args:
@@ -143,13 +161,5 @@ def compile_scorer(estimator: Any) -> Scorer:
     Returns:
         The scorer.
     """
-    slow = _fallback(estimator)
-    additive = log_odds_tables(estimator)
-    if additive is None:
-        return slow
-    fast = _additive(*additive)
-    rows = probe_rows(tuple(additive[0].columns))
-    if not np.allclose(fast(rows), slow(rows), rtol=0, atol=1e-9):
-        _logger.warning("Fast scorer for %s disagrees with predict_proba; using predict_proba", estimator)
-        return slow
-    return fast
+    model = checked_additive(estimator)
+    return _fallback(estimator) if model is None else model.poisonous_probability

@@ -260,12 +260,17 @@ def stop_server(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_SECONDS) -
     raise RuntimeError(f"model server process group {pgid} survived SIGKILL")
 
 
-def prepare_process() -> None:
-    """Import what loading the router needs, in the order that costs least, before anything else.
+def prepare_process(model_dir: str | Path) -> None:
+    """Import what loading the router from ``model_dir`` needs, in the order that costs least.
 
-    First thing in a process that will serve the router (:func:`main`, ``mushroom-router serve``):
-    skops is imported before MLflow (:func:`router_model.submodels.import_skops_for_serving`).
+    A version that carries its log-odds tables loads without scikit-learn or skops
+    (:mod:`router_model.additive`): nothing to do. For one logged before them, skops is imported
+    here, before MLflow where the caller allows it (:func:`router_model.submodels.import_skops_for_serving`).
     """
+    from router_model.additive import carries_tables
+
+    if carries_tables(model_dir):
+        return
     from router_model.submodels import import_skops_for_serving
 
     import_skops_for_serving()
@@ -337,7 +342,6 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument(_WAIT, action="store_true", help="import everything, then read the folder from stdin")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    prepare_process()
     model_dir = args.model_dir
     if args.wait:
         import mlflow.pyfunc.scoring_server  # noqa: F401 - imported now, while the caller works
@@ -351,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         handover = json.loads(line)
         os.environ.update(handover["env"])
         model_dir = handover["model_dir"]
+    prepare_process(model_dir)
     return run(model_dir, args.host, args.port, args.workers)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -75,6 +75,33 @@ def load_submodel(path: str) -> Any:
         import skops.io
 
         return skops.io.load(path, trusted=list(TRUSTED_TYPES))
+
+
+class LazySubmodels(Mapping[str, Any]):
+    """Sub-model files by route, each loaded (:func:`load_submodel`) when first asked for.
+
+    A version that carries its log-odds tables is scored from those (:mod:`router_model.additive`);
+    its estimators are loaded, and scikit-learn imported, only if someone asks for them (a
+    notebook, the terms table), never in a model server that only answers requests.
+
+    Args:
+        paths: Route name to skops file.
+    """
+
+    def __init__(self, paths: Mapping[str, str]) -> None:
+        self._paths = dict(paths)
+        self._loaded: dict[str, Any] = {}
+
+    def __getitem__(self, route: str) -> Any:
+        if route not in self._loaded:
+            self._loaded[route] = load_submodel(self._paths[route])
+        return self._loaded[route]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
 
 
 def import_skops_for_serving() -> ModuleType:

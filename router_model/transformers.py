@@ -24,6 +24,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from router_model import features as F
+from router_model.additive import column_codes, crossed_codes
 
 
 class BinCross(TransformerMixin, BaseEstimator):
@@ -99,31 +100,11 @@ class BinCross(TransformerMixin, BaseEstimator):
             An int64 array of the same shape.
         """
         check_is_fitted(self, "cardinalities_")
-        X = self._as_array(X)
-        codes = np.empty(X.shape, dtype=np.int64)
-        for j, name in enumerate(self.columns):
-            cut = self.edges_[j]
-            if cut is not None:
-                codes[:, j] = np.searchsorted(cut, X[:, j], side="right")
-            elif name == F.SEASON:
-                season = F.season_codes(X[:, j])
-                unknown = season < 0
-                if unknown.any():  # validated upstream; never index a table with -1
-                    bad = X[np.argmax(unknown), j]
-                    raise ValueError(f"season {bad!r} is not {F.expected_values(F.SEASON)}")
-                codes[:, j] = season
-            else:
-                codes[:, j] = X[:, j]
-        return codes
+        return column_codes(tuple(self.columns), self.edges_, self._as_array(X))
 
     def iter_codes(self, X: np.ndarray) -> Iterator[np.ndarray]:
         """Yield the code vector of each output column in turn (no ``(n, k)`` matrix is built)."""
-        codes = self.base_codes(X)
-        for combo in self.combinations_:
-            code = codes[:, combo[0]]
-            for j in combo[1:]:
-                code = code * self.base_cardinalities_[j] + codes[:, j]
-            yield code
+        return crossed_codes(self.base_codes(X), self.combinations_, self.base_cardinalities_)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Code and cross the columns.

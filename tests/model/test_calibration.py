@@ -181,7 +181,7 @@ def test_calibrated_route_saves_and_loads_with_trusted_types_only(router, synthe
     X = synthetic_frame[list(F.ROUTE_FEATURES[route])].to_numpy(float)
     np.testing.assert_array_equal(back.predict_proba(X), router.submodels[route].predict_proba(X))
     scorer = compile_scorer(back)
-    assert scorer.__name__ == "score", "the calibrated pipeline must take the fast path"
+    assert scorer.__name__ == "poisonous_probability", "the calibrated pipeline must take the fast path"
     np.testing.assert_allclose(scorer(X), back.predict_proba(X)[:, 1], rtol=0, atol=1e-12)
 
 

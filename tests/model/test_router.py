@@ -243,7 +243,7 @@ def test_fast_scorer_equals_predict_proba(router, synthetic_frame, route):
         [synthetic_frame[list(F.ROUTE_FEATURES[route])].to_numpy(float), probe_rows(F.ROUTE_FEATURES[route])]
     )
     np.testing.assert_allclose(scorer(rows), model.predict_proba(rows)[:, 1], rtol=0, atol=1e-12)
-    assert scorer.__name__ == "score", "the fast path must be taken for the trained pipelines"
+    assert scorer.__name__ == "poisonous_probability", "the fast path must be taken for the trained pipelines"
 
 
 def test_unknown_estimator_falls_back_to_predict_proba(synthetic_frame):

@@ -20,6 +20,7 @@ from support import REPO, TrackingServer, free_port
 
 from router_model import features as F
 from router_model import pipeline, registry, settings
+from router_model.additive import tables_filename
 from router_model.settings import WEAK_TRAIN_PARAMS
 from router_model.supervisor import ChampionSupervisor
 
@@ -249,11 +250,17 @@ def model_artifacts(version) -> Path:
 
 
 def corrupt(model: Path) -> Callable[[], None]:
-    """Truncate the naive Bayes sub-model to half its size; returns the repair."""
-    target = model / "artifacts" / "naive_bayes.skops"
-    good = target.read_bytes()
-    target.write_bytes(good[: len(good) // 2])
-    return lambda: target.write_bytes(good)
+    """Truncate the naive Bayes sub-model's files (skops and tables) to half their size; returns the repair."""
+    targets = [model / "artifacts" / name for name in ("naive_bayes.skops", tables_filename(F.NAIVE_BAYES))]
+    good = {target: target.read_bytes() for target in targets}
+    for target, data in good.items():
+        target.write_bytes(data[: len(data) // 2])
+
+    def repair() -> None:
+        for target, data in good.items():
+            target.write_bytes(data)
+
+    return repair
 
 
 def remove(model: Path) -> Callable[[], None]:
@@ -267,7 +274,7 @@ def served_is(supervisor, version):
     return supervisor.served is not None and supervisor.served.version == version and supervisor._ping()
 
 
-@pytest.mark.parametrize("fault", [corrupt, remove], ids=["truncated-skops", "artifacts-missing"])
+@pytest.mark.parametrize("fault", [corrupt, remove], ids=["truncated-sub-model", "artifacts-missing"])
 def test_a_champion_that_cannot_load_never_replaces_a_working_server(supervisor, fresh_store, caplog, fault):
     """Old code stopped version 1 first, then crash-looped on version 2 (every request refused) and
     kept the bad download as complete, so repairing the store did not help."""
