@@ -16,7 +16,7 @@ order rotating from round to round) and each ratio is the median over the median
 same run. The registry is a local SQLite file, as for ``make run`` (``--store sqlite``), or an
 ``mlflow server`` on loopback, as in the compose stack (``--store http``).
 
-Usage: ``python bench/coldstart.py [--rounds 5] [--store sqlite|http] [--data mushroom_cleaned.csv]
+Usage: ``python bench/coldstart.py [--rounds 9] [--store sqlite|http] [--data mushroom_cleaned.csv]
 [--out results.json]``
 """
 
@@ -115,7 +115,7 @@ def summary(seconds: list[float], floor: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="measurements of each case (median)")
+    parser.add_argument("--rounds", type=int, default=9, help="measurements of each case (median)")
     parser.add_argument("--data", default=None, help="train on this file (default: the synthetic sample)")
     parser.add_argument("--store", choices=("sqlite", "http"), default="sqlite", help="where the registry is")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
