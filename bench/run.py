@@ -537,16 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         run("metrics.py", "--data", args.data, "--out", str(tmp / "metrics.json"))
         run("inference_log.py", "--data", args.data, "--out", str(tmp / "inference_log.json"))
         run("switch.py", "--data", args.data, "--out", str(tmp / "switch.json"))
-        for store in STORES:
-            run(
-                "coldstart.py",
-                "--store",
-                store,
-                "--data",
-                args.data,
-                "--out",
-                str(tmp / f"coldstart-{store}.json"),
-            )
+        run_coldstart(args.data, tmp)
         run("scale.py", "--rows", args.scale_rows, "--out", str(tmp / "scale.json"))
         run("soak.py", "--seconds", args.soak_seconds, "--out", str(tmp / "soak.md"))
         (tmp / "drift.md").write_text(
@@ -695,20 +686,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_coldstart(data: str, tmp: Path) -> None:
+    """bench/coldstart.py against each registry, its figures into ``tmp``."""
+    for store in STORES:
+        run("coldstart.py", "--store", store, "--data", data, "--out", str(tmp / f"coldstart-{store}.json"))
+
+
 def coldstart_only(args: argparse.Namespace) -> int:
     """Measure the cold start alone and put that section into the committed docs/benchmarks.md."""
     tmp = Path(args.from_dir) if args.from_dir else Path(tempfile.mkdtemp(prefix="mushroom-bench-cold-"))
     if not args.from_dir:
-        for store in STORES:
-            run(
-                "coldstart.py",
-                "--store",
-                store,
-                "--data",
-                args.data,
-                "--out",
-                str(tmp / f"coldstart-{store}.json"),
-            )
+        run_coldstart(args.data, tmp)
         print(f"figures kept in {tmp} (re-render with --coldstart-only --from-dir {tmp})")
     runs = [json.loads((tmp / f"coldstart-{store}.json").read_text()) for store in STORES]
     lines = coldstart_section(runs)
