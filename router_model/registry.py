@@ -582,24 +582,22 @@ def load_router(model_uri: str) -> Router:
     return python_model.router
 
 
-def tables_artifacts(submodels: Mapping[str, Any], folder: Path) -> dict[str, str]:
-    """Write each route's log-odds tables, checked against its estimator, for the logged model.
+def tables_artifacts(tables: Mapping[str, Any], folder: Path) -> dict[str, str]:
+    """Write each route's checked log-odds tables (``Router.tables``) for the logged model.
 
     A model server scores from these without scikit-learn (:mod:`router_model.additive`). When a
-    route's estimator has no tables that agree with its ``predict_proba``, none are written and
-    the version loads its skops files, as versions logged before the tables did.
+    route has none (its estimator's tables did not agree with its ``predict_proba``), none are
+    written and the version loads its skops files, as versions logged before the tables did.
 
     Returns:
         Artifact key to file, for ``mlflow.pyfunc.log_model``'s ``artifacts`` (empty: no tables).
     """
     from router_model.additive import artifact_key, tables_filename
-    from router_model.scorers import checked_additive
 
-    models = {route: checked_additive(model) for route, model in submodels.items()}
     files: dict[str, str] = {}
-    if any(model is None for model in models.values()):
+    if any(model is None for model in tables.values()):
         return files
-    for route, model in models.items():
+    for route, model in tables.items():
         path = folder / tables_filename(route)
         model.save(path)
         files[artifact_key(route)] = str(path)
@@ -694,7 +692,7 @@ def log_router(
                 path = str(Path(tmp) / submodel_filename(route))
                 save_submodel(model, path)
                 artifacts[route] = path
-            artifacts.update(tables_artifacts(result.router.submodels, Path(tmp)))
+            artifacts.update(tables_artifacts(result.router.tables, Path(tmp)))
             info = mlflow.pyfunc.log_model(
                 name=ARTIFACT_NAME,
                 python_model=str(ENTRY_FILE),

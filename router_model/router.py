@@ -145,7 +145,7 @@ class Router:
             (:mod:`router_model.additive`): rows are then scored and explained from these, and
             ``submodels`` (which may load lazily) is only handed out, never called. Without
             them the tables are read from the fitted ``submodels`` and checked against their
-            ``predict_proba`` (:func:`router_model.scorers.compile_scorer`).
+            ``predict_proba`` (:func:`router_model.scorers.checked_additive`).
     """
 
     def __init__(
@@ -153,7 +153,7 @@ class Router:
         submodels: Mapping[str, Any],
         preferred: str,
         safe_thresholds: Mapping[str, float] | None = None,
-        tables: Mapping[str, AdditiveModel] | None = None,
+        tables: Mapping[str, AdditiveModel | None] | None = None,
     ) -> None:
         if set(submodels) != set(F.ROUTES):
             raise ValueError(f"need sub-models {list(F.ROUTES)}, got {sorted(submodels)}")
@@ -163,23 +163,31 @@ class Router:
             raise ValueError(f"need safe thresholds for {list(F.ROUTES)}, got {sorted(safe_thresholds)}")
         if tables is not None and set(tables) != set(F.ROUTES):
             raise ValueError(f"need tables for {list(F.ROUTES)}, got {sorted(tables)}")
+        # Given tables, ``submodels`` may load lazily: it is handed out, never called here.
         self.submodels = dict(submodels) if tables is None else submodels
         self.preferred = preferred
         self.safe_thresholds = (
             None if safe_thresholds is None else {r: float(t) for r, t in safe_thresholds.items()}
         )
-        self._scorers: dict[str, Callable[[np.ndarray], np.ndarray]]
-        self._terms: dict[str, RouteTerms | None]
         if tables is None:
-            from router_model.scorers import compile_scorer  # scikit-learn: fitted estimators only
+            from router_model.scorers import checked_additive  # scikit-learn: fitted estimators only
 
-            self._scorers = {route: compile_scorer(model) for route, model in self.submodels.items()}
-            self._terms = {
-                route: route_terms(model, F.ROUTE_FEATURES[route]) for route, model in self.submodels.items()
-            }
-        else:
-            self._scorers = {route: model.poisonous_probability for route, model in tables.items()}
-            self._terms = {route: terms_of(model, F.ROUTE_FEATURES[route]) for route, model in tables.items()}
+            tables = {route: checked_additive(model) for route, model in self.submodels.items()}
+        #: Per route, the checked log-odds tables it scores from (``None``: its ``predict_proba``);
+        #: what a logged version carries (:func:`router_model.registry.tables_artifacts`).
+        self.tables: dict[str, AdditiveModel | None] = dict(tables)
+        self._scorers: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+        self._terms: dict[str, RouteTerms | None] = {}
+        for route, model in self.tables.items():
+            columns = F.ROUTE_FEATURES[route]
+            if model is None:
+                from router_model.scorers import proba_scorer
+
+                self._scorers[route] = proba_scorer(self.submodels[route])
+                self._terms[route] = route_terms(self.submodels[route], columns)
+            else:
+                self._scorers[route] = model.poisonous_probability
+                self._terms[route] = terms_of(model, columns)
 
     def score(
         self,

@@ -47,7 +47,8 @@ def _positive_index(estimator: Any) -> int:
     return int(np.flatnonzero(np.asarray(estimator.classes_) == F.LABEL_POISONOUS)[0])
 
 
-def _fallback(estimator: Any) -> Scorer:
+def proba_scorer(estimator: Any) -> Scorer:
+    """P(poisonous) from the estimator's own ``predict_proba`` (any fitted classifier)."""
     positive = _positive_index(estimator)
     return lambda X: estimator.predict_proba(X)[:, positive]
 
@@ -142,7 +143,7 @@ def checked_additive(estimator: Any) -> AdditiveModel | None:
     if model is None:
         return None
     rows = probe_rows(model.codes.columns)
-    if not np.allclose(model.poisonous_probability(rows), _fallback(estimator)(rows), rtol=0, atol=1e-9):
+    if not np.allclose(model.poisonous_probability(rows), proba_scorer(estimator)(rows), rtol=0, atol=1e-9):
         _logger.warning("Fast scorer for %s disagrees with predict_proba; using predict_proba", estimator)
         return None
     return model
@@ -162,4 +163,4 @@ def compile_scorer(estimator: Any) -> Scorer:
         The scorer.
     """
     model = checked_additive(estimator)
-    return _fallback(estimator) if model is None else model.poisonous_probability
+    return proba_scorer(estimator) if model is None else model.poisonous_probability

@@ -15,7 +15,7 @@ import yaml
 from router_model import additive, registry
 from router_model import features as F
 from router_model.additive import AdditiveModel, Codes, TablesFormatError
-from router_model.router import GoldenAnswerError
+from router_model.router import GoldenAnswerError, Router
 from router_model.scorers import additive_model, checked_additive, probe_rows
 
 
@@ -176,7 +176,7 @@ def test_registry_writes_no_tables_for_an_estimator_it_does_not_know(router, tmp
 
     dummy = DummyClassifier(strategy="prior").fit(np.zeros((4, 4)), [0, 1, 1, 0])
     mixed = {F.NAIVE_BAYES: dummy, F.LOGISTIC_REGRESSION: router.submodels[F.LOGISTIC_REGRESSION]}
-    assert registry.tables_artifacts(mixed, tmp_path) == {}
-    assert registry.tables_artifacts(router.submodels, tmp_path) == {
+    assert registry.tables_artifacts(Router(mixed, F.LOGISTIC_REGRESSION).tables, tmp_path) == {}
+    assert registry.tables_artifacts(router.tables, tmp_path) == {
         additive.artifact_key(r): str(tmp_path / additive.tables_filename(r)) for r in F.ROUTES
     }
