@@ -19,6 +19,7 @@ codes through it): the same code serves training, the fast scorers and the expla
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,8 @@ class AdditiveModel:
         Raises:
             TablesFormatError: Naming the file, when it is not one this code reads.
         """
+        if not zipfile.is_zipfile(path):  # NumPy would call it pickled data and suggest unpickling it
+            raise TablesFormatError(f"{path}: not a tables file this code reads (not an .npz archive)")
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))

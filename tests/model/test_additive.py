@@ -71,7 +71,10 @@ def _rewrite(path: Path, **changes) -> None:
 @pytest.mark.parametrize(
     ("damage", "match"),
     [
-        (lambda p: p.write_bytes(b"not an npz file"), r"t\.npz: not a tables file this code reads"),
+        (
+            lambda p: p.write_bytes(b"not an npz file"),
+            r"t\.npz: not a tables file this code reads \(not an \.npz archive\)",
+        ),
         (
             lambda p: _rewrite(p, meta=np.array(json.dumps({"format": 99}))),
             r"t\.npz: tables format 99, expected 1",
