@@ -199,7 +199,7 @@ class AdditiveModel:
                 )
                 tables = tuple(data[f"table_{t}"] for t in range(len(combinations)))
                 bias = float(data["bias"])
-        except (OSError, KeyError, ValueError, TypeError) as err:
+        except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as err:
             if isinstance(err, TablesFormatError):
                 raise
             raise TablesFormatError(f"{path}: not a tables file this code reads ({err})") from None
