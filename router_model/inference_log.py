@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import logging
 import os
-import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,9 +51,12 @@ OFF = "off"
 TABLE = "mushroom_router_inference"
 #: Batches waiting for the writer; beyond this a batch is dropped, not waited for.
 QUEUE_BATCHES = 10_000
-#: The writer writes at least this often while rows arrive, and when this many rows are waiting.
+#: The writer writes at least this often while rows arrive, and when this many rows are waiting
+#: (a file costs the writer about a millisecond whatever its size, so not many small ones).
 FLUSH_SECONDS = 5.0
-FLUSH_ROWS = 50_000
+FLUSH_ROWS = 200_000
+#: Rows the Parquet writer hands its encoders at a time (fewer, longer runs cost it less).
+WRITE_BATCH_ROWS = 65_536
 #: How often the writer takes the queued batches (and looks at the two limits above).
 POLL_SECONDS = 0.25
 
@@ -80,9 +84,13 @@ FEW_VALUES: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Batch:
-    """One answered request, as the router saw it (arrays, no per-row Python objects)."""
+    """One answered request, as the router saw it (arrays, no per-row Python objects).
+
+    Made on the request path, so cheap to make: slots, not frozen (a frozen dataclass sets each
+    field through ``object.__setattr__``). Nothing changes a batch once it is submitted.
+    """
 
     time: float
     request_id: str
@@ -108,6 +116,12 @@ def _times_ns(batches: Sequence[Batch], sizes: np.ndarray) -> np.ndarray:
 
 
 def _thresholds(batches: Sequence[Batch], sizes: np.ndarray) -> np.ndarray:
+    """Each row's threshold: one per batch, repeated per row (or a batch's own array, for "safe")."""
+    if not any(isinstance(b.threshold, np.ndarray) for b in batches):
+        # The common case, one number a request: no array per batch, which for single-row
+        # requests was most of the writer's work.
+        values = np.fromiter((b.threshold for b in batches), dtype=np.float64, count=len(batches))
+        return np.repeat(values, sizes)
     return np.concatenate(
         [
             np.broadcast_to(np.asarray(b.threshold, dtype=np.float64), n)
@@ -170,8 +184,11 @@ def table_of(batches: Sequence[Batch]) -> pa.Table:
     """Queued batches as one Arrow table of log rows (:data:`COLUMNS`), in order (what the Parquet sink writes).
 
     No per-row Python object is made: text columns are dictionary arrays (indices into each
-    column's few distinct values), the rest NumPy arrays handed to Arrow as they are. Read back
-    with pandas, the rows equal :func:`frame_of`'s (NaN where a row did not give a feature).
+    column's few distinct values), the rest NumPy arrays handed to Arrow as they are. A feature a
+    row did not give is a null, not a NaN: the file then holds no value for it, only its absence,
+    which costs the writer less (each row lacks the other route's features); every other column
+    is declared not null, so the file stores no presence for its values. Read back with pandas,
+    the rows equal :func:`frame_of`'s (NaN where a row did not give a feature).
     """
     sizes, routes, poisonous, threshold, features = _joined(batches)
     which = pa.array(np.repeat(np.arange(len(batches), dtype=np.int32), sizes))
@@ -186,11 +203,29 @@ def table_of(batches: Sequence[Batch]) -> pa.Table:
         "model_run_id": text(which, [b.model_run_id for b in batches]),
         "route": text(routes.astype(np.int32), list(F.ROUTES)),
         "threshold": pa.array(threshold),
-        **{name: pa.array(column) for name, column in zip(F.ALL_FEATURES, features, strict=True)},
+        **{
+            name: pa.array(column, mask=np.isnan(column))
+            for name, column in zip(F.ALL_FEATURES, features, strict=True)
+        },
         "poisonous_probability": pa.array(poisonous),
         "prediction": text(is_poisonous, [F.LABELS[F.LABEL_EDIBLE], F.LABELS[F.LABEL_POISONOUS]]),
     }
-    return pa.table(columns)
+    return pa.Table.from_arrays(list(columns.values()), schema=_arrow_schema())
+
+
+def _arrow_schema() -> pa.Schema:
+    """:func:`table_of`'s columns: only the features may be null (a row gives one route's)."""
+    text = pa.dictionary(pa.int32(), pa.string())
+    types = {
+        "time": pa.timestamp("ns", tz="UTC"),
+        "request_id": text,
+        "model_run_id": text,
+        "route": text,
+        "prediction": text,
+    }
+    return pa.schema(
+        pa.field(name, types.get(name, pa.float64()), nullable=name in F.ALL_FEATURES) for name in COLUMNS
+    )
 
 
 class Sink(Protocol):
@@ -218,8 +253,9 @@ class ParquetSink:
         columns, the category codes, the season, the threshold, the answer time of a batch),
         which makes the files several times smaller for little more time; the measured columns
         and the probability are written plain, since trying a dictionary on them costs the writer
-        more than it saves. LZ4, statistics for ``time`` only (what a reader filters on), and no
-        Arrow schema stored, so readers get plain text columns.
+        more than it saves. LZ4, statistics for ``time`` only (what a reader filters on), no
+        Arrow schema stored, so readers get plain text columns, and values handed to the encoders
+        in runs of :data:`WRITE_BATCH_ROWS`, not Arrow's default 1,024.
         """
         self.folder.mkdir(parents=True, exist_ok=True)
         self._count += 1
@@ -233,6 +269,7 @@ class ParquetSink:
             use_dictionary=list(FEW_VALUES),
             write_statistics=["time"],
             store_schema=False,
+            write_batch_size=WRITE_BATCH_ROWS,
         )
         partial.replace(target)
 
@@ -321,7 +358,11 @@ class InferenceLog:
         #: Called with the number of rows each time rows are dropped (the server's ``/metrics``).
         self.on_drop: Callable[[int], None] | None = None
         self.written = 0
-        self._queue: queue.Queue[Batch | None] = queue.Queue(max_batches)
+        # A deque, not a queue.Queue: appending and taking are atomic without a lock, so the
+        # request path pays for no lock and no condition variable. The bound is checked first;
+        # racing requests may pass it by a batch each, which bounds it as well.
+        self.max_batches = max_batches
+        self._queue: deque[Batch | None] = deque()
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._closed = False
         self._wake = threading.Event()
@@ -329,11 +370,10 @@ class InferenceLog:
 
     def submit(self, batch: Batch) -> bool:
         """Queue an answered batch; ``False`` (and counted as dropped) when the queue is full."""
-        try:
-            self._queue.put_nowait(batch)
-        except queue.Full:
+        if len(self._queue) >= self.max_batches:
             self._dropped(len(batch.poisonous))
             return False
+        self._queue.append(batch)
         return True
 
     def _run(self) -> None:
@@ -345,11 +385,8 @@ class InferenceLog:
             # Not woken per request: every wake-up would hand the interpreter from the request's
             # thread to this one and back. It takes what is queued a few times a second instead.
             self._wake.wait(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            while self._queue:
+                item = self._queue.popleft()
                 if item is None:  # close(): after every batch queued before it
                     stop = True
                     break
@@ -382,7 +419,7 @@ class InferenceLog:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)  # after every queued batch
+        self._queue.append(None)  # after every queued batch
         self._wake.set()
         self._thread.join(timeout)
 
@@ -405,9 +442,30 @@ def active() -> InferenceLog | None:
     return _active
 
 
+#: This process's random half of request ids and its count of them; made on first use, and anew
+#: in a forked child (which would otherwise repeat its parent's ids).
+_ids: tuple[str, Iterator[int]] | None = None
+
+
+def _forget_ids() -> None:
+    global _ids
+    _ids = None
+
+
+os.register_at_fork(after_in_child=_forget_ids)
+
+
 def new_request_id() -> str:
-    """A request id for a batch (the scoring server gives the model none)."""
-    return uuid.uuid4().hex
+    """A request id for a batch (the scoring server gives the model none): 32 hex digits, unique.
+
+    A random half per process and a count, not ``uuid4`` per request, which reads the system's
+    random source on every request.
+    """
+    global _ids
+    if _ids is None:
+        _ids = (uuid.uuid4().hex[:16], itertools.count())
+    prefix, counter = _ids
+    return f"{prefix}{next(counter):016x}"
 
 
 def read_rows(since: datetime | None = None, target: str | None = None) -> pd.DataFrame:

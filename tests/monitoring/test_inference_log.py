@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
 import threading
 import time
 from datetime import UTC, datetime
@@ -96,7 +98,7 @@ def test_queued_batches_become_one_table_row_by_row_as_answered(sizes, tmp_path)
     batches = [batch(n, t=1_700_000_000.123456 + i, threshold=0.3) for i, n in enumerate(sizes)]
     # A per-row threshold (the "safe" param: each route's own) and one boundary value.
     per_row = batch(4, t=1_700_000_100.0)
-    batches.append(Batch(**{**per_row.__dict__, "threshold": np.array([0.0, 0.4, 1.0, 2 / 3])}))
+    batches.append(dataclasses.replace(per_row, threshold=np.array([0.0, 0.4, 1.0, 2 / 3])))
     table = inference_log.frame_of(batches)
     assert list(table.columns) == list(inference_log.COLUMNS)
     assert len(table) == sum(sizes) + 4
@@ -237,3 +239,39 @@ def test_parquet_files_use_a_dictionary_only_for_columns_of_few_values(tmp_path)
     assert encoded == {name: name in inference_log.FEW_VALUES for name in inference_log.COLUMNS}
     assert {"cap-diameter", "stem-width", "poisonous_probability"}.isdisjoint(inference_log.FEW_VALUES)
     assert {"request_id", "route", "stem-color", "season", "prediction"} <= set(inference_log.FEW_VALUES)
+
+
+def test_a_feature_a_row_did_not_give_is_stored_as_absent_and_read_back_as_nan(tmp_path):
+    """The files hold no value for the other route's features (cheaper to write); readers see NaN."""
+    sent = batch(6)
+    ParquetSink(tmp_path).write([sent])
+    [part] = tmp_path.glob("part-*.parquet")
+    table = pq.read_table(part)
+    assert {name: table.column(name).null_count for name in F.ALL_FEATURES} == {
+        name: 0 if name in F.NB_FEATURES else 6 for name in F.ALL_FEATURES
+    }
+    # Only a feature may be absent; every other column is stored as never null.
+    assert {f.name for f in table.schema if f.nullable} == set(F.ALL_FEATURES)
+    rows = pd.read_parquet(part)
+    assert rows["stem-color"].isna().all() and rows["cap-diameter"].eq(30.0).all()
+
+
+def _child_request_id(ids: multiprocessing.Queue) -> None:
+    ids.put(inference_log.new_request_id())
+
+
+def test_request_ids_are_unique_in_a_process_and_across_forked_workers():
+    ids = [inference_log.new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    # A worker forked after this process made ids makes its own, not its parent's next ones.
+    context = multiprocessing.get_context("fork")
+    found = context.Queue()
+    children = [context.Process(target=_child_request_id, args=(found,)) for _ in range(2)]
+    for child in children:
+        child.start()
+    from_children = {found.get(timeout=30) for _ in children}
+    for child in children:
+        child.join(30)
+    assert len(from_children) == 2 and from_children.isdisjoint(ids)
+    assert {i[:16] for i in from_children}.isdisjoint({ids[0][:16]})
