@@ -12,7 +12,9 @@ files are counted against the rows it answered, so a cheap log that loses rows c
 
 Each server's CPU time per answered request is measured too (its process and its uvicorn child,
 around each wrk run): other processes slow a server down without adding to its CPU time, so for a
-CPU-bound server ``cpu_ratio`` (off over on) is the steadier figure of what the log costs.
+CPU-bound server ``cpu_ratio`` (off over on) is the steadier figure of what the log costs. Its
+main thread's alone (``main_ratio``) says how much of that lands where a saturated server's
+throughput is made; the rest is the writer thread, which can use another core.
 
 The log's own cost is then timed in one process, in CPU time: the request path (the router's
 observer building the batch and putting it on the bounded queue) and the writer thread's work per
@@ -20,7 +22,7 @@ request (turning queued batches into one table and writing it), which runs in th
 and competes with requests for the CPU, set against the CPU time the server without the log spends
 on a request.
 
-Usage: ``python bench/inference_log.py --data mushroom_cleaned.csv [--duration 5] [--rounds 4] [--out x.json]``
+Usage: ``python bench/inference_log.py --data mushroom_cleaned.csv [--duration 5] [--rounds 10] [--out x.json]``
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from types import SimpleNamespace
 import pandas as pd
 import requests
 from benchlib import free_port, trained_work, wait_ping, wrk_parser, wrk_ready
-from serving import on_off, start, write_body
+from serving import alike, on_off, start, write_body
 
 from router_model import features as F
 from router_model import inference_log, serving
@@ -117,7 +119,7 @@ def logged_rows(folder: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = wrk_parser(
-        __doc__.splitlines()[0], duration=5, rounds=4, rounds_help="on/off pairs per batch size"
+        __doc__.splitlines()[0], duration=5, rounds=10, rounds_help="on/off pairs per batch size"
     )
     args = parser.parse_args(argv)
     if not wrk_ready(args):
@@ -132,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     targets = {"log_on": str(folder), "log_off": inference_log.OFF}
     procs = {
         name: start(
-            serving.serve_command(port=ports[name]),
-            {**serving.serve_env(env), "MUSHROOM_INFERENCE_LOG": targets[name]},
+            *alike(
+                serving.serve_command(port=ports[name]),
+                {**serving.serve_env(env), "MUSHROOM_INFERENCE_LOG": targets[name]},
+            ),
             work / f"{name}.log",
         )
         for name in SERVERS
@@ -159,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"on/off {case['ratio']:.3f} (median of round ratios {case['median_round_ratio']:.3f}; rounds "
                 f"{', '.join(f'{p:.3f}' for p in case['round_ratios'])}); CPU a request on "
                 f"{case['log_on']['cpu_ms_per_request']:.3f} ms, off {case['log_off']['cpu_ms_per_request']:.3f} ms "
-                f"(off/on {case['cpu_ratio']:.3f}); load average {loads['min']:.1f}-{loads['max']:.1f}",
+                f"(off/on {case['cpu_ratio']:.3f}); main thread {case['log_on']['main_ms_per_request']:.3f} ms, "
+                f"{case['log_off']['main_ms_per_request']:.3f} ms (off/on {case['main_ratio']:.3f}); "
+                f"load average {loads['min']:.1f}-{loads['max']:.1f}",
                 flush=True,
             )
         scraped = requests.get(f"http://127.0.0.1:{ports['log_on']}/metrics", timeout=5).text

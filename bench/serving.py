@@ -106,19 +106,27 @@ def write_body(rows: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds of a process and its children (``mlflow models serve`` and its uvicorn)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process and its children (``mlflow models serve`` and its uvicorn).
+
+    Returns:
+        ``(all threads, main threads)``: requests are answered on the uvicorn process's main
+        thread, which holds the GIL while it does; other threads (the inference log's writer, say)
+        can use another core, so a saturated server's throughput follows its main thread.
+    """
     import psutil
 
     parent = psutil.Process(pid)
-    total = 0.0
+    total = main = 0.0
     for proc in (parent, *parent.children(recursive=True)):
         try:
             times = proc.cpu_times()
+            threads = proc.threads()
         except psutil.NoSuchProcess:
             continue
         total += times.user + times.system
-    return total
+        main += sum(t.user_time + t.system_time for t in threads if t.id == proc.pid)
+    return total, main
 
 
 def on_off(
@@ -139,12 +147,15 @@ def on_off(
     With ``pids`` (each server's process), also the CPU time each server spent per answered
     request during its runs: other processes' load slows a server down but does not add to its CPU
     time, so on a shared machine ``cpu_ratio`` (off over on) says what the switch costs a CPU-bound
-    server more steadily than the requests/s do.
+    server more steadily than the requests/s do. ``main_ratio`` is the same for the main threads
+    alone (where requests are answered, under the GIL): what the switch costs a single saturated
+    server's throughput, when its other threads' work can run on another core.
 
     Returns:
         ``{"batch", <on>: {...}, <off>: {...}, "round_ratios", "median_round_ratio", "ratio",
-        "load_average"}`` (and ``"cpu_ratio"`` with ``pids``); per server the medians of ``rps``,
-        ``p50_ms``, ``p99_ms`` (and ``cpu_ms_per_request``), the sum of ``non2xx`` and socket
+        "load_average"}`` (and ``"cpu_ratio"``, ``"main_ratio"`` with ``pids``); per server the
+        medians of ``rps``, ``p50_ms``, ``p99_ms`` (and ``cpu_ms_per_request``,
+        ``main_ms_per_request``), the sum of ``non2xx`` and socket
         errors, and the ``requests`` answered in all.
     """
     on, off = names
@@ -152,12 +163,13 @@ def on_off(
     loads = [os.getloadavg()[0]]
     for round_ in range(args.rounds):
         for name in names if round_ % 2 == 0 else names[::-1]:
-            before = cpu_seconds(pids[name]) if pids else 0.0
+            before = cpu_seconds(pids[name]) if pids else (0.0, 0.0)
             run = wrk(ports[name], body, args.duration, args.connections, args.threads)
             if pids:
-                run["cpu_ms_per_request"] = (
-                    (cpu_seconds(pids[name]) - before) * 1000 / max(run["requests"], 1)
-                )
+                after = cpu_seconds(pids[name])
+                answered = max(run["requests"], 1)
+                run["cpu_ms_per_request"] = (after[0] - before[0]) * 1000 / answered
+                run["main_ms_per_request"] = (after[1] - before[1]) * 1000 / answered
             runs[name].append(run)
         loads.append(os.getloadavg()[0])
     pairs = [a["rps"] / b["rps"] for a, b in zip(runs[on], runs[off], strict=True)]
@@ -171,7 +183,10 @@ def on_off(
                 "non2xx": sum(r["non2xx"] + r["socket_errors"] for r in measured),
                 "requests": sum(r["requests"] for r in measured),
                 **(
-                    {"cpu_ms_per_request": statistics.median(r["cpu_ms_per_request"] for r in measured)}
+                    {
+                        key: statistics.median(r[key] for r in measured)
+                        for key in ("cpu_ms_per_request", "main_ms_per_request")
+                    }
                     if pids
                     else {}
                 ),
@@ -185,7 +200,22 @@ def on_off(
     case["ratio"] = case[on]["rps"] / case[off]["rps"]
     if pids:
         case["cpu_ratio"] = case[off]["cpu_ms_per_request"] / case[on]["cpu_ms_per_request"]
+        case["main_ratio"] = case[off]["main_ms_per_request"] / case[on]["main_ms_per_request"]
     return case
+
+
+def alike(args: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """A server command and environment that start two processes laid out alike.
+
+    Two identical servers can differ by several per cent in speed, steadily for their lifetime, from
+    where their memory lands and how their dicts hash; an on/off comparison of two processes would
+    then measure that, in either direction. Address-space randomisation off (``setarch -R``, where
+    it exists) and one hash seed make their layouts the same but for the switch being measured.
+    """
+    env = {**env, "PYTHONHASHSEED": "0"}
+    if shutil.which("setarch"):
+        return ["setarch", os.uname().machine, "-R", *args], env
+    return args, env
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
