@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,7 @@ class TablesFormatError(RouterError, ValueError):
     """A tables file this code cannot read (another format, or damaged); the message names it."""
 
 
-def column_codes(columns: tuple[str, ...], edges: tuple[np.ndarray | None, ...], X: np.ndarray) -> np.ndarray:
+def column_codes(columns: Sequence[str], edges: Sequence[np.ndarray | None], X: np.ndarray) -> np.ndarray:
     """Code each column on its own: bin index, category code or season index.
 
     Args:

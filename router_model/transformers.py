@@ -100,7 +100,7 @@ class BinCross(TransformerMixin, BaseEstimator):
             An int64 array of the same shape.
         """
         check_is_fitted(self, "cardinalities_")
-        return column_codes(tuple(self.columns), self.edges_, self._as_array(X))
+        return column_codes(self.columns, self.edges_, self._as_array(X))
 
     def iter_codes(self, X: np.ndarray) -> Iterator[np.ndarray]:
         """Yield the code vector of each output column in turn (no ``(n, k)`` matrix is built)."""
