@@ -382,6 +382,17 @@ def explain_section(inproc: list[dict], serving: list[dict], note: str = "") -> 
         "the answers byte for byte the same. In process, the explanations of those rows written to JSON took "
         "4.3 ms against 7.6 ms before; one row 0.06 ms against 0.05. A model version carries the router's code "
         "it was trained with (MLflow's code paths): versions trained before this change explain as before.",
+        "- A few rows (2026-12-03, in process, one real row unless said, medians of 9 runs of 1,000 calls): "
+        "the bulk writer's NumPy set-up (object arrays, gathers) costs more than it saves. Up to "
+        "`explain.FEW_ROWS` (4) rows an answer gets the explanations as dicts, which orjson writes as the same "
+        "bytes (tested with the bulk writer forced on the same rows): one LR row's explanation written to JSON "
+        "63 µs against 78 µs in bulk, one NB row 36 against 52, 4 LR rows 88 against 96, and 8 rows 168 against "
+        "115, so the bulk writer takes over above 4. The router also takes a route's rows and columns in one "
+        "indexing step (the route's columns are a slice of the matrix, not `np.ix_`: 2 µs against 8 for one "
+        "row, for scoring and explaining alike). The server's fast path for one explained LR row went from "
+        "383 to 316 µs (explain off: 139 to 211 µs across runs; the machine's noise is that wide). Over HTTP "
+        "(bench/serving.py --explain-only, 4 rounds of 5 s, the same machine minutes apart): single-row p50 "
+        "on/off 1.31 before, 1.20 after; 1,000 rows' rows/s off/on 2.71 before, 2.56 after.",
         "- The 1,000-row target (rows/s at most 2x lower) is still **missed** with every term of every row, though "
         "closer: what is left is making and sending the bytes the contract fixes, 13 times those of the answer "
         "without explanations (each term repeats its feature names and the row's values; orjson already writes "

@@ -86,6 +86,12 @@ class RouteTerms:
         return pieces
 
 
+#: Up to this many rows, an answer orjson writes gets each explanation as its dict, not as text
+#: joined in bulk (:func:`_as_json`): for a few rows, the bulk writer's NumPy set-up costs more
+#: than orjson writing the dicts (the same bytes; docs/benchmarks.md has the figures).
+FEW_ROWS = 4
+
+
 def _texts(values: list[Any]) -> list[bytes]:
     """The JSON text orjson writes for each of ``values`` (numbers: no commas inside)."""
     return orjson.dumps(values)[1:-1].split(b",")
@@ -226,7 +232,8 @@ def explanations(
             are left, one ``"other"`` term holding their sum and their ``count``.
         for_json: For an answer that orjson writes (the model server's fast path): each row's
             explanation as its JSON text, an ``orjson.Fragment`` holding the bytes orjson writes
-            for the dict (built in bulk: :func:`_as_json`).
+            for the dict (built in bulk: :func:`_as_json`). Up to :data:`FEW_ROWS` rows, the
+            dicts themselves, which orjson writes as the same bytes.
 
     Returns:
         Per row ``{"base": float, "contributions": [{"features": [...], "values": [...],
@@ -242,14 +249,20 @@ def explanations(
     ranked = np.take_along_axis(contributions, order, axis=1)
     keep = n_terms if top <= 0 or top >= n_terms else top
     columns = _raw_values(X, terms.codes.columns)
-    if for_json:
+    few = len(X) <= FEW_ROWS
+    if for_json and not few:
         return _as_json(terms, entries, columns, order[:, :keep], ranked)
     names, base = terms.features, terms.base
     with paused_gc():
-        # Per term, every row's values of its features (built by zip and map, in C).
-        values = [
-            list(map(list, zip(*(columns[j] for j in where), strict=True))) for where in terms.positions
-        ]
+        # Per term, every row's values of its features: for many rows built by zip and map, in
+        # C; for a few, by plain indexing, which costs less than setting up the iterators.
+        if few:
+            rows = list(zip(*columns, strict=True))
+            values = [[[row[j] for j in where] for row in rows] for where in terms.positions]
+        else:
+            values = [
+                list(map(list, zip(*(columns[j] for j in where), strict=True))) for where in terms.positions
+            ]
         rest = ranked[:, keep:].sum(axis=1).tolist() if keep < n_terms else None
         out = []
         for i, (row_order, row_terms) in enumerate(

@@ -67,7 +67,22 @@ CONFIG_GOLDEN = "golden_answers"
 GOLDEN_TOLERANCE = 1e-9
 
 _ROUTE_INDEX = {route: i for i, route in enumerate(F.ROUTES)}
-_COLUMN_INDEX = {route: [F.ALL_FEATURES.index(c) for c in F.ROUTE_FEATURES[route]] for route in F.ROUTES}
+
+
+def _column_slice(route: str) -> slice:
+    """A route's columns of the feature matrix: ``ALL_FEATURES`` lists each route's together, in order.
+
+    A slice, not a list of positions: taking a route's rows and columns is then one cheap
+    indexing step, which a single-row request pays for on every route it takes.
+    """
+    start = F.ALL_FEATURES.index(F.ROUTE_FEATURES[route][0])
+    columns = slice(start, start + len(F.ROUTE_FEATURES[route]))
+    if F.ALL_FEATURES[columns] != F.ROUTE_FEATURES[route]:
+        raise AssertionError(f"the {route} features are not together in features.ALL_FEATURES")
+    return columns
+
+
+_COLUMNS = {route: _column_slice(route) for route in F.ROUTES}
 _NO_ROUTE = -1
 #: What :meth:`Router.predict` tells an observer: the feature matrix, route indices into
 #: ``features.ROUTES``, P(poisonous) per row, and the threshold applied (per row, as an array, for
@@ -94,7 +109,7 @@ def assign_routes(
     Raises:
         InvalidInputError: Naming the first row that lacks the features of its route.
     """
-    complete = {r: ~np.isnan(matrix[:, _COLUMN_INDEX[r]]).any(axis=1) for r in F.ROUTES}
+    complete = {r: ~np.isnan(matrix[:, _COLUMNS[r]]).any(axis=1) for r in F.ROUTES}
     if model != F.AUTO:
         refuse_rows(
             np.flatnonzero(~complete[model]),
@@ -224,7 +239,7 @@ class Router:
         for route, index in _ROUTE_INDEX.items():
             rows = routes == index
             if rows.any():
-                columns = matrix[np.ix_(rows, _COLUMN_INDEX[route])]
+                columns = matrix[rows, _COLUMNS[route]]  # a C-ordered copy, as the scorers had it
                 poisonous[rows] = self._scorers[route](columns)
         cut = self._thresholds(threshold, routes)
         if observe is not None:
@@ -317,7 +332,9 @@ class Router:
                     f"param explain: the {route} sub-model is not one whose log-odds are additive "
                     "(a BinCross pipeline, optionally calibrated); it cannot be explained"
                 )
-            explained = explanations(terms, matrix[np.ix_(rows, _COLUMN_INDEX[route])], top, for_json)
+            explained = explanations(terms, matrix[rows, _COLUMNS[route]], top, for_json)
+            if len(rows) == len(out):  # every row took this route
+                return explained
             for row, explanation in zip(rows.tolist(), explained, strict=True):
                 out[row] = explanation
         return out
