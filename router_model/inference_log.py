@@ -49,8 +49,12 @@ _logger = logging.getLogger(__name__)
 OFF = "off"
 #: Table the PostgreSQL sink writes (created on first use).
 TABLE = "mushroom_router_inference"
-#: Batches waiting for the writer; beyond this a batch is dropped, not waited for.
+#: Batches and rows waiting for the writer; beyond either a batch is dropped, not waited for. Both,
+#: so that the memory the queue holds is bounded for single rows (a batch's objects) and for big
+#: batches (their arrays, about 80 bytes a row) alike, while a stalled sink (a database that does
+#: not answer) holds up the writer.
 QUEUE_BATCHES = 10_000
+QUEUE_ROWS = 1_000_000
 #: The writer writes at least this often while rows arrive, and when this many rows are waiting
 #: (a file costs the writer about a millisecond whatever its size, so not many small ones).
 FLUSH_SECONDS = 5.0
@@ -345,12 +349,17 @@ class InferenceLog:
 
     Args:
         sink: Where rows go.
-        max_batches: Queue bound; a full queue drops the batch (counted), never blocks.
+        max_batches: Queue bound in batches; a full queue drops the batch (counted), never blocks.
+        max_rows: Queue bound in rows, likewise (a batch of more rows is taken into an empty queue).
         flush_seconds: Longest time rows wait before they are written.
     """
 
     def __init__(
-        self, sink: Sink, max_batches: int = QUEUE_BATCHES, flush_seconds: float = FLUSH_SECONDS
+        self,
+        sink: Sink,
+        max_batches: int = QUEUE_BATCHES,
+        max_rows: int = QUEUE_ROWS,
+        flush_seconds: float = FLUSH_SECONDS,
     ) -> None:
         self.sink = sink
         self.flush_seconds = flush_seconds
@@ -358,11 +367,14 @@ class InferenceLog:
         #: Called with the number of rows each time rows are dropped (the server's ``/metrics``).
         self.on_drop: Callable[[int], None] | None = None
         self.written = 0
-        # A deque, not a queue.Queue: appending and taking are atomic without a lock, so the
-        # request path pays for no lock and no condition variable. The bound is checked first;
-        # racing requests may pass it by a batch each, which bounds it as well.
+        # A deque and a plain lock, not a queue.Queue: the request path takes one uncontended
+        # lock (the queued rows are counted under it, by request threads and the writer) and no
+        # condition variable.
         self.max_batches = max_batches
+        self.max_rows = max_rows
         self._queue: deque[Batch | None] = deque()
+        self._queued_rows = 0
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._closed = False
         self._wake = threading.Event()
@@ -370,10 +382,17 @@ class InferenceLog:
 
     def submit(self, batch: Batch) -> bool:
         """Queue an answered batch; ``False`` (and counted as dropped) when the queue is full."""
-        if len(self._queue) >= self.max_batches:
-            self._dropped(len(batch.poisonous))
+        rows = len(batch.poisonous)
+        with self._lock:
+            full = len(self._queue) >= self.max_batches or (
+                self._queued_rows and self._queued_rows + rows > self.max_rows
+            )
+            if not full:
+                self._queued_rows += rows
+                self._queue.append(batch)
+        if full:
+            self._dropped(rows)
             return False
-        self._queue.append(batch)
         return True
 
     def _run(self) -> None:
@@ -385,13 +404,17 @@ class InferenceLog:
             # Not woken per request: every wake-up would hand the interpreter from the request's
             # thread to this one and back. It takes what is queued a few times a second instead.
             self._wake.wait(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            taken = 0
             while self._queue:
                 item = self._queue.popleft()
                 if item is None:  # close(): after every batch queued before it
                     stop = True
                     break
                 pending.append(item)
-                rows += len(item.poisonous)
+                taken += len(item.poisonous)
+            with self._lock:
+                self._queued_rows -= taken
+            rows += taken
             now = time.monotonic()
             if pending and (stop or rows >= FLUSH_ROWS or now >= deadline):
                 self._write(pending)

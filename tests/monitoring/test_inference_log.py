@@ -149,6 +149,26 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking():
     assert sum(len(f) for f in sink.frames) == 1 + 10
 
 
+@pytest.mark.parametrize(
+    ("max_rows", "sizes", "accepted"),
+    [
+        (2500, [1000, 1000, 1000, 500], [True, True, False, True]),  # full in rows, not in batches
+        (2500, [3000, 1], [True, False]),  # a batch bigger than the bound goes into an empty queue
+    ],
+)
+def test_the_queue_is_bounded_in_rows_too(max_rows, sizes, accepted):
+    sink = BlockedSink()
+    log = InferenceLog(sink, max_batches=100, max_rows=max_rows, flush_seconds=0.01)
+    log.submit(batch(1))
+    time.sleep(0.2)  # the writer has taken that one and is stuck writing it
+    assert [log.submit(batch(n)) for n in sizes] == accepted
+    assert log.dropped == sum(n for n, ok in zip(sizes, accepted, strict=True) if not ok)
+    sink.release.set()
+    log.close()
+    assert sum(len(f) for f in sink.frames) == 1 + sum(n for n, ok in zip(sizes, accepted, strict=True) if ok)
+    assert log._queued_rows == 0  # the writer took every queued row off the count
+
+
 class FailingSink:
     def write(self, batches: list[Batch]) -> None:
         raise OSError("disk full")
