@@ -24,6 +24,7 @@ Sub-models are skops files (:mod:`router_model.submodels`); params are checked i
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -539,6 +540,16 @@ def _server_process(run_id: str, model: MushroomRouterModel) -> tuple[Any, Any]:
     """Set up this scoring-server process once: the guard, metrics, inference log, app hooks.
 
     ``model`` is the first one loaded (the one the server starts on): ``/ready`` checks it.
+
+    Last, everything the process holds by then (MLflow, NumPy, pandas, the app's modules: a few
+    hundred thousand objects) is moved out of the cyclic garbage collector's way
+    (``gc.freeze``). A request makes thousands of short-lived containers (a 1,000-row body
+    parses into 1,000 lists, its answer is 1,000 dicts); the collections they trigger promote
+    the ones still in use, and the full collections that follow walked every one of those
+    long-lived objects, a large share of a busy server's CPU (docs/benchmarks.md has the
+    figures). Frozen, they are never walked again. Nothing is collected first: what is garbage
+    at that moment (a few dozen objects) stays, once. Objects made later, the served versions'
+    own included, are collected as usual.
     """
     from router_model import metrics, server_guard
 
@@ -555,6 +566,7 @@ def _server_process(run_id: str, model: MushroomRouterModel) -> tuple[Any, Any]:
         if served_metrics is not None:
             log.on_drop = served_metrics.dropped_rows
     _SERVER.append((served_metrics, log))
+    gc.freeze()
     return _SERVER[0]
 
 

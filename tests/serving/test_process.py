@@ -1,5 +1,6 @@
-"""Stopping a model server stops all of it: `mlflow models serve` and the uvicorn child it starts,
-or the project's server and its uvicorn workers.
+"""The model server's process: what loading the model sets up in it, and stopping it stops all of
+it (`mlflow models serve` and the uvicorn child it starts, or the project's server and its uvicorn
+workers).
 
 `mlflow models serve` runs uvicorn as a child process, and uvicorn holds the port. Terminating only
 the mlflow process left uvicorn answering `/ping` for ~60 ms after it exited (measured), long enough
@@ -7,6 +8,7 @@ for the supervisor to take the old server's answer for the new one's and report 
 not happened (a CI failure: version 2 "served" while version 1 answered).
 """
 
+import os
 import socket
 import subprocess
 import sys
@@ -17,7 +19,7 @@ import pytest
 import requests
 from support import free_port, wait_for_http
 
-from router_model import serving
+from router_model import server_guard, serving
 
 # A leader that, like `mlflow models serve`, exits at once on SIGTERM, and a child that, like
 # uvicorn in its graceful shutdown, keeps its port open for a while after SIGTERM (or for good).
@@ -115,3 +117,40 @@ def test_stop_server_on_an_already_stopped_group_returns_its_exit_code():
     proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], start_new_session=True)
     proc.wait()
     assert serving.stop_server(proc) == 3
+
+
+#: Loads the model twice the way the scoring server's worker does (MLflow's scoring server
+#: imported, its model-path variable set) and prints the frozen-object count before and after each.
+LOAD_TWICE = textwrap.dedent(
+    """
+    import gc, sys
+    import mlflow.pyfunc, mlflow.pyfunc.scoring_server
+    counts = [gc.get_freeze_count()]
+    for _ in range(2):
+        mlflow.pyfunc.load_model(sys.argv[1])
+        counts.append(gc.get_freeze_count())
+    print(*counts)
+    """
+)
+
+
+def test_the_server_process_freezes_what_it_loaded_once(registered):
+    """What the server holds once loaded is out of the cyclic collector's way, frozen once per process."""
+    env = {
+        **os.environ,
+        server_guard.SERVER_MODEL_PATH_ENV: registered["model_uri"],
+        "MUSHROOM_INFERENCE_LOG": "off",
+        "MUSHROOM_METRICS": "off",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_TWICE, registered["model_uri"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    before, first, second = map(int, done.stdout.split()[-3:])
+    assert before == 0
+    assert first > 50_000  # MLflow, NumPy, pandas and the model: hundreds of thousands
+    assert second <= first  # the second load froze nothing more (frozen objects may be freed)
