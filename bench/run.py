@@ -393,6 +393,10 @@ def explain_section(inproc: list[dict], serving: list[dict], note: str = "") -> 
         "383 to 316 µs (explain off: 139 to 211 µs across runs; the machine's noise is that wide). Over HTTP "
         "(bench/serving.py --explain-only, 4 rounds of 5 s, the same machine minutes apart): single-row p50 "
         "on/off 1.31 before, 1.20 after; 1,000 rows' rows/s off/on 2.71 before, 2.56 after.",
+        "- Then the server began to freeze its loaded objects out of the garbage collector's way (the serving "
+        "section above): a 1,000-row request without explanations got about a quarter cheaper, one with them, "
+        "whose building already paused the collector, by much less. So the 1,000-row ratio in the table rose "
+        "while explained answers did not get slower (on the same day, 81-91 req/s before it, 100 after).",
         "- The 1,000-row target (rows/s at most 2x lower) is still **missed** with every term of every row, though "
         "closer: what is left is making and sending the bytes the contract fixes, 13 times those of the answer "
         "without explanations (each term repeats its feature names and the row's values; orjson already writes "
@@ -470,6 +474,18 @@ def inference_log_section(r: dict) -> list[str]:
         "",
         "Share = (request path + writer) a request / the server's CPU a request without the log; target at "
         "most 5% of throughput.",
+        "",
+        "- Where the 1,000-row difference is not (2026-12-03, by hand, not in this run; two servers of one "
+        "model taking turns, 6 rounds of 5 s, both freezing their loaded objects as served): with the log on "
+        "but its Parquet sink made a no-op (batches queued, taken and dropped by the writer), the server still "
+        "answered 0.93 of the requests/s of the server without the log, its main thread spending 6% more "
+        "CPU a request, though the request path itself costs about nothing in one process. So most of the "
+        "served cost at large batches is not the writing, and what it is was not settled: glibc returning "
+        "freed memory to the system is not it (the log-on server with trimming off measured 1.02 of the one "
+        "with it, within the noise); a likely cause is that each request's arrays, kept until the writer "
+        "takes them, land in fresh memory rather than in what the last request freed. Earlier, before the "
+        "freeze, a log server pinned to one core and wrk to the other measured 0.93 at 1,000 rows and 1.04 "
+        "at single rows.",
         "",
     ]
     return lines
