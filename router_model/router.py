@@ -502,14 +502,17 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
         if self._metrics is not None:
             self._metrics.observe(routes, poisonous, threshold)
         if self._log is not None:
+            # Copies: the log keeps a batch until its writer takes it, up to a flush later. A
+            # request's own arrays kept that long cost a busy server far more than copying them
+            # (its next requests then work in fresh memory; docs/benchmarks.md has the figures).
             batch = inference_log.Batch(
                 time.time(),
                 inference_log.new_request_id(),
                 self._run_id,
-                threshold,
-                matrix,
-                routes,
-                poisonous,
+                threshold.copy() if isinstance(threshold, np.ndarray) else threshold,
+                matrix.copy(),
+                routes.copy(),
+                poisonous.copy(),
             )
             self._log.submit(batch)
 

@@ -7,6 +7,7 @@ import multiprocessing
 import threading
 import time
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -167,6 +168,24 @@ def test_the_queue_is_bounded_in_rows_too(max_rows, sizes, accepted):
     log.close()
     assert sum(len(f) for f in sink.frames) == 1 + sum(n for n, ok in zip(sizes, accepted, strict=True) if ok)
     assert log._queued_rows == 0  # the writer took every queued row off the count
+
+
+@pytest.mark.parametrize("threshold", [0.5, np.array([0.3, 0.7, 0.3])])
+def test_the_log_keeps_copies_of_a_requests_arrays(threshold):
+    """A batch waits for the writer up to a flush: it holds copies, and the request's arrays go with it."""
+    from router_model.router import MushroomRouterModel
+
+    queued: list[Batch] = []
+    model = MushroomRouterModel()
+    model._log, model._metrics, model._run_id = SimpleNamespace(submit=queued.append), None, "run-1"
+    given = batch(3, threshold=threshold)
+    model._observe(given.matrix, given.routes, given.poisonous, given.threshold)
+    (kept,) = queued
+    for name in ("matrix", "routes", "poisonous", "threshold"):
+        ours, theirs = getattr(kept, name), getattr(given, name)
+        np.testing.assert_array_equal(ours, theirs)
+        assert not np.shares_memory(ours, theirs), name
+    assert kept.model_run_id == "run-1"
 
 
 class FailingSink:
