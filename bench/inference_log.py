@@ -5,7 +5,10 @@ identical but for ``MUSHROOM_INFERENCE_LOG``: Parquet files in a folder of its o
 default sink), ``off`` in the other; ``/metrics`` is on in both, as served. wrk posts identical
 bodies (single rows as ``dataframe_records``, 1,000-row batches as ``dataframe_split``), taking the
 two servers in turn each round with the first alternating, so load from other processes on a
-shared machine falls on both alike; each round's ratio compares two runs made seconds apart.
+shared machine falls on both alike; each round's ratio compares two runs made seconds apart. The
+rounds come from several pairs of servers, each pair started afresh, since two processes differ
+by a few per cent for their whole life (:func:`serving.paired`: geometric mean and 95% interval
+over the pairs).
 
 After the runs the log server is stopped with SIGTERM (it flushes what it holds) and its Parquet
 files are counted against the rows it answered, so a cheap log that loses rows cannot pass.
@@ -22,7 +25,8 @@ request (turning queued batches into one table and writing it), which runs in th
 and competes with requests for the CPU, set against the CPU time the server without the log spends
 on a request.
 
-Usage: ``python bench/inference_log.py --data mushroom_cleaned.csv [--duration 5] [--rounds 10] [--out x.json]``
+Usage: ``python bench/inference_log.py --data mushroom_cleaned.csv [--duration 2] [--rounds 6] [--pairs 5]
+[--out x.json]``
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from types import SimpleNamespace
 import pandas as pd
 import requests
 from benchlib import free_port, trained_work, wait_ping, wrk_parser, wrk_ready
-from serving import alike, on_off, start, write_body
+from serving import alike, merged, on_off, start, write_body
 
 from router_model import features as F
 from router_model import inference_log, serving
@@ -119,8 +123,9 @@ def logged_rows(folder: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = wrk_parser(
-        __doc__.splitlines()[0], duration=5, rounds=10, rounds_help="on/off pairs per batch size"
+        __doc__.splitlines()[0], duration=2, rounds=6, rounds_help="on/off rounds per batch size and pair"
     )
+    parser.add_argument("--pairs", type=int, default=5, help="pairs of servers, each started afresh")
     args = parser.parse_args(argv)
     if not wrk_ready(args):
         return 2
@@ -130,52 +135,65 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     work, env = trained
     folder = work / "inference"
-    ports = {name: free_port() for name in SERVERS}
     targets = {"log_on": str(folder), "log_off": inference_log.OFF}
-    procs = {
-        name: start(
-            *alike(
-                serving.serve_command(port=ports[name]),
-                {**serving.serve_env(env), "MUSHROOM_INFERENCE_LOG": targets[name]},
-            ),
-            work / f"{name}.log",
-        )
-        for name in SERVERS
-    }
     results: dict = {
         "duration_s": args.duration,
         "rounds": args.rounds,
+        "pairs": args.pairs,
         "connections": args.connections,
         "threads": args.threads,
-        "cases": [],
+        "dropped": 0.0,
     }
     frame = pd.read_csv(args.data)[list(F.LR_FEATURES)].astype(float)
-    try:
-        for name, proc in procs.items():
-            wait_ping(ports[name], proc)
-        for batch in BATCHES:
-            body = write_body(frame.sample(batch, random_state=batch), work / f"body-{batch}.json")
-            case = on_off(ports, SERVERS, body, batch, args, {name: proc.pid for name, proc in procs.items()})
-            results["cases"].append(case)
-            loads = case["load_average"]
-            print(
-                f"batch {batch:>5}: log on {case['log_on']['rps']:.1f} req/s, off {case['log_off']['rps']:.1f}; "
-                f"on/off {case['ratio']:.3f} (median of round ratios {case['median_round_ratio']:.3f}; rounds "
-                f"{', '.join(f'{p:.3f}' for p in case['round_ratios'])}); CPU a request on "
-                f"{case['log_on']['cpu_ms_per_request']:.3f} ms, off {case['log_off']['cpu_ms_per_request']:.3f} ms "
-                f"(off/on {case['cpu_ratio']:.3f}); main thread {case['log_on']['main_ms_per_request']:.3f} ms, "
-                f"{case['log_off']['main_ms_per_request']:.3f} ms (off/on {case['main_ratio']:.3f}); "
-                f"load average {loads['min']:.1f}-{loads['max']:.1f}",
-                flush=True,
+    bodies = {b: write_body(frame.sample(b, random_state=b), work / f"body-{b}.json") for b in BATCHES}
+    cases: dict[int, list[dict]] = {b: [] for b in BATCHES}
+    for pair in range(args.pairs):
+        ports = {name: free_port() for name in SERVERS}
+        procs = {
+            name: start(
+                *alike(
+                    serving.serve_command(port=ports[name]),
+                    {**serving.serve_env(env), "MUSHROOM_INFERENCE_LOG": targets[name]},
+                ),
+                work / f"{name}-{pair}.log",
             )
-        scraped = requests.get(f"http://127.0.0.1:{ports['log_on']}/metrics", timeout=5).text
-        dropped = [
-            line for line in scraped.splitlines() if line.startswith("mushroom_router_inference_log_dropped")
-        ]
-        results["dropped"] = sum(float(line.split()[-1]) for line in dropped if "_created" not in line)
-    finally:
-        for proc in procs.values():
-            serving.stop_server(proc)
+            for name in SERVERS
+        }
+        try:
+            for name, proc in procs.items():
+                wait_ping(ports[name], proc)
+            for batch in BATCHES:
+                pids = {name: proc.pid for name, proc in procs.items()}
+                cases[batch].append(on_off(ports, SERVERS, bodies[batch], batch, args, pids))
+                print(
+                    f"pair {pair + 1}, batch {batch:>5}: on/off {cases[batch][-1]['paired']['mean']:.3f}",
+                    flush=True,
+                )
+            scraped = requests.get(f"http://127.0.0.1:{ports['log_on']}/metrics", timeout=5).text
+            dropped = [
+                line
+                for line in scraped.splitlines()
+                if line.startswith("mushroom_router_inference_log_dropped")
+            ]
+            results["dropped"] += sum(float(line.split()[-1]) for line in dropped if "_created" not in line)
+        finally:
+            for proc in procs.values():
+                serving.stop_server(proc)
+    results["cases"] = [merged(cases[b], SERVERS) for b in BATCHES]
+    for case in results["cases"]:
+        loads = case["load_average"]
+        rps, cpu, main_ = case["paired"], case["cpu_paired"], case["main_paired"]
+        print(
+            f"batch {case['batch']:>5}: log on {case['log_on']['rps']:.1f} req/s, off {case['log_off']['rps']:.1f}; "
+            f"on/off {rps['mean']:.3f} (95% {rps['low']:.3f}-{rps['high']:.3f}, {args.pairs} pairs of servers, "
+            f"{args.rounds} rounds each; pairs {', '.join(f'{x:.3f}' for x in case['pair_ratios'])}); "
+            f"CPU a request on {case['log_on']['cpu_ms_per_request']:.3f} ms, off "
+            f"{case['log_off']['cpu_ms_per_request']:.3f} ms (off/on {cpu['mean']:.3f}, 95% "
+            f"{cpu['low']:.3f}-{cpu['high']:.3f}); main thread {case['log_on']['main_ms_per_request']:.3f} ms, "
+            f"{case['log_off']['main_ms_per_request']:.3f} ms (off/on {main_['mean']:.3f}, 95% "
+            f"{main_['low']:.3f}-{main_['high']:.3f}); load average {loads['min']:.1f}-{loads['max']:.1f}",
+            flush=True,
+        )
     answered = sum(c["log_on"]["requests"] * c["batch"] for c in results["cases"])
     results["rows_answered"] = answered
     results["rows_logged"] = logged_rows(folder)

@@ -6,10 +6,12 @@ difference is the counting alone (with the log on, its callback already runs on 
 and the counting adds less). wrk posts identical bodies (single rows as ``dataframe_records``,
 1,000-row batches as ``dataframe_split``), taking the two servers in turn each round, while a
 scraper reads ``/metrics`` of the server that has it once a second, as Prometheus would. The
-machine may be shared, so each round's ratio compares two runs made seconds apart, and the load
-average is reported with them.
+machine may be shared, so each round's ratio compares two runs made seconds apart, the rounds come
+from several pairs of servers each started afresh and laid out alike (:func:`serving.alike`), and
+the estimate is their geometric mean with a 95% interval over the pairs (:func:`serving.paired`);
+the load average is reported with them.
 
-Usage: ``python bench/metrics.py --data mushroom_cleaned.csv [--duration 5] [--rounds 6] [--out x.json]``
+Usage: ``python bench/metrics.py --data mushroom_cleaned.csv [--duration 2] [--rounds 6] [--pairs 5] [--out x.json]``
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import requests
 from benchlib import free_port, trained_work, wait_ping, wrk_parser, wrk_ready
-from serving import on_off, start, write_body
+from serving import alike, merged, on_off, start, write_body
 
 from router_model import features as F
 from router_model import metrics, serving
@@ -96,8 +98,9 @@ def in_process(frame: pd.DataFrame, work: Path, repeat: int = 2000) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = wrk_parser(
-        __doc__.splitlines()[0], duration=5, rounds=6, rounds_help="on/off pairs per batch size"
+        __doc__.splitlines()[0], duration=2, rounds=6, rounds_help="on/off rounds per batch size and pair"
     )
+    parser.add_argument("--pairs", type=int, default=5, help="pairs of servers, each started afresh")
     args = parser.parse_args(argv)
     if not wrk_ready(args):
         return 2
@@ -106,21 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     if trained is None:
         return 1
     work, env = trained
-    ports = {name: free_port() for name in SERVERS}
-    procs = {}
-    for name in SERVERS:
-        server_env = {
-            **serving.serve_env(env),
-            **({metrics.METRICS_ENV: metrics.OFF} if name == "metrics_off" else {}),
-        }
-        procs[name] = start(serving.serve_command(port=ports[name]), server_env, work / f"{name}.log")
     stop = threading.Event()
     scrapes = {"count": 0, "failed": 0}
+    scraped: dict[str, int | None] = {"port": None}  # the server with metrics of the current pair
 
     def scrape() -> None:
         while not stop.wait(SCRAPE_SECONDS):
+            if scraped["port"] is None:
+                continue
             try:
-                ok = requests.get(f"http://127.0.0.1:{ports['metrics_on']}/metrics", timeout=5).ok
+                ok = requests.get(f"http://127.0.0.1:{scraped['port']}/metrics", timeout=5).ok
             except requests.RequestException:
                 ok = False
             scrapes["count"] += 1
@@ -129,39 +127,62 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {
         "duration_s": args.duration,
         "rounds": args.rounds,
+        "pairs": args.pairs,
         "connections": args.connections,
         "threads": args.threads,
         "scrape_seconds": SCRAPE_SECONDS,
-        "cases": [],
     }
     scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
     frame = pd.read_csv(args.data)[list(F.LR_FEATURES)].astype(float)
+    bodies = {b: write_body(frame.sample(b, random_state=b), work / f"body-{b}.json") for b in BATCHES}
+    cases: dict[int, list[dict]] = {b: [] for b in BATCHES}
     try:
-        for name, proc in procs.items():
-            wait_ping(ports[name], proc)
-        off = requests.get(f"http://127.0.0.1:{ports['metrics_off']}/metrics", timeout=5).status_code
-        assert off == 404, f"the server with MUSHROOM_METRICS=off answered /metrics with {off}"
-        scraper.start()
-        for batch in BATCHES:
-            body = write_body(frame.sample(batch, random_state=batch), work / f"body-{batch}.json")
-            case = on_off(ports, SERVERS, body, batch, args)
-            pairs, loads = case["round_ratios"], case["load_average"]
-            results["cases"].append(case)
-            print(
-                f"batch {batch:>5}: metrics on {case['metrics_on']['rps']:.1f} req/s, off "
-                f"{case['metrics_off']['rps']:.1f}; on/off {case['ratio']:.3f} (median of round ratios "
-                f"{case['median_round_ratio']:.3f}; rounds {', '.join(f'{p:.3f}' for p in pairs)}); load "
-                f"average {loads['min']:.1f}-{loads['max']:.1f}",
-                flush=True,
-            )
-        results["scrapes"] = dict(scrapes)
-        final = requests.get(f"http://127.0.0.1:{ports['metrics_on']}/metrics", timeout=5).text
-        results["metrics_bytes"] = len(final)
-        print(f"scrapes during the runs: {scrapes['count']} ({scrapes['failed']} failed)", flush=True)
+        for pair in range(args.pairs):
+            ports = {name: free_port() for name in SERVERS}
+            procs = {}
+            for name in SERVERS:
+                server_env = {
+                    **serving.serve_env(env),
+                    **({metrics.METRICS_ENV: metrics.OFF} if name == "metrics_off" else {}),
+                }
+                procs[name] = start(
+                    *alike(serving.serve_command(port=ports[name]), server_env), work / f"{name}-{pair}.log"
+                )
+            try:
+                for name, proc in procs.items():
+                    wait_ping(ports[name], proc)
+                off = requests.get(f"http://127.0.0.1:{ports['metrics_off']}/metrics", timeout=5).status_code
+                assert off == 404, f"the server with MUSHROOM_METRICS=off answered /metrics with {off}"
+                scraped["port"] = ports["metrics_on"]
+                for batch in BATCHES:
+                    cases[batch].append(on_off(ports, SERVERS, bodies[batch], batch, args))
+                    print(
+                        f"pair {pair + 1}, batch {batch:>5}: on/off {cases[batch][-1]['paired']['mean']:.3f}",
+                        flush=True,
+                    )
+                scraped["port"] = None
+                final = requests.get(f"http://127.0.0.1:{ports['metrics_on']}/metrics", timeout=5).text
+                results["metrics_bytes"] = len(final)
+            finally:
+                scraped["port"] = None
+                for proc in procs.values():
+                    serving.stop_server(proc)
     finally:
         stop.set()
-        for proc in procs.values():
-            serving.stop_server(proc)
+    results["cases"] = [merged(cases[b], SERVERS) for b in BATCHES]
+    for case in results["cases"]:
+        paired, loads = case["paired"], case["load_average"]
+        print(
+            f"batch {case['batch']:>5}: metrics on {case['metrics_on']['rps']:.1f} req/s, off "
+            f"{case['metrics_off']['rps']:.1f}; on/off {paired['mean']:.3f} (95% {paired['low']:.3f}-"
+            f"{paired['high']:.3f}, {args.pairs} pairs of servers, {args.rounds} rounds each; pairs "
+            f"{', '.join(f'{x:.3f}' for x in case['pair_ratios'])}); load average "
+            f"{loads['min']:.1f}-{loads['max']:.1f}",
+            flush=True,
+        )
+    results["scrapes"] = dict(scrapes)
+    print(f"scrapes during the runs: {scrapes['count']} ({scrapes['failed']} failed)", flush=True)
     results["in_process"] = in_process(frame, work)
     for r in results["in_process"]["predict"]:
         print(

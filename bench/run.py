@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from benchlib import REPO, machine
@@ -262,29 +263,59 @@ def scale_section(r: dict) -> list[str]:
     ]
 
 
+def interval(p: dict) -> str:
+    """A :func:`serving.paired` estimate as ``mean (low-high)``."""
+    return f"**{p['mean']:.3f}** ({p['low']:.3f}-{p['high']:.3f})"
+
+
+def pair_ratios(case: dict) -> str:
+    """Each pair of servers' on/off (geometric mean of its rounds)."""
+    return ", ".join(f"{x:.2f}" for x in case["pair_ratios"])
+
+
+def verdict(cases: list[dict], target: float, what: str) -> str:
+    """Whether each case's requests/s cost is within ``target``, by the estimate and by its interval."""
+    parts = []
+    for c in cases:
+        p = c["paired"]
+        cost, worst = 1 - p["mean"], 1 - p["low"]
+        if worst <= target:
+            word = "met, the whole 95% interval within it"
+        elif cost <= target:
+            word = f"met by the estimate; the interval reaches {worst:.1%}"
+        else:
+            word = "NOT met"
+        size = "single rows" if c["batch"] == 1 else f"{c['batch']:,}-row batches"
+        parts.append(f"{size} {cost:.1%} ({word})")
+    return f"- {what} (target at most {target:.0%} of requests/s): " + "; ".join(parts) + "."
+
+
+#: The heading of the /metrics section (``--metrics-only`` replaces what follows it).
+METRICS_HEADING = "## What /metrics costs the model server"
+
+
 def metrics_section(r: dict) -> list[str]:
     """What the model server's /metrics costs (bench/metrics.py)."""
     lines = [
-        "## What /metrics costs the model server",
+        METRICS_HEADING,
         "",
         "`bench/metrics.py`: the router trained on the real data, served twice, identical but for "
         "`MUSHROOM_METRICS=off` in one (the inference log off in both, so the difference is the counting "
-        f"alone). wrk ({r['threads']} threads, {r['connections']} connections, {r['duration_s']} s per run, "
-        f"{r['rounds']} rounds taking the two in turn, the first of each round alternating) while "
-        f"`/metrics` is scraped every {r['scrape_seconds']:.0f} s; each round's ratio compares two runs made "
-        "seconds apart. The machine is shared: the load average during each case is given.",
+        f"alone). wrk ({r['threads']} threads, {r['connections']} connections, {r['duration_s']} s per run; "
+        f"{r['pairs']} pairs of servers, {r['rounds']} rounds each taking the two in turn, the first of "
+        f"each round alternating) while `/metrics` is scraped every {r['scrape_seconds']:.0f} s. {PAIRED_TEXT}",
         "",
-        "| rows/request | metrics on req/s | metrics off req/s | **on/off** | median of round ratios "
-        "| round ratios | load average | non-2xx (on, off) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| rows/request | metrics on req/s | metrics off req/s | **on/off** (95% interval) | each pair "
+        "| load average | non-2xx (on, off) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in r["cases"]:
         on, off, load = c["metrics_on"], c["metrics_off"], c["load_average"]
         lines.append(
-            f"| {c['batch']:,} | {on['rps']:,.1f} | {off['rps']:,.1f} | **{c['ratio']:.3f}** "
-            f"| {c['median_round_ratio']:.3f} | {', '.join(f'{x:.2f}' for x in c['round_ratios'])} "
-            f"| {load['min']:.1f}-{load['max']:.1f} | {on['non2xx']}, {off['non2xx']} |"
+            f"| {c['batch']:,} | {on['rps']:,.1f} | {off['rps']:,.1f} | {interval(c['paired'])} "
+            f"| {pair_ratios(c)} | {load['min']:.1f}-{load['max']:.1f} | {on['non2xx']}, {off['non2xx']} |"
         )
+    lines += ["", verdict(r["cases"], 0.03, "Served, what the counting costs")]
     inproc = r["in_process"]
     lines += [
         "",
@@ -410,6 +441,17 @@ def explain_section(inproc: list[dict], serving: list[dict], note: str = "") -> 
     return lines
 
 
+#: How the on/off benchmarks (bench/metrics.py, bench/inference_log.py) estimate a cost.
+PAIRED_TEXT = (
+    "The machine is shared and its speed moves by more than these costs from one run to the next, "
+    "but two runs made seconds apart move together: each round's ratio (on over off) is the unit. Two "
+    "server processes also differ by a few per cent for their whole life, even started alike "
+    "(address-space randomisation off and one hash seed: `setarch -R`, `PYTHONHASHSEED=0`), which no "
+    "number of rounds against the same two averages out: so the rounds come from pairs of servers "
+    "each started afresh, and the figure is the geometric mean of the rounds with a 95% interval over "
+    "the pairs' means (Student's t on the logs). The load average during each case is given."
+)
+
 #: The heading of the inference-log section (``--log-only`` replaces what follows it).
 LOG_HEADING = "## What the inference log costs the model server"
 
@@ -422,38 +464,38 @@ def inference_log_section(r: dict) -> list[str]:
         "`bench/inference_log.py`: the router trained on the real data, served twice, identical but for "
         "`MUSHROOM_INFERENCE_LOG` (Parquet files in one, `off` in the other; `/metrics` on in both). wrk "
         f"({r['threads']} threads, {r['connections']} connections, {r['duration_s']} s per run, "
-        f"{r['rounds']} rounds taking the two in turn, the first of each round alternating); each round's "
-        "ratio compares two runs made seconds apart. Both servers start with address-space randomisation "
-        "off and one hash seed (`setarch -R`, `PYTHONHASHSEED=0`), so that their memory layouts differ only "
-        "by the log: two identical processes otherwise differ by several per cent, steadily, in either "
-        "direction. The machine is shared: the load average during each case is given.",
+        f"{r['pairs']} pairs of servers, {r['rounds']} rounds each taking the two in turn, the first of each "
+        f"round alternating). {PAIRED_TEXT}",
         "",
-        "| rows/request | log on req/s | log off req/s | **on/off** | median of round ratios "
-        "| round ratios | CPU ms a request, on / off | **CPU off/on** | main thread ms a request, on / off "
-        "| **main thread off/on** | load average | non-2xx (on, off) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| rows/request | log on req/s | log off req/s | **on/off** (95% interval) | each pair "
+        "| CPU ms a request, on / off | CPU off/on (95% interval) | main thread ms a request, on / off "
+        "| main thread off/on (95% interval) | load average | non-2xx (on, off) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in r["cases"]:
         on, off, load = c["log_on"], c["log_off"], c["load_average"]
         lines.append(
-            f"| {c['batch']:,} | {on['rps']:,.1f} | {off['rps']:,.1f} | **{c['ratio']:.3f}** "
-            f"| {c['median_round_ratio']:.3f} | {', '.join(f'{x:.2f}' for x in c['round_ratios'])} "
-            f"| {on['cpu_ms_per_request']:.3f} / {off['cpu_ms_per_request']:.3f} | **{c['cpu_ratio']:.3f}** "
-            f"| {on['main_ms_per_request']:.3f} / {off['main_ms_per_request']:.3f} | **{c['main_ratio']:.3f}** "
-            f"| {load['min']:.1f}-{load['max']:.1f} | {on['non2xx']}, {off['non2xx']} |"
+            f"| {c['batch']:,} | {on['rps']:,.1f} | {off['rps']:,.1f} | {interval(c['paired'])} "
+            f"| {pair_ratios(c)} | {on['cpu_ms_per_request']:.3f} / {off['cpu_ms_per_request']:.3f} "
+            f"| {interval(c['cpu_paired'])} "
+            f"| {on['main_ms_per_request']:.3f} / {off['main_ms_per_request']:.3f} "
+            f"| {interval(c['main_paired'])} | {load['min']:.1f}-{load['max']:.1f} | {on['non2xx']}, {off['non2xx']} |"
         )
     lines += [
+        "",
+        verdict(r["cases"], 0.05, "Served, what the log costs"),
         "",
         f"Rows in the log server's Parquet files after its SIGTERM: {r['rows_logged']:,}, for "
         f"{r['rows_answered']:,} rows wrk counted as answered (wrk does not count requests still in flight "
         f"when a run ends); dropped: {r['dropped']:.0f}.",
         "",
         "CPU a request: the server's CPU time (its process and its uvicorn child) over each wrk run, per "
-        "answered request, median of the rounds. Other processes slow a server down without adding to "
-        "its CPU time, so for a CPU-bound server CPU off/on is the steadier figure of the throughput the "
-        "log leaves. The main thread's alone: requests are answered there, holding the GIL, so it is what a "
-        "single saturated server's throughput follows; the writer thread's work (the rest of the difference) "
-        "can run on another core. With several workers on busy cores, all of the CPU counts.",
+        "answered request (the table gives the medians of the rounds; off/on is paired by round like the "
+        "requests/s). Other processes slow a server down without adding much to its CPU time. The main "
+        "thread's alone: requests are answered there, holding the GIL, so it is what a single saturated "
+        "server's throughput follows; the writer thread's work (the rest of the difference) can run on "
+        "another core. With several workers on busy cores, all of the CPU counts: CPU off/on is then the "
+        "throughput the log leaves.",
         "",
         "The log's own cost, timed in one process in CPU time: the request path (the router's observer "
         "building the batch and putting it on the bounded queue; median of repeated calls, alternating "
@@ -475,16 +517,22 @@ def inference_log_section(r: dict) -> list[str]:
         "Share = (request path + writer) a request / the server's CPU a request without the log; target at "
         "most 5% of throughput.",
         "",
-        "- Where the 1,000-row difference was (2026-12-03, by hand, not in this run; two servers of one model "
-        "taking turns, 6 rounds of 5 s, both freezing their loaded objects as served): with the log on but its "
-        "Parquet sink made a no-op (batches queued, taken and dropped by the writer), the server still answered "
-        "0.93 of the requests/s of the server without the log, its main thread spending 6% more CPU a request, "
-        "though the request path itself costs about nothing in one process; with batches dropped at once "
-        "instead of queued, 1.04. So it was keeping each request's own arrays until the writer took them (its "
-        "next requests then work in fresh memory; glibc's trimming is not it: trimming off measured 1.02). "
-        "Keeping copies instead, with the real Parquet sink: 1.02 of the requests/s (median of the rounds "
-        "0.98), main thread 1.01, all CPU 0.95 (the writer). The log has kept copies since; the table above "
-        "is measured with them (before, 0.85 at 1,000 rows, main thread 0.86).",
+        "- Where the difference is (2026-12-04, by hand, not in this run; 1,000-row requests, 30 rounds of 2 s "
+        "against the server without the log, both as served, one pair of servers each, so these intervals "
+        "leave out the spread from pair to pair): with the writer dropping each batch as it "
+        "takes it (queued, never kept, nothing written), 1.005 (0.965-1.045): the request path and the "
+        "queue cost nothing measurable. Batches kept until the flush but written nowhere: 0.931 "
+        "(0.888-0.974), main thread 0.914. Kept with their arrays freed as they are taken (only the small "
+        "batch objects kept): 0.936 (0.891-0.983). The main thread's profiles (perf, 8 s of each server "
+        "under the same load) show the same functions in the same shares. Holding less did not help: a "
+        "writer that wrote each take at once (a row group into an open file, closed every 5 s; this "
+        "benchmark in full with one pair of servers and 30 rounds, 2026-12-04) measured 0.911 "
+        "(0.860-0.965) at 1,000 rows and 0.972 (0.935-1.010) at single rows, no better than the table "
+        "above, so it was not kept. What is left "
+        "looks like the writer thread's work sharing the process and the 2 cores with the requests, "
+        "whether it holds batches or writes them; only a writer that does nothing measured free. "
+        "Earlier (2026-12-03, 6 rounds of 5 s) keeping each request's own arrays, not copies, measured "
+        "0.85 at 1,000 rows; the log has kept copies since.",
         "",
     ]
     return lines
@@ -549,6 +597,11 @@ def main(argv: list[str] | None = None) -> int:
         help="measure only the inference log's cost and replace that section of the existing docs/benchmarks.md",
     )
     parser.add_argument(
+        "--metrics-only",
+        action="store_true",
+        help="measure only what /metrics costs and replace that section of the existing docs/benchmarks.md",
+    )
+    parser.add_argument(
         "--coldstart-only",
         action="store_true",
         help="measure only the cold start and replace that section of the existing docs/benchmarks.md",
@@ -563,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
         return coldstart_only(args)
     if args.log_only:
         return log_only(args)
+    if args.metrics_only:
+        return metrics_only(args)
     if args.from_dir:
         tmp = Path(args.from_dir)
     else:
@@ -746,47 +801,74 @@ def run_coldstart(data: str, tmp: Path) -> None:
         run("coldstart.py", "--store", store, "--data", data, "--out", str(tmp / f"coldstart-{store}.json"))
 
 
-def coldstart_only(args: argparse.Namespace) -> int:
-    """Measure the cold start alone and put that section into the committed docs/benchmarks.md."""
-    tmp = Path(args.from_dir) if args.from_dir else Path(tempfile.mkdtemp(prefix="mushroom-bench-cold-"))
+def section_only(
+    args: argparse.Namespace,
+    flag: str,
+    measure: Callable[[Path], None],
+    render: Callable[[Path], list[str]],
+    heading: str,
+    before: str,
+) -> int:
+    """Measure one section alone (or re-render it ``--from-dir``) and put it into the committed docs/benchmarks.md.
+
+    Args:
+        flag: The option that asked for it (said in the section and in the re-render hint).
+        measure: Writes the section's figures into a folder.
+        render: The section's lines from that folder.
+        heading: The section replaced (``before`` the heading it goes in front of, when missing).
+    """
+    tmp = Path(args.from_dir) if args.from_dir else Path(tempfile.mkdtemp(prefix="mushroom-bench-only-"))
     if not args.from_dir:
-        run_coldstart(args.data, tmp)
-        print(f"figures kept in {tmp} (re-render with --coldstart-only --from-dir {tmp})")
-    runs = [json.loads((tmp / f"coldstart-{store}.json").read_text()) for store in STORES]
-    lines = coldstart_section(runs)
+        measure(tmp)
+        print(f"figures kept in {tmp} (re-render with {flag} --from-dir {tmp})")
+    lines = render(tmp)
     lines.insert(
         2,
-        f"Measured on its own with `bench/run.py --coldstart-only` on {machine()['date']}, not in the run "
+        f"Measured on its own with `bench/run.py {flag}` on {machine()['date']}, not in the run "
         "above (the machine otherwise as above).\n",
     )
     path = DOCS / "benchmarks.md"
-    path.write_text(
-        replace_section(
-            path.read_text(), COLDSTART_HEADING, lines, "## In-process: the loaded router's predict"
-        )
-    )
-    print(f"wrote the cold-start section of {path}")
+    path.write_text(replace_section(path.read_text(), heading, lines, before))
+    print(f"wrote the section {heading.removeprefix('## ')!r} of {path}")
     return 0
+
+
+def coldstart_only(args: argparse.Namespace) -> int:
+    """Measure the cold start alone (:func:`section_only`)."""
+    return section_only(
+        args,
+        "--coldstart-only",
+        lambda tmp: run_coldstart(args.data, tmp),
+        lambda tmp: coldstart_section(
+            [json.loads((tmp / f"coldstart-{store}.json").read_text()) for store in STORES]
+        ),
+        COLDSTART_HEADING,
+        "## In-process: the loaded router's predict",
+    )
 
 
 def log_only(args: argparse.Namespace) -> int:
-    """Measure the inference log's cost alone and put that section into the committed docs/benchmarks.md."""
-    tmp = Path(args.from_dir) if args.from_dir else Path(tempfile.mkdtemp(prefix="mushroom-bench-log-"))
-    if not args.from_dir:
-        run("inference_log.py", "--data", args.data, "--out", str(tmp / "inference_log.json"))
-        print(f"figures kept in {tmp} (re-render with --log-only --from-dir {tmp})")
-    lines = inference_log_section(json.loads((tmp / "inference_log.json").read_text()))
-    lines.insert(
-        2,
-        f"Measured on its own with `bench/run.py --log-only` on {machine()['date']}, not in the run "
-        "above (the machine otherwise as above).\n",
+    """Measure the inference log's cost alone (:func:`section_only`)."""
+    return section_only(
+        args,
+        "--log-only",
+        lambda tmp: run("inference_log.py", "--data", args.data, "--out", str(tmp / "inference_log.json")),
+        lambda tmp: inference_log_section(json.loads((tmp / "inference_log.json").read_text())),
+        LOG_HEADING,
+        "## Large files: `mushroom-router predict`",
     )
-    path = DOCS / "benchmarks.md"
-    path.write_text(
-        replace_section(path.read_text(), LOG_HEADING, lines, "## Large files: `mushroom-router predict`")
+
+
+def metrics_only(args: argparse.Namespace) -> int:
+    """Measure what /metrics costs alone (:func:`section_only`)."""
+    return section_only(
+        args,
+        "--metrics-only",
+        lambda tmp: run("metrics.py", "--data", args.data, "--out", str(tmp / "metrics.json")),
+        lambda tmp: metrics_section(json.loads((tmp / "metrics.json").read_text())),
+        METRICS_HEADING,
+        LOG_HEADING,
     )
-    print(f"wrote the inference-log section of {path}")
-    return 0
 
 
 def explain_only(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -129,6 +130,72 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return total, main
 
 
+def paired(groups: list[list[float]]) -> dict[str, float]:
+    """The geometric mean of paired ratios (each round's on over off) and its 95% confidence interval.
+
+    On a shared machine the speed of a run moves by more than a cost being measured, but two runs
+    seconds apart move together: each round's ratio is the unit. Two server processes also differ
+    by a few per cent for their whole life, even laid out alike (:func:`alike`), which no number of
+    rounds against the same two averages out; so the rounds come in groups, one per pair of
+    processes started afresh, and with two groups or more the interval is taken over the groups'
+    means. Student's t on the logs, which suits ratios (1.1 and 1/1.1 weigh alike).
+
+    Args:
+        groups: Per pair of server processes, its rounds' ratios.
+
+    Returns:
+        ``{"mean", "low", "high"}``.
+    """
+    from scipy import stats
+
+    means = [statistics.fmean(math.log(r) for r in group) for group in groups]
+    units = means if len(means) > 1 else [math.log(r) for r in groups[0]]
+    mean = statistics.fmean(units)
+    half = (
+        stats.t.ppf(0.975, len(units) - 1) * statistics.stdev(units) / math.sqrt(len(units))
+        if len(units) > 1
+        else math.inf
+    )
+    return {"mean": math.exp(mean), "low": math.exp(mean - half), "high": math.exp(mean + half)}
+
+
+def merged(cases: list[dict], names: tuple[str, str]) -> dict:
+    """One case from :func:`on_off`'s cases of the same batch size, each against a fresh pair of servers.
+
+    Per server the medians and sums over every round; the estimates (:func:`paired`) grouped by
+    pair; ``"pairs"`` is the number of pairs, ``"pair_ratios"`` each pair's geometric mean.
+    """
+    out: dict = {"batch": cases[0]["batch"], "pairs": len(cases)}
+    for name in names:
+        runs = [run for case in cases for run in case["runs"][name]]
+        out[name] = _medians(runs)
+    out["round_ratios"] = [r for case in cases for r in case["round_ratios"]]
+    out["median_round_ratio"] = statistics.median(out["round_ratios"])
+    out["ratio"] = out[names[0]]["rps"] / out[names[1]]["rps"]
+    out["paired"] = paired([case["round_ratios"] for case in cases])
+    out["pair_ratios"] = [paired([case["round_ratios"]])["mean"] for case in cases]
+    if "cpu_round_ratios" in cases[0]:
+        for key in ("cpu", "main"):
+            out[f"{key}_ratio"] = (
+                out[names[1]][f"{key}_ms_per_request"] / out[names[0]][f"{key}_ms_per_request"]
+            )
+            out[f"{key}_paired"] = paired([case[f"{key}_round_ratios"] for case in cases])
+    loads = [case["load_average"] for case in cases]
+    out["load_average"] = {"min": min(x["min"] for x in loads), "max": max(x["max"] for x in loads)}
+    return out
+
+
+def _medians(measured: list[dict]) -> dict:
+    """One server's runs: the medians of ``rps``, ``p50_ms``, ``p99_ms`` (and CPU a request, when
+    measured), the sum of ``non2xx`` and socket errors, and the ``requests`` answered in all."""
+    keys = ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request", "main_ms_per_request")
+    return {
+        **{key: statistics.median(r[key] for r in measured) for key in keys if key in measured[0]},
+        "non2xx": sum(r["non2xx"] + r["socket_errors"] for r in measured),
+        "requests": sum(r["requests"] for r in measured),
+    }
+
+
 def on_off(
     ports: dict[str, int],
     names: tuple[str, str],
@@ -152,11 +219,13 @@ def on_off(
     server's throughput, when its other threads' work can run on another core.
 
     Returns:
-        ``{"batch", <on>: {...}, <off>: {...}, "round_ratios", "median_round_ratio", "ratio",
-        "load_average"}`` (and ``"cpu_ratio"``, ``"main_ratio"`` with ``pids``); per server the
-        medians of ``rps``, ``p50_ms``, ``p99_ms`` (and ``cpu_ms_per_request``,
-        ``main_ms_per_request``), the sum of ``non2xx`` and socket
-        errors, and the ``requests`` answered in all.
+        ``{"batch", "runs", <on>: {...}, <off>: {...}, "round_ratios", "median_round_ratio",
+        "ratio", "paired", "load_average"}`` (and ``"cpu_ratio"``, ``"main_ratio"``,
+        ``"cpu_round_ratios"``, ``"main_round_ratios"``, ``"cpu_paired"``, ``"main_paired"``
+        with ``pids``); per server :func:`_medians` of its runs (``runs``: every run). ``paired``
+        is :func:`paired` of the round ratios (requests/s, on over off), ``cpu_paired`` and
+        ``main_paired`` of each round's CPU a request, off over on; :func:`merged` joins the
+        cases of several pairs of servers.
     """
     on, off = names
     runs: dict[str, list[dict]] = {name: [] for name in names}
@@ -175,32 +244,22 @@ def on_off(
     pairs = [a["rps"] / b["rps"] for a, b in zip(runs[on], runs[off], strict=True)]
     case = {
         "batch": batch,
-        **{
-            name: {
-                "rps": statistics.median(r["rps"] for r in measured),
-                "p50_ms": statistics.median(r["p50_ms"] for r in measured),
-                "p99_ms": statistics.median(r["p99_ms"] for r in measured),
-                "non2xx": sum(r["non2xx"] + r["socket_errors"] for r in measured),
-                "requests": sum(r["requests"] for r in measured),
-                **(
-                    {
-                        key: statistics.median(r[key] for r in measured)
-                        for key in ("cpu_ms_per_request", "main_ms_per_request")
-                    }
-                    if pids
-                    else {}
-                ),
-            }
-            for name, measured in runs.items()
-        },
+        "runs": runs,
+        **{name: _medians(measured) for name, measured in runs.items()},
         "round_ratios": pairs,
         "median_round_ratio": statistics.median(pairs),
         "load_average": {"min": min(loads), "max": max(loads)},
     }
     case["ratio"] = case[on]["rps"] / case[off]["rps"]
+    case["paired"] = paired([pairs])
     if pids:
-        case["cpu_ratio"] = case[off]["cpu_ms_per_request"] / case[on]["cpu_ms_per_request"]
-        case["main_ratio"] = case[off]["main_ms_per_request"] / case[on]["main_ms_per_request"]
+        for key in ("cpu", "main"):
+            field = f"{key}_ms_per_request"
+            case[f"{key}_ratio"] = case[off][field] / case[on][field]
+            case[f"{key}_round_ratios"] = [
+                b[field] / a[field] for a, b in zip(runs[on], runs[off], strict=True)
+            ]
+            case[f"{key}_paired"] = paired([case[f"{key}_round_ratios"]])
     return case
 
 

@@ -1,0 +1,77 @@
+"""The benchmarks' own arithmetic: how an on/off cost is estimated and judged against its target."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = str(Path(__file__).resolve().parents[2] / "bench")
+sys.path.insert(0, BENCH)  # the scripts import each other by name; only while they load
+try:
+    import run  # bench/run.py
+    import serving  # bench/serving.py
+finally:
+    sys.path.remove(BENCH)
+
+
+def test_paired_ratios_weigh_a_gain_and_the_same_loss_alike():
+    estimate = serving.paired([[1.1, 1 / 1.1] * 10])
+    assert estimate["mean"] == pytest.approx(1.0)
+    assert estimate["low"] < 1.0 < estimate["high"]
+    assert estimate["low"] * estimate["high"] == pytest.approx(1.0)  # symmetric in the logs
+
+
+def test_the_interval_is_over_pairs_of_servers_when_there_are_several():
+    """Rounds that agree within each pair of servers do not make pairs that disagree look certain."""
+    groups = [[0.95] * 6, [1.0] * 6, [0.97] * 6]
+    over_pairs, over_rounds = serving.paired(groups), serving.paired([[r for group in groups for r in group]])
+    assert over_pairs["mean"] == pytest.approx(over_rounds["mean"])
+    assert over_pairs["high"] - over_pairs["low"] > 2 * (over_rounds["high"] - over_rounds["low"])
+    assert over_pairs["low"] < 0.95 and over_pairs["high"] > 1.0
+
+
+def test_one_round_gives_no_interval():
+    one = serving.paired([[0.95]])
+    assert one["mean"] == pytest.approx(0.95) and one["low"] == 0.0 and math.isinf(one["high"])
+
+
+def _case(rps_on: list[float], rps_off: list[float]) -> dict:
+    """An ``on_off`` case of wrk runs with only the figures ``merged`` reads."""
+
+    def runs(rps: list[float]) -> list[dict]:
+        return [
+            {"rps": r, "p50_ms": 1.0, "p99_ms": 2.0, "non2xx": 0, "socket_errors": 0, "requests": 10}
+            for r in rps
+        ]
+
+    return {
+        "batch": 1,
+        "runs": {"on": runs(rps_on), "off": runs(rps_off)},
+        "round_ratios": [a / b for a, b in zip(rps_on, rps_off, strict=True)],
+        "load_average": {"min": 0.5, "max": 1.0},
+    }
+
+
+def test_cases_of_several_pairs_merge_into_one_estimate():
+    merged = serving.merged([_case([90, 95], [100, 100]), _case([99, 101], [100, 100])], ("on", "off"))
+    assert merged["pairs"] == 2 and merged["on"]["requests"] == 40
+    assert merged["on"]["rps"] == pytest.approx(97.0)  # the median of every round's run
+    assert merged["pair_ratios"] == pytest.approx([math.sqrt(0.90 * 0.95), math.sqrt(0.99 * 1.01)])
+    assert merged["paired"] == serving.paired([[0.90, 0.95], [0.99, 1.01]])
+
+
+@pytest.mark.parametrize(
+    ("mean", "low", "words"),
+    [
+        (0.99, 0.96, "1.0% (met, the whole 95% interval within it)"),
+        (0.97, 0.93, "3.0% (met by the estimate; the interval reaches 7.0%)"),
+        (0.94, 0.90, "6.0% (NOT met)"),
+    ],
+)
+def test_a_cost_is_judged_by_its_estimate_and_by_its_interval(mean, low, words):
+    case = {"batch": 1000, "paired": {"mean": mean, "low": low, "high": 1.0}}
+    line = run.verdict([case], 0.05, "What it costs")
+    assert line == f"- What it costs (target at most 5% of requests/s): 1,000-row batches {words}."
