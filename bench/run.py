@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from benchlib import REPO, machine
@@ -615,9 +616,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.coldstart_only:
         return coldstart_only(args)
     if args.log_only:
-        return log_only(args)
+        return script_only(args, "--log-only")
     if args.metrics_only:
-        return metrics_only(args)
+        return script_only(args, "--metrics-only")
     if args.from_dir:
         tmp = Path(args.from_dir)
     else:
@@ -822,10 +823,13 @@ def section_only(
         measure(tmp)
         print(f"figures kept in {tmp} (re-render with {flag} --from-dir {tmp})")
     lines = render(tmp)
+    # When the figures were made (re-rendered later, the page still says when they were measured).
+    measured = max(f.stat().st_mtime for f in tmp.iterdir())
     lines.insert(
         2,
-        f"Measured on its own with `bench/run.py {flag}` on {machine()['date']}, not in the run "
-        "above (the machine otherwise as above).\n",
+        f"Measured on its own with `bench/run.py {flag}` on "
+        f"{datetime.fromtimestamp(measured, UTC):%Y-%m-%d %H:%M} UTC, not in the run above (the machine "
+        "otherwise as above).\n",
     )
     path = DOCS / "benchmarks.md"
     path.write_text(replace_section(path.read_text(), heading, lines, before))
@@ -847,27 +851,30 @@ def coldstart_only(args: argparse.Namespace) -> int:
     )
 
 
-def log_only(args: argparse.Namespace) -> int:
-    """Measure the inference log's cost alone (:func:`section_only`)."""
-    return section_only(
-        args,
-        "--log-only",
-        lambda tmp: run("inference_log.py", "--data", args.data, "--out", str(tmp / "inference_log.json")),
-        lambda tmp: inference_log_section(json.loads((tmp / "inference_log.json").read_text())),
+#: The sections one benchmark script measures on its own: option -> (script, renderer, heading,
+#: the heading the section goes in front of when missing).
+SCRIPT_SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]], str, str]] = {
+    "--log-only": (
+        "inference_log.py",
+        inference_log_section,
         LOG_HEADING,
         "## Large files: `mushroom-router predict`",
-    )
+    ),
+    "--metrics-only": ("metrics.py", metrics_section, METRICS_HEADING, LOG_HEADING),
+}
 
 
-def metrics_only(args: argparse.Namespace) -> int:
-    """Measure what /metrics costs alone (:func:`section_only`)."""
+def script_only(args: argparse.Namespace, flag: str) -> int:
+    """Measure one script's section alone (:data:`SCRIPT_SECTIONS`, :func:`section_only`)."""
+    script, render, heading, before = SCRIPT_SECTIONS[flag]
+    figures = script.replace(".py", ".json")
     return section_only(
         args,
-        "--metrics-only",
-        lambda tmp: run("metrics.py", "--data", args.data, "--out", str(tmp / "metrics.json")),
-        lambda tmp: metrics_section(json.loads((tmp / "metrics.json").read_text())),
-        METRICS_HEADING,
-        LOG_HEADING,
+        flag,
+        lambda tmp: run(script, "--data", args.data, "--out", str(tmp / figures)),
+        lambda tmp: render(json.loads((tmp / figures).read_text())),
+        heading,
+        before,
     )
 
 
