@@ -41,8 +41,8 @@ from types import SimpleNamespace
 
 import pandas as pd
 import requests
-from benchlib import free_port, trained_work, wait_ping, wrk_parser, wrk_ready
-from serving import alike, merged, on_off, start, write_body
+from benchlib import trained_work, wrk_parser, wrk_ready
+from serving import merged, on_off, served_alike, write_body
 
 from router_model import features as F
 from router_model import inference_log, serving
@@ -147,28 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     frame = pd.read_csv(args.data)[list(F.LR_FEATURES)].astype(float)
     bodies = {b: write_body(frame.sample(b, random_state=b), work / f"body-{b}.json") for b in BATCHES}
     cases: dict[int, list[dict]] = {b: [] for b in BATCHES}
+    envs = {name: {**serving.serve_env(env), "MUSHROOM_INFERENCE_LOG": targets[name]} for name in SERVERS}
     for pair in range(args.pairs):
-        ports = {name: free_port() for name in SERVERS}
-        procs = {
-            name: start(
-                *alike(
-                    serving.serve_command(port=ports[name]),
-                    {**serving.serve_env(env), "MUSHROOM_INFERENCE_LOG": targets[name]},
-                ),
-                work / f"{name}-{pair}.log",
-            )
-            for name in SERVERS
-        }
-        try:
-            for name, proc in procs.items():
-                wait_ping(ports[name], proc)
+        with served_alike(envs, work / f"pair-{pair}") as (ports, procs):
+            pids = {name: proc.pid for name, proc in procs.items()}
             for batch in BATCHES:
-                pids = {name: proc.pid for name, proc in procs.items()}
                 cases[batch].append(on_off(ports, SERVERS, bodies[batch], batch, args, pids))
-                print(
-                    f"pair {pair + 1}, batch {batch:>5}: on/off {cases[batch][-1]['paired']['mean']:.3f}",
-                    flush=True,
-                )
+                ratio = merged(cases[batch][-1:], SERVERS)["paired"]["mean"]
+                print(f"pair {pair + 1}, batch {batch:>5}: on/off {ratio:.3f}", flush=True)
             scraped = requests.get(f"http://127.0.0.1:{ports['log_on']}/metrics", timeout=5).text
             dropped = [
                 line
@@ -176,9 +162,6 @@ def main(argv: list[str] | None = None) -> int:
                 if line.startswith("mushroom_router_inference_log_dropped")
             ]
             results["dropped"] += sum(float(line.split()[-1]) for line in dropped if "_created" not in line)
-        finally:
-            for proc in procs.values():
-                serving.stop_server(proc)
     results["cases"] = [merged(cases[b], SERVERS) for b in BATCHES]
     for case in results["cases"]:
         loads = case["load_average"]

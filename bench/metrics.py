@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 import requests
-from benchlib import free_port, trained_work, wait_ping, wrk_parser, wrk_ready
-from serving import alike, merged, on_off, start, write_body
+from benchlib import trained_work, wrk_parser, wrk_ready
+from serving import merged, on_off, served_alike, write_body
 
 from router_model import features as F
 from router_model import metrics, serving
@@ -138,36 +138,27 @@ def main(argv: list[str] | None = None) -> int:
     bodies = {b: write_body(frame.sample(b, random_state=b), work / f"body-{b}.json") for b in BATCHES}
     cases: dict[int, list[dict]] = {b: [] for b in BATCHES}
     try:
+        envs = {
+            name: {
+                **serving.serve_env(env),
+                **({metrics.METRICS_ENV: metrics.OFF} if name == "metrics_off" else {}),
+            }
+            for name in SERVERS
+        }
         for pair in range(args.pairs):
-            ports = {name: free_port() for name in SERVERS}
-            procs = {}
-            for name in SERVERS:
-                server_env = {
-                    **serving.serve_env(env),
-                    **({metrics.METRICS_ENV: metrics.OFF} if name == "metrics_off" else {}),
-                }
-                procs[name] = start(
-                    *alike(serving.serve_command(port=ports[name]), server_env), work / f"{name}-{pair}.log"
-                )
-            try:
-                for name, proc in procs.items():
-                    wait_ping(ports[name], proc)
+            with served_alike(envs, work / f"pair-{pair}") as (ports, _):
                 off = requests.get(f"http://127.0.0.1:{ports['metrics_off']}/metrics", timeout=5).status_code
                 assert off == 404, f"the server with MUSHROOM_METRICS=off answered /metrics with {off}"
                 scraped["port"] = ports["metrics_on"]
-                for batch in BATCHES:
-                    cases[batch].append(on_off(ports, SERVERS, bodies[batch], batch, args))
-                    print(
-                        f"pair {pair + 1}, batch {batch:>5}: on/off {cases[batch][-1]['paired']['mean']:.3f}",
-                        flush=True,
-                    )
-                scraped["port"] = None
+                try:
+                    for batch in BATCHES:
+                        cases[batch].append(on_off(ports, SERVERS, bodies[batch], batch, args))
+                        ratio = merged(cases[batch][-1:], SERVERS)["paired"]["mean"]
+                        print(f"pair {pair + 1}, batch {batch:>5}: on/off {ratio:.3f}", flush=True)
+                finally:
+                    scraped["port"] = None
                 final = requests.get(f"http://127.0.0.1:{ports['metrics_on']}/metrics", timeout=5).text
                 results["metrics_bytes"] = len(final)
-            finally:
-                scraped["port"] = None
-                for proc in procs.values():
-                    serving.stop_server(proc)
     finally:
         stop.set()
     results["cases"] = [merged(cases[b], SERVERS) for b in BATCHES]

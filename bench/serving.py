@@ -21,6 +21,7 @@ Usage: ``python bench/serving.py --data mushroom_cleaned.csv [--duration 10] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -160,25 +162,29 @@ def paired(groups: list[list[float]]) -> dict[str, float]:
 
 
 def merged(cases: list[dict], names: tuple[str, str]) -> dict:
-    """One case from :func:`on_off`'s cases of the same batch size, each against a fresh pair of servers.
+    """The figures of :func:`on_off`'s cases of one batch size, each against a fresh pair of servers.
 
-    Per server the medians and sums over every round; the estimates (:func:`paired`) grouped by
-    pair; ``"pairs"`` is the number of pairs, ``"pair_ratios"`` each pair's geometric mean.
+    Returns:
+        ``{"batch", "pairs", <on>: {...}, <off>: {...}, "round_ratios", "median_round_ratio",
+        "ratio", "paired", "pair_ratios", "load_average"}`` (and ``"cpu_ratio"``,
+        ``"main_ratio"``, ``"cpu_paired"``, ``"main_paired"`` when CPU was measured): per server
+        :func:`_medians` of every run; ``ratio`` the on/off ratio of the median requests/s;
+        ``paired`` :func:`paired` of the round ratios grouped by pair, ``pair_ratios`` each
+        pair's own; ``cpu_paired`` and ``main_paired`` likewise for the CPU a request, off over on.
     """
+    on, off = names
     out: dict = {"batch": cases[0]["batch"], "pairs": len(cases)}
     for name in names:
-        runs = [run for case in cases for run in case["runs"][name]]
-        out[name] = _medians(runs)
+        out[name] = _medians([run for case in cases for run in case["runs"][name]])
     out["round_ratios"] = [r for case in cases for r in case["round_ratios"]]
     out["median_round_ratio"] = statistics.median(out["round_ratios"])
-    out["ratio"] = out[names[0]]["rps"] / out[names[1]]["rps"]
+    out["ratio"] = out[on]["rps"] / out[off]["rps"]
     out["paired"] = paired([case["round_ratios"] for case in cases])
     out["pair_ratios"] = [paired([case["round_ratios"]])["mean"] for case in cases]
     if "cpu_round_ratios" in cases[0]:
         for key in ("cpu", "main"):
-            out[f"{key}_ratio"] = (
-                out[names[1]][f"{key}_ms_per_request"] / out[names[0]][f"{key}_ms_per_request"]
-            )
+            field = f"{key}_ms_per_request"
+            out[f"{key}_ratio"] = out[off][field] / out[on][field]
             out[f"{key}_paired"] = paired([case[f"{key}_round_ratios"] for case in cases])
     loads = [case["load_average"] for case in cases]
     out["load_average"] = {"min": min(x["min"] for x in loads), "max": max(x["max"] for x in loads)}
@@ -219,13 +225,10 @@ def on_off(
     server's throughput, when its other threads' work can run on another core.
 
     Returns:
-        ``{"batch", "runs", <on>: {...}, <off>: {...}, "round_ratios", "median_round_ratio",
-        "ratio", "paired", "load_average"}`` (and ``"cpu_ratio"``, ``"main_ratio"``,
-        ``"cpu_round_ratios"``, ``"main_round_ratios"``, ``"cpu_paired"``, ``"main_paired"``
-        with ``pids``); per server :func:`_medians` of its runs (``runs``: every run). ``paired``
-        is :func:`paired` of the round ratios (requests/s, on over off), ``cpu_paired`` and
-        ``main_paired`` of each round's CPU a request, off over on; :func:`merged` joins the
-        cases of several pairs of servers.
+        ``{"batch", "runs", "round_ratios", "load_average"}`` (and ``"cpu_round_ratios"``,
+        ``"main_round_ratios"`` with ``pids``): every server's runs, each round's requests/s on
+        over off (CPU a request off over on), the load average's range; :func:`merged` makes the
+        figures of one or more such cases.
     """
     on, off = names
     runs: dict[str, list[dict]] = {name: [] for name in names}
@@ -241,25 +244,18 @@ def on_off(
                 run["main_ms_per_request"] = (after[1] - before[1]) * 1000 / answered
             runs[name].append(run)
         loads.append(os.getloadavg()[0])
-    pairs = [a["rps"] / b["rps"] for a, b in zip(runs[on], runs[off], strict=True)]
-    case = {
+    case: dict = {
         "batch": batch,
         "runs": runs,
-        **{name: _medians(measured) for name, measured in runs.items()},
-        "round_ratios": pairs,
-        "median_round_ratio": statistics.median(pairs),
+        "round_ratios": [a["rps"] / b["rps"] for a, b in zip(runs[on], runs[off], strict=True)],
         "load_average": {"min": min(loads), "max": max(loads)},
     }
-    case["ratio"] = case[on]["rps"] / case[off]["rps"]
-    case["paired"] = paired([pairs])
     if pids:
         for key in ("cpu", "main"):
             field = f"{key}_ms_per_request"
-            case[f"{key}_ratio"] = case[off][field] / case[on][field]
             case[f"{key}_round_ratios"] = [
                 b[field] / a[field] for a, b in zip(runs[on], runs[off], strict=True)
             ]
-            case[f"{key}_paired"] = paired([case[f"{key}_round_ratios"]])
     return case
 
 
@@ -275,6 +271,33 @@ def alike(args: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, st
     if shutil.which("setarch"):
         return ["setarch", os.uname().machine, "-R", *args], env
     return args, env
+
+
+@contextlib.contextmanager
+def served_alike(
+    envs: dict[str, dict[str, str]], logs: Path
+) -> Iterator[tuple[dict[str, int], dict[str, subprocess.Popen]]]:
+    """One server of the trained model per name, each with its environment, started alike (:func:`alike`).
+
+    Yields their ports and processes once every one answers; stops them on the way out.
+
+    Args:
+        envs: Per name, the server's environment.
+        logs: Where each server's output goes (``<logs>-<name>.log``).
+    """
+    ports = {name: free_port() for name in envs}
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for name, env in envs.items():
+            procs[name] = start(
+                *alike(serving.serve_command(port=ports[name]), env), Path(f"{logs}-{name}.log")
+            )
+        for name, proc in procs.items():
+            wait_ping(ports[name], proc)
+        yield ports, procs
+    finally:
+        for proc in procs.values():
+            serving.stop_server(proc)
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
