@@ -384,8 +384,10 @@ class InferenceLog:
         """Queue an answered batch; ``False`` (and counted as dropped) when the queue is full."""
         rows = len(batch.poisonous)
         with self._lock:
+            # A batch bigger than max_rows still goes into an empty queue: refusing it would
+            # drop every request of that size for good.
             full = len(self._queue) >= self.max_batches or (
-                self._queued_rows and self._queued_rows + rows > self.max_rows
+                self._queued_rows > 0 and self._queued_rows + rows > self.max_rows
             )
             if not full:
                 self._queued_rows += rows
