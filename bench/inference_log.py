@@ -15,8 +15,8 @@ files are counted against the rows it answered, so a cheap log that loses rows c
 
 Each server's CPU time per answered request is measured too (its process and its uvicorn child,
 around each wrk run): other processes slow a server down without adding to its CPU time, so for a
-CPU-bound server ``cpu_ratio`` (off over on) is the steadier figure of what the log costs. Its
-main thread's alone (``main_ratio``) says how much of that lands where a saturated server's
+CPU-bound server ``cpu_paired`` (off over on) is the steadier figure of what the log costs. Its
+main thread's alone (``main_paired``) says how much of that lands where a saturated server's
 throughput is made; the rest is the writer thread, which can use another core.
 
 The log's own cost is then timed in one process, in CPU time: the request path (the router's
