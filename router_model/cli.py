@@ -201,7 +201,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from router_model import serving
+    from router_model import metrics, serving
     from router_model.supervisor import trusted_copy
 
     uri = args.model_uri or settings.model_uri()
@@ -209,14 +209,18 @@ def _serve(args: argparse.Namespace) -> int:
     # Only code this installation trusts is loaded: the version is downloaded and checked first,
     # and the server loads exactly the checked bytes (router_model/trust.py).
     local = trusted_copy(uri)
-    serving.prepare_process(local)
+    serving.prepare_process(local.path)
     print(
-        f"Serving {uri} ({local}) on http://{args.host}:{args.port} (Ctrl-C stops). When /ready answers, try:"
+        f"Serving {uri} (version {local.version}, {local.path}) on http://{args.host}:{args.port}"
+        " (Ctrl-C stops). When /ready answers, try:"
     )
     print(serving.curl_example(args.host, args.port), flush=True)
     # MLflow's scoring server runs in this process (no `mlflow models serve` in between): what
-    # this process imported for the check is not imported again.
-    return serving.run(local, args.host, args.port, args.workers)
+    # this process imported for the check is not imported again. Told its version, the server
+    # names it in X-Model-Version and /metrics, as a supervised one does.
+    return serving.run(
+        local.path, args.host, args.port, args.workers, extra_env=metrics.served_env(local.version)
+    )
 
 
 def _supervise(args: argparse.Namespace) -> int:

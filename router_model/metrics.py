@@ -15,8 +15,9 @@ What is counted (README "Monitoring"):
   number; ``mushroom_router_switches_total`` the supervisor's version switches.
 
 The version and the switch count come from the process that started the server
-(:func:`served_env`, set by :mod:`router_model.supervisor`); a server started otherwise says
-``version="unknown"`` and has no switch counter. The supervisor, not the server, knows about
+(:func:`served_env`, set by :mod:`router_model.supervisor` and by ``mushroom-router serve``); a
+server started otherwise (``mlflow models serve`` by hand) says ``version="unknown"``, and one not
+supervised has no switch counter. The supervisor, not the server, knows about
 switches: it hands its running count to each server it starts, and with each version it switches
 in place (:mod:`router_model.hot_swap`, :meth:`ServerMetrics.now_serving`), so the counter goes
 up by one with every switch.

@@ -285,6 +285,7 @@ def run(
     host: str = settings.DEFAULT_SERVE_HOST,
     port: int = settings.DEFAULT_SERVE_PORT,
     workers: int = 1,
+    extra_env: Mapping[str, str] | None = None,
 ) -> int:
     """Serve a local model folder in this process until stopped (``mushroom-router serve``).
 
@@ -293,6 +294,13 @@ def run(
     (:func:`router_model.server_guard.run_scoring_server`). SIGTERM stops it gracefully (uvicorn
     finishes the requests in flight and runs the shutdown hooks: the inference log is flushed), and
     so does SIGHUP (a closed terminal), which one uvicorn worker would otherwise ignore.
+
+    Args:
+        model_path: The checked model folder.
+        host: Interface to bind.
+        port: TCP port.
+        workers: Uvicorn worker processes.
+        extra_env: Variables added to :func:`serve_env` (e.g. :func:`router_model.metrics.served_env`).
 
     Returns:
         0 when stopped by SIGTERM or SIGHUP, 130 on Ctrl-C, else uvicorn's exit status.
@@ -311,7 +319,7 @@ def run(
         signal.SIGTERM: signal.signal(signal.SIGTERM, stop),
         signal.SIGHUP: signal.signal(signal.SIGHUP, hang_up),
     }
-    os.environ.update(serve_env())
+    os.environ.update({**serve_env(), **(extra_env or {})})
     try:
         server_guard.run_scoring_server(model_path, host, port, workers)
     except _StopSignalError:

@@ -56,7 +56,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 
@@ -670,11 +670,21 @@ def checked(model: Path, version: Any) -> Path:
     return model
 
 
-def trusted_copy(model_uri: str, cache_dir: str | Path | None = None) -> Path:
-    """A verified local copy of a registered version whose code this process trusts.
+class TrustedCopy(NamedTuple):
+    """A verified local copy of a registered version (:func:`trusted_copy`)."""
+
+    path: Path
+    #: Its registry version, which the server is told (:func:`router_model.metrics.served_env`).
+    version: str
+
+
+def trusted_copy(model_uri: str, cache_dir: str | Path | None = None) -> TrustedCopy:
+    """A verified local copy of a registered version whose code this process trusts, and the version.
 
     What ``mushroom-router serve`` hands to MLflow's scoring server, so that it loads exactly the
     bytes checked here (a ``models:/`` URI served directly would be downloaded again, unchecked).
+    The version comes with it: the alias is resolved here, once, so the server can name the version
+    it answers with (``X-Model-Version``, ``/metrics``) without asking the registry again.
 
     Args:
         model_uri: ``models:/<name>@<alias>`` or ``models:/<name>/<version>``.
@@ -693,7 +703,8 @@ def trusted_copy(model_uri: str, cache_dir: str | Path | None = None) -> Path:
         version = c.get_model_version_by_alias(name, ref) if ref else c.get_model_version(*name.split("/", 1))
     except Exception as err:
         raise registry.RegistryError(f"cannot resolve {model_uri}: {str(err).splitlines()[0]}") from None
-    return checked(ModelCache(Path(cache_dir) if cache_dir else default_cache_dir()).fetch(version), version)
+    cache = ModelCache(Path(cache_dir) if cache_dir else default_cache_dir())
+    return TrustedCopy(checked(cache.fetch(version), version), str(version.version))
 
 
 def _free_port() -> int:

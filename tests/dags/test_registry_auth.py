@@ -184,11 +184,12 @@ def test_a_full_dag_run_succeeds_with_the_trainers_account(trainer_dag_run, auth
 
 def test_the_readers_account_can_download_and_verify_the_champion(trainer_dag_run, as_account, tmp_path):
     """What the model server does with its read-only account: resolve, download, check the code."""
-    from router_model import trust
+    from router_model import registry, trust
     from router_model.supervisor import trusted_copy
 
     as_account(READER)
-    model = trusted_copy(settings.model_uri(), tmp_path / "cache")
+    model, version = trusted_copy(settings.model_uri(), tmp_path / "cache")
+    assert version == registry.alias_version(settings.CHAMPION).version
     assert (model / "MLmodel").is_file()
     assert trust.model_digest(model) == trust.installed_digest()
 

@@ -6,9 +6,11 @@ import subprocess
 import time
 
 import pytest
+import requests
 from support import REPO, free_port, wait_for_http
 
 from router_model import serving
+from router_model.server_guard import VERSION_HEADER
 
 
 @pytest.mark.serving
@@ -43,6 +45,13 @@ def test_make_run_serves_and_the_printed_curl_returns_a_prediction(tmp_path):
             predictions = json.loads(answer.stdout)["predictions"]
             assert [p["model"] for p in predictions] == ["naive_bayes", "logistic_regression"]
             assert all(p["prediction"] in ("edible", "poisonous") for p in predictions)
+            # `serve` resolved the champion to version 1 and tells the server, as the supervisor does.
+            assert "(version 1, " in output
+            assert requests.get(f"http://127.0.0.1:{port}/ping", timeout=10).headers[VERSION_HEADER] == "1"
+            scraped = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            assert 'mushroom_router_rows_total{route="naive_bayes",version="1"} 1.0' in scraped
+            assert "mushroom_router_served_version 1.0" in scraped
+            assert 'version="unknown"' not in scraped
             assert (tmp_path / "mlflow.db").is_file()
             assert not (REPO / "mlruns").exists()
         finally:

@@ -79,7 +79,7 @@ def test_a_serving_process_trusts_only_the_routers_scikit_learn_types(registered
 
     other = tmp_path / "scaler.skops"
     skops.io.dump(StandardScaler().fit([[0.0], [1.0]]), other)
-    model = supervisor.trusted_copy(registered["model_uri"], isolated_env / "start-cache")
+    model = supervisor.trusted_copy(registered["model_uri"], isolated_env / "start-cache").path
     files = [str(model / "artifacts" / f"{route}.skops") for route in F.ROUTES]
     out = subprocess.run(
         [sys.executable, "-c", SKOPS_PROBE, *files, str(other)], capture_output=True, text=True, check=True
@@ -91,7 +91,7 @@ def test_a_serving_process_trusts_only_the_routers_scikit_learn_types(registered
 
 @pytest.mark.serving
 def test_a_prewarmed_server_serves_the_folder_it_is_handed(registered, isolated_env):
-    model = supervisor.trusted_copy(registered["model_uri"], isolated_env / "start-cache")
+    model = supervisor.trusted_copy(registered["model_uri"], isolated_env / "start-cache").path
     port = free_port()
     spare = serving.prewarm(port=port)
     other_port = free_port()
@@ -124,7 +124,7 @@ def test_an_unused_prewarmed_server_exits_with_its_starter():
 
 @pytest.mark.serving
 def test_a_prewarmed_server_that_died_is_replaced_by_a_new_one(registered, isolated_env):
-    model = supervisor.trusted_copy(registered["model_uri"], isolated_env / "start-cache")
+    model = supervisor.trusted_copy(registered["model_uri"], isolated_env / "start-cache").path
     port = free_port()
     spare = serving.prewarm(port=port)
     spare.kill()

@@ -51,7 +51,8 @@ def test_digest_covers_code_and_entry_and_nothing_else(tmp_path):
 def test_training_records_the_code_digest(fresh_store):
     out = pipeline.retrain(source="synthetic")
     assert registry.version_tags(out["version"])[trust.TAG_CODE_SHA256] == trust.installed_digest()
-    local = trusted_copy(settings.model_uri(), fresh_store / "cache")
+    local, version = trusted_copy(settings.model_uri(), fresh_store / "cache")
+    assert version == str(out["version"])
     assert trust.model_digest(local) == trust.installed_digest()
 
 
