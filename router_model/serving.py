@@ -151,10 +151,12 @@ def start_server(
         The server process, leader of its own process group.
     """
     cmd = server_command(model_uri, host, port, workers)
-    spare = None if popen_kwargs or cmd[2] != _MODULE else _take_spare(cmd[3:-1])
+    # Only a checked local folder is handed over: a models:/ URI needs `serve`'s own download and check.
+    folder = Path(model_uri or settings.model_uri())
+    spare = None if popen_kwargs or not folder.is_dir() else _take_spare(_where(host, port, workers))
     if spare is not None:
         _logger.info("Starting: %s (in prewarmed pid %s)", " ".join(cmd), spare.pid)
-        handover = {"model_dir": cmd[-1], "env": {**serve_env(), **(extra_env or {})}}
+        handover = {"model_dir": str(folder.resolve()), "env": {**serve_env(), **(extra_env or {})}}
         try:
             spare.stdin.write(json.dumps(handover).encode() + b"\n")
             spare.stdin.close()
@@ -167,8 +169,9 @@ def start_server(
     return subprocess.Popen(cmd, env={**serve_env(), **(extra_env or {})}, **popen_kwargs)
 
 
-#: A prewarmed server process waiting for its model folder (:func:`prewarm`), at most one.
-_SPARE: list[subprocess.Popen] = []
+#: Prewarmed server processes waiting for their model folder (:func:`prewarm`), each with the
+#: server options (:func:`_where`) it was started with.
+_SPARE: list[tuple[tuple[str, ...], subprocess.Popen]] = []
 _WAIT = "--wait"
 
 
@@ -183,23 +186,25 @@ def prewarm(
     ``workers`` hands it the folder and its environment on its stdin instead of starting a new
     process. It exits when its stdin closes, so it does not outlive the process that started it.
     """
+    where = _where(host, port, workers)
     proc = subprocess.Popen(
-        [sys.executable, "-m", _MODULE, *_where(host, port, workers), _WAIT],
+        [sys.executable, "-m", _MODULE, *where, _WAIT],
         env=serve_env(),
         stdin=subprocess.PIPE,
         start_new_session=True,
     )
-    _SPARE.append(proc)
+    _SPARE.append((tuple(where), proc))
     return proc
 
 
 def _take_spare(where: list[str]) -> subprocess.Popen | None:
     """The waiting prewarmed process started for ``where`` (host, port, workers), if it still runs."""
-    for proc in list(_SPARE):
+    for spare in list(_SPARE):
+        started_for, proc = spare
         if proc.poll() is not None:
-            _SPARE.remove(proc)
-        elif proc.args[3:-1] == where:
-            _SPARE.remove(proc)
+            _SPARE.remove(spare)
+        elif started_for == tuple(where):
+            _SPARE.remove(spare)
             return proc
     return None
 

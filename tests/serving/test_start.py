@@ -131,7 +131,7 @@ def test_a_prewarmed_server_that_died_is_replaced_by_a_new_one(registered, isola
     spare.wait()
     proc = serving.start_server(str(model), port=port)
     try:
-        assert proc is not spare and spare not in serving._SPARE
+        assert proc is not spare and spare not in [p for _, p in serving._SPARE]
         wait_for_http(f"http://127.0.0.1:{port}/ready", proc)
     finally:
         serving.stop_server(proc)
