@@ -215,8 +215,8 @@ def on_off(
     With ``pids`` (each server's process), also the CPU time each server spent per answered
     request during its runs: other processes' load slows a server down but does not add to its CPU
     time, so on a shared machine the CPU ratio (off over on) says what the switch costs a CPU-bound
-    server more steadily than the requests/s do. The main threads' ratio is the same for the main threads
-    alone (where requests are answered, under the GIL): what the switch costs a single saturated
+    server more steadily than the requests/s do. The same ratio for the main threads alone (where
+    requests are answered, under the GIL) says what the switch costs a single saturated
     server's throughput, when its other threads' work can run on another core.
 
     Returns:

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from router_model import features as F
@@ -115,14 +115,20 @@ def server_command(
     """
     uri = model_uri or settings.model_uri()
     where = _where(host, port, workers)
-    if Path(uri).is_dir():
-        return [sys.executable, "-m", _MODULE, *where, str(Path(uri).resolve())]
+    folder = _local_folder(uri)
+    if folder is not None:
+        return [sys.executable, "-m", _MODULE, *where, str(folder)]
     return [sys.executable, "-m", "router_model", "serve", "--model-uri", uri, *where]
 
 
-def _where(host: str, port: int, workers: int) -> list[str]:
+def _local_folder(uri: str) -> Path | None:
+    """``uri`` as an absolute folder when it is a local (already checked) copy, else ``None``."""
+    return Path(uri).resolve() if Path(uri).is_dir() else None
+
+
+def _where(host: str, port: int, workers: int) -> tuple[str, ...]:
     """The server options both start commands share (a prewarmed server is matched on them)."""
-    return ["--host", host, "--port", str(port), "--workers", str(workers)]
+    return ("--host", host, "--port", str(port), "--workers", str(workers))
 
 
 def start_server(
@@ -152,11 +158,11 @@ def start_server(
     """
     cmd = server_command(model_uri, host, port, workers)
     # Only a checked local folder is handed over: a models:/ URI needs `serve`'s own download and check.
-    folder = Path(model_uri or settings.model_uri())
-    spare = None if popen_kwargs or not folder.is_dir() else _take_spare(_where(host, port, workers))
+    folder = _local_folder(model_uri or settings.model_uri())
+    spare = None if popen_kwargs or folder is None else _take_spare(_where(host, port, workers))
     if spare is not None:
         _logger.info("Starting: %s (in prewarmed pid %s)", " ".join(cmd), spare.pid)
-        handover = {"model_dir": str(folder.resolve()), "env": {**serve_env(), **(extra_env or {})}}
+        handover = {"model_dir": str(folder), "env": {**serve_env(), **(extra_env or {})}}
         try:
             spare.stdin.write(json.dumps(handover).encode() + b"\n")
             spare.stdin.close()
@@ -193,11 +199,11 @@ def prewarm(
         stdin=subprocess.PIPE,
         start_new_session=True,
     )
-    _SPARE.append((tuple(where), proc))
+    _SPARE.append((where, proc))
     return proc
 
 
-def _take_spare(where: list[str]) -> subprocess.Popen | None:
+def _take_spare(where: Sequence[str]) -> subprocess.Popen | None:
     """The waiting prewarmed process started for ``where`` (host, port, workers), if it still runs."""
     for spare in list(_SPARE):
         started_for, proc = spare
