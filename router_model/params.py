@@ -10,6 +10,7 @@ MLflow's enforcement, :mod:`router_model.server_guard`), and :func:`parse_params
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -120,13 +121,25 @@ def parse_params(params: Mapping[str, Any] | None) -> Params:
     params = dict(params or {})
     unknown = sorted(set(params) - set(F.PARAMS), key=str)
     if unknown:
-        raise InvalidInputError(f"unknown param(s) {unknown}; expected some of {list(F.PARAMS)}")
+        raise InvalidInputError(
+            f"unknown param(s) {unknown}; expected some of {list(F.PARAMS)}{_hint(unknown)}"
+        )
     typed = {name: value for name, value in typed_params(params).items() if value is not None}
     model = typed.get(F.PARAM_MODEL, F.AUTO)
     allowed = (F.AUTO,) + F.ROUTES
     if model not in allowed:
         raise InvalidInputError(f"param 'model' is {model!r}; expected one of {list(allowed)}")
     return Params(model, _threshold(typed), _explain(typed))
+
+
+def _hint(unknown: list[Any]) -> str:
+    """A "did you mean" for each misspelled param: one silently ignored would answer at its default."""
+    guesses = [
+        (name, match[0])
+        for name in unknown
+        if isinstance(name, str) and (match := difflib.get_close_matches(name, F.PARAMS, n=1))
+    ]
+    return "".join(f" (did you mean {guess!r} for {name!r}?)" for name, guess in guesses)
 
 
 def _threshold(typed: dict[str, Any]) -> float | str:

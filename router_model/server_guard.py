@@ -790,8 +790,13 @@ def request_params(params: Any, schema: Any) -> Any:
     MLflow's params schema is strictly typed and cannot declare the router's union spellings, so
     ``"threshold": "safe"`` and ``"explain": k`` are mapped onto the typed ``safe_threshold`` and
     ``explain_top`` (:func:`router_model.params.typed_params`) before MLflow enforces the schema.
-    A router param this version's schema does not declare is refused, naming it: MLflow would drop
-    it with a warning and answer without it.
+    Then the params are checked as ``Router.predict`` checks them
+    (:func:`router_model.params.parse_params`), so that HTTP refuses what in-process scoring
+    refuses, with the same message: MLflow would drop an unknown param (a misspelled
+    ``"treshold"``) with a warning in the server's log and answer at the default threshold, and
+    would word a wrongly typed one by its schema type alone (``"explain": 1.5``: "boolean").
+    A router param this version's schema does not declare is refused, naming it and saying to
+    retrain.
 
     Args:
         params: The body's ``params`` as parsed (anything else than a dict passes unchanged, for
@@ -802,7 +807,7 @@ def request_params(params: Any, schema: Any) -> Any:
         The typed params.
 
     Raises:
-        InvalidInputError: On a spelling :func:`router_model.params.typed_params` refuses, or a
+        InvalidInputError: On params :func:`router_model.params.parse_params` refuses, or a
             router param the version was registered without.
     """
     if type(params) is not dict:
@@ -821,6 +826,7 @@ def request_params(params: Any, schema: Any) -> Any:
                 f"{asked}, which this model version's signature does not declare (it was "
                 "registered before that param existed); retrain to get a version that takes it"
             )
+    parse_params(typed)
     return typed
 
 

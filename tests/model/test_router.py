@@ -92,7 +92,15 @@ def test_empty_input_gives_empty_output(router, rows):
         ({"threshold": float("nan")}, r"param 'threshold' is nan"),
         ({"threshold": True}, r"param 'threshold' is True"),
         ({"threshold": "0.5"}, r"param 'threshold' is '0.5'"),
-        ({"colour": 1}, r"unknown param\(s\) \['colour'\]"),
+        ({"colour": 1}, r"unknown param\(s\) \['colour'\]; expected some of \['model'"),
+        (
+            {"treshold": 0.1},
+            r"unknown param\(s\) \['treshold'\].* \(did you mean 'threshold' for 'treshold'\?\)",
+        ),
+        (
+            {"Model": "auto", "explian": True},
+            r"did you mean 'model' for 'Model'\?\) \(did you mean 'explain'",
+        ),
     ],
 )
 def test_bad_params_are_refused(params, message):
