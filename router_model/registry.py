@@ -202,6 +202,25 @@ def alias_version(alias: str) -> ModelVersion | None:
     return None
 
 
+def resolve(model_uri: str) -> ModelVersion:
+    """The registered version a ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` URI names.
+
+    Raises:
+        RegistryError: If the URI is not a ``models:/`` URI of a registered version, or the
+            registry cannot resolve it (the message says which, with MLflow's first line).
+    """
+    if not model_uri.startswith("models:/"):
+        raise RegistryError(f"{model_uri} is not a models:/ URI; serve a registered version")
+    name, _, alias = model_uri.removeprefix("models:/").partition("@")
+    c = client()
+    try:
+        return (
+            c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(*name.split("/", 1))
+        )
+    except Exception as err:
+        raise RegistryError(f"cannot resolve {model_uri}: {str(err).splitlines()[0]}") from None
+
+
 def registered_model() -> RegisteredModel | None:
     """The registered router (with its aliases), or ``None`` when none is registered yet.
 

@@ -695,14 +695,7 @@ def trusted_copy(model_uri: str, cache_dir: str | Path | None = None) -> Trusted
             ``serving=rejected``).
         RegistryError: If the URI names no registered version.
     """
-    name, _, ref = model_uri.removeprefix("models:/").partition("@")
-    if not model_uri.startswith("models:/"):
-        raise registry.RegistryError(f"{model_uri} is not a models:/ URI; serve a registered version")
-    c = registry.client()
-    try:
-        version = c.get_model_version_by_alias(name, ref) if ref else c.get_model_version(*name.split("/", 1))
-    except Exception as err:
-        raise registry.RegistryError(f"cannot resolve {model_uri}: {str(err).splitlines()[0]}") from None
+    version = registry.resolve(model_uri)
     cache = ModelCache(Path(cache_dir) if cache_dir else default_cache_dir())
     return TrustedCopy(checked(cache.fetch(version), version), str(version.version))
 

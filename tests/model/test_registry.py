@@ -141,3 +141,23 @@ def test_evaluation_refuses_a_changed_file(small_csv):
 def test_local_store_keeps_artifacts_in_the_project_home(small_csv, fresh_store):
     out = pipeline.train_and_register(small_csv)
     assert mlflow.get_run(out["run_id"]).info.artifact_uri.startswith((fresh_store / "mlartifacts").as_uri())
+
+
+def test_resolve_names_the_version_a_models_uri_points_at(registered):
+    version = int(registered["version"])
+    assert int(registry.resolve(f"models:/{settings.MODEL_NAME}@{settings.CHAMPION}").version) == version
+    assert int(registry.resolve(f"models:/{settings.MODEL_NAME}/{version}").version) == version
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("runs:/abc/model", r"runs:/abc/model is not a models:/ URI; serve a registered version"),
+        (f"models:/{settings.MODEL_NAME}@nobody", rf"cannot resolve models:/{settings.MODEL_NAME}@nobody: "),
+        (f"models:/{settings.MODEL_NAME}/999", rf"cannot resolve models:/{settings.MODEL_NAME}/999: "),
+        ("models:/no-such-model@champion", r"cannot resolve models:/no-such-model@champion: "),
+    ],
+)
+def test_resolve_refuses_what_names_no_registered_version(registered, uri, message):
+    with pytest.raises(registry.RegistryError, match=message):
+        registry.resolve(uri)
