@@ -205,6 +205,7 @@ def _serve(args: argparse.Namespace) -> int:
     from router_model.supervisor import trusted_copy
 
     uri = args.model_uri or settings.model_uri()
+    serving.check_port_free(args.host, args.port)
     settings.bound_mlflow_http()
     # Only code this installation trusts is loaded: the version is downloaded and checked first,
     # and the server loads exactly the checked bytes (router_model/trust.py).
@@ -226,6 +227,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _supervise(args: argparse.Namespace) -> int:
     from router_model import serving
 
+    serving.check_port_free(args.host, args.port)
     # The first server imports MLflow's scoring server and the model's libraries while this
     # process imports the registry client and finds the champion.
     serving.prewarm(args.host, args.port, args.workers)

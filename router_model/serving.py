@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from router_model import features as F
 from router_model import settings
+from router_model.errors import ConfigError
 
 _logger = logging.getLogger(__name__)
 #: This module, run as the server of a local folder (``python -m router_model.serving``).
@@ -179,6 +181,30 @@ def start_server(
 #: server options (:func:`_where`) it was started with.
 _SPARE: list[tuple[tuple[str, ...], subprocess.Popen]] = []
 _WAIT = "--wait"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse to serve on an address another process already listens on, before anything loads.
+
+    Otherwise ``mushroom-router serve`` downloads and checks the model and prints its ``curl``
+    example, and only then does uvicorn fail to bind, while the example's requests reach the
+    other process. Bound as uvicorn binds (``SO_REUSEADDR``), so a port a stopped server left in
+    TIME_WAIT is free here as it is there.
+
+    Raises:
+        ConfigError: If ``host:port`` cannot be bound, naming it and why.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ConfigError(
+            f"cannot serve on {host}:{port}: {reason} (is another server running there? stop it, or "
+            "choose another --port)"
+        ) from None
 
 
 def prewarm(

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 
 import pandas as pd
@@ -125,6 +126,22 @@ def test_errors_are_one_line_without_traceback(run_cli, cli_home, args, message)
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "supervise"])
+def test_serving_on_a_busy_port_fails_before_loading_anything(run_cli, registered, command):
+    """Not after downloading the model and printing a curl example that reaches the other server."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = run_cli(command, "--host", "127.0.0.1", "--port", str(port))
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"mushroom-router {command}: error: cannot serve on 127.0.0.1:{port}: Address already in use "
+        "(is another server running there? stop it, or choose another --port)"
+    )
+    assert "Serving" not in out.stdout and "Traceback" not in out.stderr
 
 
 def test_bad_training_file_names_the_column(run_cli, cli_home, tmp_path):

@@ -154,3 +154,20 @@ def test_the_server_process_freezes_what_it_loaded_once(registered):
     assert before == 0
     assert first > 50_000  # MLflow, NumPy, pandas and the model: hundreds of thousands
     assert second <= first  # the second load froze nothing more (frozen objects may be freed)
+
+
+def test_check_port_free_passes_a_free_port_and_names_a_taken_one():
+    from router_model import serving
+    from router_model.errors import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        taken.listen()
+        with pytest.raises(
+            ConfigError, match=rf"cannot serve on 127\.0\.0\.1:{port}: Address already in use"
+        ):
+            serving.check_port_free("127.0.0.1", port)
+    serving.check_port_free("127.0.0.1", port)  # closed: free again
+    with pytest.raises(ConfigError, match=r"cannot serve on no-such-host\.invalid:80: "):
+        serving.check_port_free("no-such-host.invalid", 80)
