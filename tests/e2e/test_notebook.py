@@ -67,3 +67,12 @@ def test_quickstart_runs_top_to_bottom(champion_in_default_store, venv_kernel, t
     assert len(figures) == 2, "expected the ROC trade-off and the waterfall"
     assert "fig, end = waterfall(explanation" in cells[figures[-1]].source
     assert picture.read_bytes().startswith(PNG_MAGIC)
+    # What a user reads: no warnings or progress bars between the cells' results.
+    stderr = [
+        "".join(out.text)
+        for cell in cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+        if out.get("name") == "stderr"
+    ]
+    assert stderr == []
