@@ -188,17 +188,18 @@ def check_port_free(host: str, port: int) -> None:
 
     Otherwise ``mushroom-router serve`` downloads and checks the model and prints its ``curl``
     example, and only then does uvicorn fail to bind, while the example's requests reach the
-    other process. Bound as uvicorn binds (``SO_REUSEADDR``), so a port a stopped server left in
-    TIME_WAIT is free here as it is there.
+    other process. Bound as uvicorn binds (``uvicorn.Config.bind_socket``: IPv6 only for a host
+    with a colon, ``SO_REUSEADDR``), so an address that uvicorn can bind passes, a port a stopped
+    server left in TIME_WAIT included.
 
     Raises:
         ConfigError: If ``host:port`` cannot be bound, naming it and why.
     """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as sock:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
+            sock.bind((host, port))
     except OSError as err:
         reason = err.strerror or str(err)
         raise ConfigError(
