@@ -120,3 +120,33 @@ def test_min_improvement_outside_its_range_is_refused_before_training(fresh_stor
 @pytest.mark.parametrize("value", [0, 0.0, 0.01, 0.1])
 def test_min_improvement_in_range_is_taken(value):
     assert pipeline.check_min_improvement(value) == float(value)
+
+
+def test_a_real_data_version_is_not_judged_on_a_synthetic_champions_rows(fresh_store):
+    """make run's demo champion gives way to the first real-data model that beats it on real rows."""
+    pipeline.retrain(source="synthetic")
+    real = pipeline.retrain(path=world(fresh_store, "real", 3000, seed=1))
+    own, theirs = real["evaluation"]["yardsticks"]
+    assert own["name"] == "version 2's held-out rows" and own["champion"] is not None
+    assert theirs == {
+        "name": "champion version 1's held-out rows",
+        "skipped": "synthetic (the built-in sample), which says nothing of a model trained on real data",
+    }
+    assert (real["alias"], champion()) == ("champion", 2)
+    assert real["decision"]["reason"].startswith(
+        "version 2 beats or matches champion version 1: on version 2's"
+    )
+    assert real["decision"]["reason"].endswith(
+        "; champion version 1's held-out rows not used: they are synthetic (the built-in sample), which says "
+        "nothing of a model trained on real data"
+    )
+
+
+def test_a_real_data_version_worse_on_its_own_rows_still_loses_to_a_synthetic_champion(fresh_store):
+    pipeline.retrain(source="synthetic")
+    weak = pipeline.retrain(
+        path=world(fresh_store, "real", 3000, seed=synthetic.SYNTHETIC_SEED),
+        train_params={"nb_bins": 2, "nb_orders": 1, "lr_bins": 2, "lr_orders": 1},
+    )
+    assert (weak["alias"], champion()) == ("challenger", 1)
+    assert "is worse than champion version 1: on version 2's held-out rows" in weak["decision"]["reason"]
