@@ -15,14 +15,13 @@ back-off, so an outage costs seconds, not minutes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import TrackingServer
+from support import TrackingServer, store_client
 
 pytestmark = pytest.mark.airflow
 
@@ -68,11 +67,9 @@ def run(dag: Any, name: str) -> Any:
 
 def registry_state() -> dict[str, Any]:
     """Every version with its ``retrain_key`` and ``gate`` tags, and the aliases."""
-    from mlflow import MlflowClient
-
     from router_model import registry
 
-    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    client = store_client()
     found = client.search_model_versions(f"name='{MODEL_NAME}'")
     aliases = {name: registry.alias_version(name) for name in ("champion", "challenger")}
     return {

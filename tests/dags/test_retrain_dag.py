@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import store_client
 
 from router_model.settings import WEAK_TRAIN_PARAMS
 
@@ -66,24 +67,18 @@ def task_instance(dag_run: Any, task_id: str) -> Any:
 
 def versions() -> list[int]:
     """Registered version numbers of the router (empty before the first registration)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    client = store_client()
     return sorted(int(v.version) for v in client.search_model_versions(f"name='{MODEL_NAME}'"))
 
 
 def version_tags(version: int) -> dict[str, str]:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    client = store_client()
     return dict(client.get_model_version(MODEL_NAME, str(version)).tags)
 
 
 def run_inputs(run_id: str) -> list[Any]:
     """The dataset inputs MLflow recorded on a training run."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    client = store_client()
     return list(client.get_run(run_id).inputs.dataset_inputs)
 
 
