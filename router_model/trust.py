@@ -86,7 +86,8 @@ def check_model(model_dir: Path, tags: Mapping[str, str], version: object) -> No
     if found != ours:
         raise UntrustedCodeError(
             f"version {version}'s code (sha256 {found[:12]}) is not the code this server runs "
-            f"({ours[:12]}); install that code in the server to serve it"
+            f"({ours[:12]}); install that code in the server to serve it, or train a version with "
+            "this code (mushroom-router train)"
         )
     if recorded != found:
         raise UntrustedCodeError(

@@ -65,6 +65,9 @@ def test_serve_refuses_edited_code_with_one_line_and_tags_the_version(fresh_stor
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("mushroom-router serve: error: version 1's code (sha256 ")
     assert "is not the code this server runs" in last
+    assert last.endswith(
+        "install that code in the server to serve it, or train a version with this code (mushroom-router train)"
+    )
     tags = registry.version_tags(out["version"])
     assert tags["serving"] == "rejected" and "is not the code this server runs" in tags["serving_reason"]
 
