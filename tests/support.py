@@ -196,19 +196,6 @@ def use_fresh_store(mp: pytest.MonkeyPatch, home: Path, kaggle_dir: Path) -> Non
     mp.setenv("KAGGLE_CONFIG_DIR", str(kaggle_dir))
 
 
-def store_client():
-    """An ``MlflowClient`` of the store ``MLFLOW_TRACKING_URI`` names now, for runs *and* the registry.
-
-    ``MlflowClient(tracking_uri=...)`` alone takes the registry URI last set in this process, which
-    an earlier test's store may have left: it would then read another registry than the code under
-    test writes to (a test passed or failed by the order the tests ran in).
-    """
-    from mlflow import MlflowClient
-
-    uri = os.environ["MLFLOW_TRACKING_URI"]
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
 #: Names that hold credentials: ``KAGGLE_KEY``, ``AIRFLOW_DB_PASSWORD``, ``AWS_SECRET_ACCESS_KEY``...
 #: (not any ``..._KEY``: ``TAG_RETRAIN_KEY`` is a tag name; and a ``..._FILE`` holds a path).
 SECRET_NAME = (

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import TrackingServer, store_client
+from support import TrackingServer
 
 pytestmark = pytest.mark.airflow
 
@@ -69,7 +69,7 @@ def registry_state() -> dict[str, Any]:
     """Every version with its ``retrain_key`` and ``gate`` tags, and the aliases."""
     from router_model import registry
 
-    client = store_client()
+    client = registry.client()
     found = client.search_model_versions(f"name='{MODEL_NAME}'")
     aliases = {name: registry.alias_version(name) for name in ("champion", "challenger")}
     return {

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import store_client
 
 from router_model.settings import WEAK_TRAIN_PARAMS
 
@@ -66,19 +65,29 @@ def task_instance(dag_run: Any, task_id: str) -> Any:
 
 
 def versions() -> list[int]:
-    """Registered version numbers of the router (empty before the first registration)."""
-    client = store_client()
+    """Registered version numbers of the router (empty before the first registration).
+
+    Through ``registry.client()``, which names the store for runs and registry alike: a client
+    given only a tracking URI takes the registry URI an earlier test may have left set.
+    """
+    from router_model import registry
+
+    client = registry.client()
     return sorted(int(v.version) for v in client.search_model_versions(f"name='{MODEL_NAME}'"))
 
 
 def version_tags(version: int) -> dict[str, str]:
-    client = store_client()
+    from router_model import registry
+
+    client = registry.client()
     return dict(client.get_model_version(MODEL_NAME, str(version)).tags)
 
 
 def run_inputs(run_id: str) -> list[Any]:
     """The dataset inputs MLflow recorded on a training run."""
-    client = store_client()
+    from router_model import registry
+
+    client = registry.client()
     return list(client.get_run(run_id).inputs.dataset_inputs)
 
 
