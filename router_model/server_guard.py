@@ -78,7 +78,7 @@ from router_model import settings
 from router_model.explain import paused_gc
 from router_model.inputs import column_rows, few_labels
 from router_model.metrics import METRICS_PATH, RequestCounter, ServerMetrics
-from router_model.params import parse_params, typed_params
+from router_model.params import Params, parse_params, typed_params
 from router_model.router import MushroomRouterModel, Router, Scores
 from router_model.validation import InvalidInputError, rows_in_domain
 
@@ -597,7 +597,7 @@ def guard(invocations: Callable[..., Any], response_type: type, max_request_byte
                 # The params schema of the version that answers (a switch may have replaced the
                 # model MLflow's handler passed in).
                 try:
-                    body[PARAMS] = request_params(body[PARAMS], model.metadata.get_params_schema())
+                    body[PARAMS], _ = request_params(body[PARAMS], model.metadata.get_params_schema())
                 except InvalidInputError as err:
                     raise _invalid_input(err) from None
             served.answered()
@@ -746,9 +746,9 @@ def fast_answer(data: bytes, content_type: str, model: Any, input_schema: Any = 
         if data.count(b":") != keys:
             return None
         schema = model.metadata.get_params_schema()
-        model_name, threshold, explain = parse_params(
-            _enforce_params_schema(request_params(params, schema), schema)
-        )
+        typed, checked = request_params(params, schema)
+        _enforce_params_schema(typed, schema)  # what MLflow's path would refuse is declined
+        model_name, threshold, explain = checked or parse_params(None)
         if not rows_in_domain(matrix).all():
             return None
         scores = pyfunc.router.score(matrix, model_name, threshold, observe=pyfunc.observer())
@@ -784,7 +784,7 @@ def _answer(scores: Scores, explained: list[Any] | None) -> bytes:
 _SPELLED_BY = {F.PARAM_SAFE_THRESHOLD: F.PARAM_THRESHOLD, F.PARAM_EXPLAIN_TOP: F.PARAM_EXPLAIN}
 
 
-def request_params(params: Any, schema: Any) -> Any:
+def request_params(params: Any, schema: Any) -> tuple[Any, Params | None]:
     """The request's params as the model's typed params schema takes them (both paths call this).
 
     MLflow's params schema is strictly typed and cannot declare the router's union spellings, so
@@ -804,14 +804,14 @@ def request_params(params: Any, schema: Any) -> Any:
         schema: The model's ``ParamSchema`` (``None`` for a model without one).
 
     Returns:
-        The typed params.
+        The typed params, for MLflow, and them checked (``None`` when ``params`` is not a dict).
 
     Raises:
         InvalidInputError: On params :func:`router_model.params.parse_params` refuses, or a
             router param the version was registered without.
     """
     if type(params) is not dict:
-        return params
+        return params, None
     typed = typed_params(params)
     declared = set() if schema is None else {spec.name for spec in schema.params}
     for name in typed:
@@ -826,8 +826,7 @@ def request_params(params: Any, schema: Any) -> Any:
                 f"{asked}, which this model version's signature does not declare (it was "
                 "registered before that param existed); retrain to get a version that takes it"
             )
-    parse_params(typed)
-    return typed
+    return typed, parse_params(typed)
 
 
 def _fast_matrix(parsed: dict[str, Any]) -> tuple[np.ndarray, int]:
