@@ -267,17 +267,40 @@ def test_a_real_server_logs_every_answered_row_and_flushes_on_sigterm(
 
 
 def test_parquet_files_use_a_dictionary_only_for_columns_of_few_values(tmp_path):
-    """Measured columns are written plain: a dictionary tried on every float costs the writer more than it saves."""
+    """Measured columns go without a dictionary (trying one on every float costs the writer more
+    than it saves), byte-stream-split (LZ4 then costs far less)."""
     ParquetSink(tmp_path).write([batch(1000)])
     [part] = tmp_path.glob("part-*.parquet")
     chunks = pq.ParquetFile(part).metadata.row_group(0)
-    encoded = {
-        chunks.column(i).path_in_schema: "RLE_DICTIONARY" in chunks.column(i).encodings
-        for i in range(chunks.num_columns)
+    encodings = {
+        chunks.column(i).path_in_schema: chunks.column(i).encodings for i in range(chunks.num_columns)
     }
-    assert encoded == {name: name in inference_log.FEW_VALUES for name in inference_log.COLUMNS}
-    assert {"cap-diameter", "stem-width", "poisonous_probability"}.isdisjoint(inference_log.FEW_VALUES)
+    assert {name: "RLE_DICTIONARY" in encodings[name] for name in inference_log.COLUMNS} == {
+        name: name in inference_log.FEW_VALUES for name in inference_log.COLUMNS
+    }
+    assert {name: "BYTE_STREAM_SPLIT" in encodings[name] for name in inference_log.COLUMNS} == {
+        name: name in inference_log.SPLIT_FLOATS for name in inference_log.COLUMNS
+    }
+    assert set(inference_log.SPLIT_FLOATS) == {
+        "cap-diameter",
+        "stem-height",
+        "stem-width",
+        "poisonous_probability",
+    }
     assert {"request_id", "route", "stem-color", "season", "prediction"} <= set(inference_log.FEW_VALUES)
+
+
+def test_rows_of_several_served_models_in_one_file_keep_their_own_run_id(tmp_path):
+    """A switch mid-flush: each row names the model that answered it (one dictionary entry per model)."""
+    sent = [batch(3), batch(2), batch(4), batch(1)]
+    for b, run_id in zip(sent, ["run-1", "run-1", "run-2", "run-1"], strict=True):
+        b.model_run_id = run_id
+    ParquetSink(tmp_path).write(sent)
+    [part] = tmp_path.glob("part-*.parquet")
+    assert pd.read_parquet(part)["model_run_id"].tolist() == ["run-1"] * 5 + ["run-2"] * 4 + ["run-1"]
+    assert pq.read_table(part, read_dictionary=["model_run_id"]).column("model_run_id").chunk(
+        0
+    ).dictionary.to_pylist() == ["run-1", "run-2"]
 
 
 def test_a_feature_a_row_did_not_give_is_stored_as_absent_and_read_back_as_nan(tmp_path):
