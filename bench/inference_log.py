@@ -2,8 +2,10 @@
 
 Two ``mlflow models serve --env-manager local`` processes of the router trained on the real data,
 identical but for ``MUSHROOM_INFERENCE_LOG``: Parquet files in a folder of its own in one (the
-default sink), ``off`` in the other; ``/metrics`` is on in both, as served. wrk posts identical
-bodies (single rows as ``dataframe_records``, 1,000-row batches as ``dataframe_split``), taking the
+default sink), ``off`` in the other; ``/metrics`` is on in both, as served. wrk posts the same
+bodies to both (single rows as ``dataframe_records``, 1,000-row batches as ``dataframe_split``),
+taking each in turn from :data:`DISTINCT_ROWS` real rows, so the log writes rows as varied as real
+traffic's (one body repeated compresses far better, and flatters the writer); it takes the
 two servers in turn each round with the first alternating, so load from other processes on a
 shared machine falls on both alike; each round's ratio compares two runs made seconds apart. The
 rounds come from several pairs of servers, each pair started afresh, since two processes differ
@@ -42,13 +44,16 @@ from types import SimpleNamespace
 import pandas as pd
 import requests
 from benchlib import trained_work, wrk_parser, wrk_ready
-from serving import merged, on_off, served_alike, write_body
+from serving import merged, on_off, served_alike, write_bodies
 
 from router_model import features as F
 from router_model import inference_log, serving
 
 BATCHES = (1, 1000)
 SERVERS = ("log_on", "log_off")
+#: Distinct real rows the bodies of each batch size are cut from (each row in one body; the rows
+#: cycle far beyond what the Parquet writer's LZ4 looks back over).
+DISTINCT_ROWS = 50_000
 #: The log's share of the server's time must stay within this (issue #13).
 TARGET = 0.05
 
@@ -93,12 +98,14 @@ def in_process(frame: pd.DataFrame, work: Path, repeat: int = 2000) -> list[dict
                     started = time.process_time()
                     model.router.predict(rows, observe=callback)
                     timings[name].append(time.process_time() - started)
-            # A flush's worth of this batch size, as the writer thread receives it.
+            # A flush's worth of this batch size, as the writer thread receives it: distinct rows,
+            # as served (the same rows over and over compress far better than real traffic).
             per_flush = 2000 if batch == 1 else 50
+            distinct = frame.sample(per_flush * batch, random_state=batch).reset_index(drop=True)
             queued: list[inference_log.Batch] = []
             model._log = SimpleNamespace(submit=queued.append)
-            for _ in range(per_flush):
-                model.router.predict(rows, observe=model.observer())
+            for start in range(0, per_flush * batch, batch):
+                model.router.predict(distinct.iloc[start : start + batch], observe=model.observer())
             model._log = log
             writes = _cpu_timed(lambda q=queued: log._write(q), 5)
             out.append(
@@ -145,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         "dropped": 0.0,
     }
     frame = pd.read_csv(args.data)[list(F.LR_FEATURES)].astype(float)
-    bodies = {b: write_body(frame.sample(b, random_state=b), work / f"body-{b}.json") for b in BATCHES}
+    rows = frame.sample(DISTINCT_ROWS, random_state=7).reset_index(drop=True)
+    bodies = {b: write_bodies(rows, b, work / f"bodies-{b}") for b in BATCHES}
     cases: dict[int, list[dict]] = {b: [] for b in BATCHES}
     envs = {name: {**serving.serve_env(env), "MUSHROOM_INFERENCE_LOG": targets[name]} for name in SERVERS}
     for pair in range(args.pairs):

@@ -55,7 +55,11 @@ RESULT = re.compile(r"RESULT (.*)")
 def wrk(
     port: int, body_file: Path, duration: int, connections: int, threads: int, path: str = "/invocations"
 ) -> dict[str, float]:
-    """One wrk run against ``path``; returns requests/s, latency percentiles and error counts."""
+    """One wrk run against ``path``; returns requests/s, latency percentiles and error counts.
+
+    ``body_file`` is one body sent on every request, or a ``.list`` file (:func:`write_bodies`)
+    naming bodies sent in turn.
+    """
     out = subprocess.run(
         [
             "wrk",
@@ -68,7 +72,7 @@ def wrk(
             str(REPO / "bench" / "post.lua"),
             f"http://127.0.0.1:{port}{path}",
         ],
-        env={**os.environ, "BODY_FILE": str(body_file)},
+        env={**os.environ, "BODY_LIST" if body_file.suffix == ".list" else "BODY_FILE": str(body_file)},
         capture_output=True,
         text=True,
         check=True,
@@ -107,6 +111,22 @@ def write_body(rows: pd.DataFrame, path: Path) -> Path:
         split = {"columns": list(rows.columns), "data": rows.to_numpy().tolist()}
         path.write_text(json.dumps({"dataframe_split": split}))
     return path
+
+
+def write_bodies(rows: pd.DataFrame, batch: int, folder: Path) -> Path:
+    """Bodies of ``batch`` rows each, every row of ``rows`` in one of them, and the ``.list`` naming them.
+
+    For servers whose cost depends on the rows themselves (the inference log compresses what it
+    writes, and one body sent over and over compresses far better than real traffic).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [
+        write_body(rows.iloc[start : start + batch], folder / f"body-{start // batch}.json")
+        for start in range(0, len(rows) - batch + 1, batch)
+    ]
+    listed = folder / "bodies.list"
+    listed.write_text("".join(f"{path}\n" for path in paths))
+    return listed
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
