@@ -1,11 +1,14 @@
-"""The benchmarks' own arithmetic: how an on/off cost is estimated and judged against its target."""
+"""The benchmarks' own arithmetic: how an on/off cost is estimated and judged against its target,
+and the bodies they post."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 BENCH = str(Path(__file__).resolve().parents[2] / "bench")
@@ -75,3 +78,17 @@ def test_a_cost_is_judged_by_its_estimate_and_by_its_interval(mean, low, words):
     case = {"batch": 1000, "paired": {"mean": mean, "low": low, "high": 1.0}}
     line = run.verdict([case], 0.05, "What it costs")
     assert line == f"- What it costs (target at most 5% of requests/s): 1,000-row batches {words}."
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_varied_bodies_carry_every_row_once_in_order(tmp_path, batch):
+    """The log's benchmark posts distinct rows: a body per ``batch`` rows, all named by the list."""
+    rows = pd.DataFrame({"stem-height": [float(i) for i in range(7)], "season": [0.5] * 7})
+    listed = serving.write_bodies(rows, batch, tmp_path / "bodies")
+    assert listed.suffix == ".list"  # what serving.wrk sends in turn (BODY_LIST)
+    sent = []
+    for path in listed.read_text().splitlines():
+        body = json.loads(Path(path).read_text())
+        sent += body["dataframe_records"] if batch == 1 else body["dataframe_split"]["data"]
+    heights = [row["stem-height"] for row in sent] if batch == 1 else [row[0] for row in sent]
+    assert heights == [float(i) for i in range(7 // batch * batch)]  # a last part batch is left out
