@@ -427,15 +427,22 @@ def explain_section(inproc: list[dict], serving: list[dict], note: str = "") -> 
         "on/off 1.31 before, 1.20 after; 1,000 rows' rows/s off/on 2.71 before, 2.56 after.",
         "- Then the server began to freeze its loaded objects out of the garbage collector's way (the serving "
         "section above): a 1,000-row request without explanations got about a quarter cheaper, one with them, "
-        "whose building already paused the collector, by much less. So the 1,000-row ratio in the table rose "
-        "while explained answers did not get slower (on the same day, 81-91 req/s before it, 100 after).",
+        "whose building already paused the collector, by much less. So the 1,000-row ratio rose while explained "
+        "answers did not get slower (on 2026-12-03, 81-91 req/s before it, 100 after).",
         "- Tried and left out (2026-12-04, in process, 1,000 real rows a route, medians of 7 runs of 20 calls): "
         "Arrow's compute kernels as the compiled writer, pyarrow being a dependency already. The pieces in one "
         "binary array (the row's value texts cut from orjson's output by offsets, no Python object a value), one "
         "`take` of every row's pieces and one `binary_join` of each row's list: the same bytes, but explaining 1,000 "
         "LR rows as JSON took 2.66 ms against 3.11 ms (naive Bayes 0.96 against 1.30), since Arrow's `take` and "
         "`binary_join` of 70,000 short pieces cost about 0.8 ms each, as much as CPython's joining. Not worth a "
-        "third writer to keep byte-equal.",
+        "third writer to keep byte-equal. Later the same day (one process, 1,000 LR rows, medians of 7 runs of 50 "
+        "calls), the bulk writer took 2.46 ms: 0.47 building each row's table of pieces, 0.85 gathering them "
+        "into place, 0.25 turning them into lists, 0.61 joining each row's; orjson then wrote the answer in 0.14. "
+        "Two more layouts gave the same bytes and were left out: every piece in one flat array taken with one "
+        "integer index (no table a row), 2.64 ms, since the cost is handling each of the 71,000 pieces, not "
+        "where they come from; and Arrow joining each term's text for all rows at once "
+        "(`binary_join_element_wise`: head, values, tail), then one `take` into each row's order and one "
+        "`binary_join`, 2.05 ms, of which the 14 element-wise joins took 0.93.",
         "- The 1,000-row target (rows/s at most 2x lower) is still **missed** with every term of every row, though "
         "closer: what is left is making and sending the bytes the contract fixes, 13 times those of the answer "
         "without explanations (each term repeats its feature names and the row's values; orjson already writes "
@@ -942,8 +949,8 @@ def explain_only(args: argparse.Namespace) -> int:
         f" Measured on their own with `bench/run.py --explain-only` on {facts['date']} "
         f"({serving['duration_s']} s per run, {serving['connections']} connections), not in the run above"
         + (
-            f"; load average {loads['before'][0]:.1f} before and {loads['after'][0]:.1f} after (the 2 cores were "
-            "shared with other jobs, so absolute figures are low; off and on took turns)."
+            f"; load average {loads['before'][0]:.1f} before and {loads['after'][0]:.1f} after (wrk and the "
+            "server count in it; off and on took turns, so other jobs on the machine slow both alike)."
             if loads
             else "."
         )
