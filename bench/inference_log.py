@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     cases: dict[int, list[dict]] = {b: [] for b in BATCHES}
     envs = {name: {**serving.serve_env(env), "MUSHROOM_INFERENCE_LOG": targets[name]} for name in SERVERS}
     for pair in range(args.pairs):
-        with served_alike(envs, work / f"pair-{pair}") as (ports, procs):
+        with served_alike(envs, work / f"pair-{pair}", reverse=pair % 2 == 1) as (ports, procs):
             pids = {name: proc.pid for name, proc in procs.items()}
             for batch in BATCHES:
                 cases[batch].append(on_off(ports, SERVERS, bodies[batch], batch, args, pids))

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in SERVERS
         }
         for pair in range(args.pairs):
-            with served_alike(envs, work / f"pair-{pair}") as (ports, _):
+            with served_alike(envs, work / f"pair-{pair}", reverse=pair % 2 == 1) as (ports, _):
                 off = requests.get(f"http://127.0.0.1:{ports['metrics_off']}/metrics", timeout=5).status_code
                 assert off == 404, f"the server with MUSHROOM_METRICS=off answered /metrics with {off}"
                 scraped["port"] = ports["metrics_on"]

@@ -290,7 +290,7 @@ def alike(args: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, st
 
 @contextlib.contextmanager
 def served_alike(
-    envs: dict[str, dict[str, str]], logs: Path
+    envs: dict[str, dict[str, str]], logs: Path, reverse: bool = False
 ) -> Iterator[tuple[dict[str, int], dict[str, subprocess.Popen]]]:
     """One server of the trained model per name, each with its environment, started alike (:func:`alike`).
 
@@ -299,11 +299,14 @@ def served_alike(
     Args:
         envs: Per name, the server's environment.
         logs: Where each server's output goes (``<logs>-<name>.log``).
+        reverse: Start them in the reverse order of ``envs``. Alternate it from pair to pair, so
+            that what comes of being started first (where the memory lands, which core a process
+            settles on) falls on each server alike.
     """
     ports = {name: free_port() for name in envs}
     procs: dict[str, subprocess.Popen] = {}
     try:
-        for name, env in envs.items():
+        for name, env in reversed(envs.items()) if reverse else envs.items():
             procs[name] = start(
                 *alike(serving.serve_command(port=ports[name]), env), Path(f"{logs}-{name}.log")
             )
