@@ -88,7 +88,8 @@ FEW_VALUES: tuple[str, ...] = (
 )
 #: The other float columns (measured values and the probability): many distinct values, written
 #: byte-stream-split (each value's bytes apart, by place), which LZ4 then compresses at a fraction
-#: of its cost on the values as they are.
+#: of its cost on the values as they are; some columns come out smaller, some larger
+#: (docs/benchmarks.md).
 SPLIT_FLOATS: tuple[str, ...] = tuple(name for name in COLUMNS if name not in FEW_VALUES)
 
 

@@ -91,4 +91,4 @@ def test_varied_bodies_carry_every_row_once_in_order(tmp_path, batch):
         body = json.loads(Path(path).read_text())
         sent += body["dataframe_records"] if batch == 1 else body["dataframe_split"]["data"]
     heights = [row["stem-height"] for row in sent] if batch == 1 else [row[0] for row in sent]
-    assert heights == [float(i) for i in range(7 // batch * batch)]  # a last part batch is left out
+    assert heights == [float(i) for i in range(7 // batch * batch)]  # a last, partial body is left out
