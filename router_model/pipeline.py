@@ -439,11 +439,12 @@ def evaluate_against_champion(version: int, path: str) -> dict[str, Any]:
     if champion_version == int(version):
         found = None  # a re-run after the promotion: nothing to compare with
     champion = registry.load_router(registry.version_uri(champion_version)) if found is not None else None
+    source = tags.get("data_source")
+    champion_source = found.tags.get("data_source") if found is not None else None
     yardsticks = [_yardstick(f"version {version}'s held-out rows", test, candidate, champion)]
     if found is not None:
         name = f"champion version {champion_version}'s held-out rows"
-        synthetic = settings.SOURCE_SYNTHETIC
-        if found.tags.get("data_source") == synthetic and tags.get("data_source") != synthetic:
+        if champion_source == settings.SOURCE_SYNTHETIC and source != settings.SOURCE_SYNTHETIC:
             yardsticks.append({"name": name, "skipped": _SYNTHETIC_ROWS})
         elif (theirs := _champion_holdout(champion_version, found.tags)) is None:
             yardsticks.append({"name": name, "missing": "not stored with it, and its training file is gone"})
@@ -451,9 +452,9 @@ def evaluate_against_champion(version: int, path: str) -> dict[str, Any]:
             yardsticks.append(_yardstick(name, theirs, candidate, champion))
     return {
         "version": int(version),
-        "data_source": tags.get("data_source"),
+        "data_source": source,
         "champion_version": champion_version,
-        "champion_data_source": found.tags.get("data_source") if found is not None else None,
+        "champion_data_source": champion_source,
         "candidate": yardsticks[0]["candidate"],
         "champion": yardsticks[0]["champion"],
         "yardsticks": yardsticks,
