@@ -183,3 +183,8 @@ def _explain(typed: dict[str, Any]) -> int | None:
             raise InvalidInputError(f"param '{F.PARAM_EXPLAIN_TOP}' is {top!r} but 'explain' is false")
         return None
     return int(top)
+
+
+#: The params of a request that gives none (what :func:`parse_params` makes of ``None``), made once:
+#: most requests give none, and the server's fast path would otherwise check the defaults each time.
+DEFAULTS: Params = parse_params(None)

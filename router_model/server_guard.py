@@ -78,7 +78,7 @@ from router_model import settings
 from router_model.explain import paused_gc
 from router_model.inputs import column_rows, few_labels
 from router_model.metrics import METRICS_PATH, RequestCounter, ServerMetrics
-from router_model.params import Params, parse_params, typed_params
+from router_model.params import DEFAULTS, Params, parse_params, typed_params
 from router_model.router import MushroomRouterModel, Router, Scores
 from router_model.validation import InvalidInputError, rows_in_domain
 
@@ -748,7 +748,7 @@ def fast_answer(data: bytes, content_type: str, model: Any, input_schema: Any = 
         schema = model.metadata.get_params_schema()
         typed, checked = request_params(params, schema)
         _enforce_params_schema(typed, schema)  # what MLflow's path would refuse is declined
-        model_name, threshold, explain = checked or parse_params(None)
+        model_name, threshold, explain = checked or DEFAULTS
         if not rows_in_domain(matrix).all():
             return None
         scores = pyfunc.router.score(matrix, model_name, threshold, observe=pyfunc.observer())

@@ -8,7 +8,7 @@ import pytest
 
 from router_model import features as F
 from router_model.inputs import as_frame
-from router_model.params import parse_params
+from router_model.params import DEFAULTS, parse_params
 from router_model.router import Router, assign_routes
 from router_model.validation import InvalidInputError
 
@@ -111,6 +111,7 @@ def test_bad_params_are_refused(params, message):
 def test_params_default_to_auto_and_half():
     assert parse_params(None) == ("auto", 0.5, None)
     assert parse_params({"model": None, "threshold": None}) == ("auto", 0.5, None)
+    assert parse_params(None) == DEFAULTS  # what the server's fast path takes for a request without params
 
 
 def test_row_completing_neither_set_names_the_missing_columns(router, rows):
