@@ -26,6 +26,16 @@ up by one with every switch.
 the counters live in prometheus_client's multiprocess mode: each worker writes its own memory-mapped
 files under one directory shared by the server's workers, and ``/metrics`` sums them all
 (:func:`multiprocess_dir`). ``MUSHROOM_METRICS=off`` turns all of it off.
+
+A request is counted in plain integers in its own process, and those are added to the value files
+every :data:`PUBLISH_SECONDS` by a background thread, when that process answers a scrape and when
+it shuts down (:meth:`ServerMetrics.publish`). Writing the files on every request (a lock and a
+write into the memory map per value, several values a request) cost a single-row server a few
+per cent of its throughput (``docs/benchmarks.md``); so with ``--workers`` > 1 a scrape answered by
+one worker sees the others' latest second a second late. Adding a batch of counts to a histogram
+has no public call in prometheus_client: :meth:`ServerMetrics.publish` adds to the histogram's
+buckets and sum (``Histogram._buckets``, ``Histogram._sum``), the only private names this module
+uses, pinned by tests/monitoring/test_metrics.py.
 """
 
 from __future__ import annotations
@@ -38,7 +48,9 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -66,6 +78,8 @@ INVOCATIONS_PATH = "/invocations"
 PREFIX = "mushroom_router"
 #: Latency buckets (seconds): single rows take milliseconds, 10,000-row batches about a second.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: How often a server process adds the counts it holds to the shared value files (seconds).
+PUBLISH_SECONDS = 1.0
 _DIR_PREFIX = "mushroom-router-metrics-"
 _DIR_NAME = re.compile(rf"{_DIR_PREFIX}(\d+)-(\d+)$")
 
@@ -195,12 +209,16 @@ class ServerMetrics:
             "Rows the inference log dropped (full queue or failed write).",
             registry=own,
         )
-        # Children bound once per version: a request then costs two array counts and a few increments.
+        # Children bound once per version; requests add to the plain counts below, published later.
         self._rows_family = rows
         self._rows = [rows.labels(route=route, version=self.version) for route in F.ROUTES]
         self._poisonous = [poisonous.labels(route=route) for route in F.ROUTES]
         self._codes: dict[int, Any] = {}
         self._exposed = self._exposition_registry(own)
+        self._lock = threading.Lock()
+        self._tally = _Tally()
+        self._publisher: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def _exposition_registry(self, own: Any) -> Any:
         from prometheus_client import CollectorRegistry
@@ -222,6 +240,7 @@ class ServerMetrics:
             version: Its registry version.
             switches: The supervisor's switch count including this switch.
         """
+        self.publish()  # the rows counted so far were the previous version's
         self.run_id, self.version = run_id, version
         if switches is not None:
             self.switches = switches
@@ -237,42 +256,106 @@ class ServerMetrics:
         """
         if len(routes) == 1:  # the most common request: no array counting
             route = int(routes[0])
-            cut = threshold if np.isscalar(threshold) else threshold[0]
             if route >= 0:
-                self._rows[route].inc()
-                if poisonous[0] >= cut:
-                    self._poisonous[route].inc()
+                flagged = bool(poisonous[0] >= (threshold if np.isscalar(threshold) else threshold[0]))
+                with self._lock:  # the tally is taken under the lock: publish() swaps it
+                    tally = self._tally
+                    tally.rows[route] += 1
+                    tally.poisonous[route] += flagged
             return
         scored = routes[routes >= 0] if (routes < 0).any() else routes
-        counts = np.bincount(scored, minlength=len(F.ROUTES))
-        flagged = np.bincount(routes[poisonous >= threshold], minlength=len(F.ROUTES))
-        for index in range(len(F.ROUTES)):
-            if counts[index]:
-                self._rows[index].inc(int(counts[index]))
-            if flagged[index]:
-                self._poisonous[index].inc(int(flagged[index]))
+        counts = np.bincount(scored, minlength=len(F.ROUTES)).tolist()
+        flagged = np.bincount(routes[poisonous >= threshold], minlength=len(F.ROUTES)).tolist()
+        with self._lock:
+            tally = self._tally
+            for index in range(len(F.ROUTES)):
+                tally.rows[index] += counts[index]
+                tally.poisonous[index] += flagged[index]
 
     def record_request(self, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
-        child = self._codes.get(status)
-        if child is None:
-            child = self._codes[status] = self.requests.labels(code=str(status))
-        child.inc()
-        self.latency.observe(seconds)
+        bucket = bisect_left(LATENCY_BUCKETS, seconds)  # the first bucket whose bound is >= seconds
+        with self._lock:
+            tally = self._tally
+            tally.codes[status] = tally.codes.get(status, 0) + 1
+            tally.latency[bucket] += 1
+            tally.latency_sum += seconds
 
     def dropped_rows(self, rows: int) -> None:
         """Count rows the inference log dropped (its ``on_drop`` callback)."""
         self.dropped.inc(rows)
 
+    def publish(self) -> None:
+        """Add the counts held in this process to the shared values, and start afresh.
+
+        Safe to call from any thread at any time; every count is added exactly once.
+        """
+        with self._lock:
+            tally, self._tally = self._tally, _Tally()
+        for index, rows in enumerate(tally.rows):
+            if rows:
+                self._rows[index].inc(rows)
+        for index, flagged in enumerate(tally.poisonous):
+            if flagged:
+                self._poisonous[index].inc(flagged)
+        for status, requests in tally.codes.items():
+            child = self._codes.get(status)
+            if child is None:
+                child = self._codes[status] = self.requests.labels(code=str(status))
+            child.inc(requests)
+        if any(tally.latency):
+            # prometheus_client's Histogram can only observe one value at a time: add to its
+            # buckets (one per bound, the last +Inf) and its sum directly.
+            for bucket, observed in zip(self.latency._buckets, tally.latency, strict=True):
+                if observed:
+                    bucket.inc(observed)
+            self.latency._sum.inc(tally.latency_sum)
+
+    def start_publishing(self, seconds: float = PUBLISH_SECONDS) -> None:
+        """Publish every ``seconds`` from a daemon thread, until :meth:`stop_publishing`."""
+        if self._publisher is not None:
+            return
+
+        def every() -> None:
+            while not self._stop.wait(seconds):
+                self.publish()
+
+        self._publisher = threading.Thread(target=every, name="mushroom-router-metrics", daemon=True)
+        self._publisher.start()
+
+    def stop_publishing(self) -> None:
+        """Stop the publishing thread, then publish what is left (the server's shutdown)."""
+        self._stop.set()
+        if self._publisher is not None:
+            self._publisher.join()
+        self.publish()
+
     def exposition(self) -> tuple[bytes, str]:
-        """The ``/metrics`` answer: the body and its content type (Prometheus text format)."""
+        """The ``/metrics`` answer: the body and its content type (Prometheus text format).
+
+        This process's counts are published first, so they are in it up to the scrape.
+        """
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        self.publish()
         return generate_latest(self._exposed), CONTENT_TYPE_LATEST
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """Wrap an ASGI app so that each ``/invocations`` request is counted with its status."""
         return RequestCounter(app, self)
+
+
+class _Tally:
+    """Counts not yet published: plain integers, cheap to add to under a lock."""
+
+    __slots__ = ("codes", "latency", "latency_sum", "poisonous", "rows")
+
+    def __init__(self) -> None:
+        self.rows = [0] * len(F.ROUTES)
+        self.poisonous = [0] * len(F.ROUTES)
+        self.codes: dict[int, int] = {}
+        self.latency = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        self.latency_sum = 0.0
 
 
 class _ServedCollector:
@@ -320,11 +403,12 @@ class RequestCounter:
         started = time.perf_counter()
         status = 500
 
-        async def send_status(message: MutableMapping[str, Any]) -> None:
+        def send_status(message: MutableMapping[str, Any]) -> Awaitable[None]:
+            # A plain function handing back send's awaitable: no coroutine of its own per message.
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_status)
@@ -333,7 +417,10 @@ class RequestCounter:
 
 
 def start(run_id: str = "") -> ServerMetrics | None:
-    """The model server's metrics, in multiprocess mode; ``None`` when ``MUSHROOM_METRICS=off``.
+    """The model server's metrics, in multiprocess mode and publishing; ``None`` when off.
+
+    ``MUSHROOM_METRICS=off`` turns them off. The caller stops the publishing at shutdown
+    (:meth:`ServerMetrics.stop_publishing`).
 
     Sets ``PROMETHEUS_MULTIPROC_DIR`` for this worker before prometheus_client is imported (it
     chooses its value storage on import); if something imported it earlier, its storage is
@@ -349,5 +436,6 @@ def start(run_id: str = "") -> ServerMetrics | None:
         if not getattr(values.ValueClass, "_multiprocess", False):
             values.ValueClass = values.get_value_class()
     metrics = ServerMetrics(run_id, multiprocess_path=path)
+    metrics.start_publishing()
     _logger.info("Metrics on /metrics (values in %s, version %s)", path, metrics.version)
     return metrics

@@ -563,6 +563,8 @@ def _server_process(run_id: str, model: MushroomRouterModel) -> tuple[Any, Any]:
     server_guard.SLOT.started(settings.env("MUSHROOM_SERVED_VERSION"))
     served_metrics = metrics.start(run_id)
     server_guard.hook_app(served_metrics)
+    if served_metrics is not None:
+        server_guard.on_shutdown(served_metrics.stop_publishing)  # the last second's counts too
     log = inference_log.active()
     if log is not None:
         server_guard.on_shutdown(log.close)  # a SIGTERM'd server flushes its log

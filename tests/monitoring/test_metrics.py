@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +152,115 @@ def test_requests_are_counted_by_status_with_their_latency():
     assert value(text, "mushroom_router_requests_total", code="500") == 1
     assert value(text, "mushroom_router_request_seconds_count") == 5
     assert value(text, "mushroom_router_request_seconds_bucket", le="+Inf") == 5
+
+
+#: Latencies at, between and beyond the bucket bounds (the last two above the largest: +Inf).
+LATENCIES = [0.0, 0.0009, 0.001, 0.0012, 0.005, 0.0051, 0.3, 1.0, 10.0, 12.5]
+
+
+def histogram_samples(text: str) -> dict:
+    return {
+        key: found
+        for key, found in samples(text).items()
+        if key[0].startswith("mushroom_router_request_seconds") and not key[0].endswith("_created")
+    }
+
+
+def test_published_latencies_are_what_prometheus_clients_histogram_observes():
+    """Publishing adds to the histogram's private ``_buckets`` and ``_sum``: this pins them."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    m = ServerMetrics()
+    reference_registry = CollectorRegistry()
+    reference = Histogram(
+        "mushroom_router_request_seconds", "-", buckets=metrics.LATENCY_BUCKETS, registry=reference_registry
+    )
+    for seconds in LATENCIES:
+        m.record_request(200, seconds)
+        reference.observe(seconds)
+    ours = histogram_samples(scrape(m))
+    assert ours == histogram_samples(generate_latest(reference_registry).decode())
+    assert ours[("mushroom_router_request_seconds_bucket", (("le", "0.001"),))] == 3
+    assert ours[("mushroom_router_request_seconds_bucket", (("le", "+Inf"),))] == len(LATENCIES)
+
+
+def test_counts_published_while_requests_are_counted_are_each_counted_once():
+    m = ServerMetrics(version="1")
+    threads, each = 3, 5_000
+
+    def count() -> None:
+        for _ in range(each):
+            m.observe(np.array([LR]), np.array([0.9]), 0.5)
+            m.observe(np.array([NB, LR]), np.array([0.1, 0.6]), 0.5)
+            m.record_request(200, 0.001)
+
+    workers = [threading.Thread(target=count) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    while any(worker.is_alive() for worker in workers):
+        m.publish()
+    for worker in workers:
+        worker.join()
+    text = scrape(m)
+    total = threads * each
+    assert value(text, "mushroom_router_rows_total", route=F.LOGISTIC_REGRESSION, version="1") == 2 * total
+    assert value(text, "mushroom_router_rows_total", route=F.NAIVE_BAYES, version="1") == total
+    assert value(text, "mushroom_router_poisonous_rows_total", route=F.LOGISTIC_REGRESSION) == 2 * total
+    assert value(text, "mushroom_router_poisonous_rows_total", route=F.NAIVE_BAYES) == 0
+    assert value(text, "mushroom_router_requests_total", code="200") == total
+    assert value(text, "mushroom_router_request_seconds_count") == total
+
+
+@pytest.fixture
+def shared_files(tmp_path, monkeypatch) -> tuple[Path, Callable[[], dict]]:
+    """prometheus_client in multiprocess mode for this test, and what another worker's scrape reads."""
+    from prometheus_client import CollectorRegistry, generate_latest, values
+
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
+    others = CollectorRegistry()
+    MultiProcessCollector(others, path=str(tmp_path))
+    return tmp_path, lambda: samples(generate_latest(others).decode())
+
+
+def count_one_request(m: ServerMetrics) -> None:
+    m.observe(np.array([NB]), np.array([0.9]), 0.5)
+    m.record_request(200, 0.002)
+
+
+ROWS_NB = ("mushroom_router_rows_total", (("route", F.NAIVE_BAYES), ("version", "1")))
+REQUESTS_200 = ("mushroom_router_requests_total", (("code", "200"),))
+
+
+def test_counts_reach_the_shared_files_within_the_publishing_period(shared_files):
+    path, shared = shared_files
+    m = ServerMetrics(version="1", multiprocess_path=path)
+    count_one_request(m)
+    assert shared()[ROWS_NB] == 0 and REQUESTS_200 not in shared()  # held in the process until published
+    m.start_publishing(0.05)
+    try:
+        deadline = time.monotonic() + 10
+        while shared()[ROWS_NB] != 1 or shared().get(REQUESTS_200) != 1:
+            assert time.monotonic() < deadline, f"never published: {shared()}"
+            time.sleep(0.02)
+    finally:
+        m.stop_publishing()
+    assert shared()[("mushroom_router_request_seconds_count", ())] == 1
+
+
+@pytest.mark.parametrize("how", ["stop_publishing", "exposition", "now_serving"])
+def test_counts_held_are_published_at_shutdown_at_a_scrape_and_at_a_switch(shared_files, how):
+    path, shared = shared_files
+    m = ServerMetrics(version="1", multiprocess_path=path)
+    m.start_publishing(3600)  # the thread never gets to it
+    count_one_request(m)
+    {
+        "stop_publishing": m.stop_publishing,
+        "exposition": m.exposition,
+        "now_serving": lambda: m.now_serving("run-2", "2", 1),
+    }[how]()
+    assert (shared()[ROWS_NB], shared()[REQUESTS_200]) == (1, 1)  # under the version that answered
+    m.stop_publishing()
 
 
 class BlockedSink:
