@@ -9,7 +9,9 @@ scraper reads ``/metrics`` of the server that has it once a second, as Prometheu
 machine may be shared, so each round's ratio compares two runs made seconds apart, the rounds come
 from several pairs of servers each started afresh and laid out alike (:func:`serving.alike`), and
 the estimate is their geometric mean with a 95% interval over the pairs (:func:`serving.paired`);
-the load average is reported with them.
+the load average is reported with them. Each server's CPU time per answered request is measured
+around each run too (as in bench/inference_log.py): its main thread's, where requests are answered
+under the GIL, moves less with the machine's other load than the requests/s do.
 
 Usage: ``python bench/metrics.py --data mushroom_cleaned.csv [--duration 2] [--rounds 6] [--pairs 5] [--out x.json]``
 """
@@ -146,13 +148,14 @@ def main(argv: list[str] | None = None) -> int:
             for name in SERVERS
         }
         for pair in range(args.pairs):
-            with served_alike(envs, work / f"pair-{pair}", reverse=pair % 2 == 1) as (ports, _):
+            with served_alike(envs, work / f"pair-{pair}", reverse=pair % 2 == 1) as (ports, procs):
+                pids = {name: proc.pid for name, proc in procs.items()}
                 off = requests.get(f"http://127.0.0.1:{ports['metrics_off']}/metrics", timeout=5).status_code
                 assert off == 404, f"the server with MUSHROOM_METRICS=off answered /metrics with {off}"
                 scraped["port"] = ports["metrics_on"]
                 try:
                     for batch in BATCHES:
-                        cases[batch].append(on_off(ports, SERVERS, bodies[batch], batch, args))
+                        cases[batch].append(on_off(ports, SERVERS, bodies[batch], batch, args, pids))
                         ratio = merged(cases[batch][-1:], SERVERS)["paired"]["mean"]
                         print(f"pair {pair + 1}, batch {batch:>5}: on/off {ratio:.3f}", flush=True)
                 finally:
@@ -163,12 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
     results["cases"] = [merged(cases[b], SERVERS) for b in BATCHES]
     for case in results["cases"]:
-        paired, loads = case["paired"], case["load_average"]
+        paired, loads, main_ = case["paired"], case["load_average"], case["main_paired"]
         print(
             f"batch {case['batch']:>5}: metrics on {case['metrics_on']['rps']:.1f} req/s, off "
             f"{case['metrics_off']['rps']:.1f}; on/off {paired['mean']:.3f} (95% {paired['low']:.3f}-"
             f"{paired['high']:.3f}, {args.pairs} pairs of servers, {args.rounds} rounds each; pairs "
-            f"{', '.join(f'{x:.3f}' for x in case['pair_ratios'])}); load average "
+            f"{', '.join(f'{x:.3f}' for x in case['pair_ratios'])}); main thread CPU a request off/on "
+            f"{main_['mean']:.3f} (95% {main_['low']:.3f}-{main_['high']:.3f}); load average "
             f"{loads['min']:.1f}-{loads['max']:.1f}",
             flush=True,
         )
