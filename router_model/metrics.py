@@ -34,8 +34,8 @@ write into the memory map per value, several values a request) cost a single-row
 per cent of its throughput (``docs/benchmarks.md``); so with ``--workers`` > 1 a scrape answered by
 one worker sees the others' latest second a second late. Adding a batch of counts to a histogram
 has no public call in prometheus_client: :meth:`ServerMetrics.publish` adds to the histogram's
-buckets and sum (``Histogram._buckets``, ``Histogram._sum``), the only private names this module
-uses, pinned by tests/monitoring/test_metrics.py.
+buckets and sum (``Histogram._buckets``, ``Histogram._sum``); tests/monitoring/test_metrics.py pins
+them against prometheus_client's own ``observe``.
 """
 
 from __future__ import annotations
