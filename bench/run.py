@@ -291,6 +291,22 @@ def verdict(cases: list[dict], target: float, what: str) -> str:
     return f"- {what} (target at most {target:.0%} of requests/s): " + "; ".join(parts) + "."
 
 
+def paired_row(c: dict, on: dict, off: dict, middle: list[str]) -> str:
+    """A table row of an on/off case: size, both requests/s, the paired ratio, ``middle``, load, non-2xx."""
+    load = c["load_average"]
+    cells = [
+        f"{c['batch']:,}",
+        f"{on['rps']:,.1f}",
+        f"{off['rps']:,.1f}",
+        interval(c["paired"]),
+        pair_ratios(c),
+        *middle,
+        f"{load['min']:.1f}-{load['max']:.1f}",
+        f"{on['non2xx']}, {off['non2xx']}",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
 #: The heading of the /metrics section (``--metrics-only`` replaces what follows it).
 METRICS_HEADING = "## What /metrics costs the model server"
 
@@ -312,16 +328,16 @@ def metrics_section(r: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in r["cases"]:
-        on, off, load = c["metrics_on"], c["metrics_off"], c["load_average"]
+        on, off = c["metrics_on"], c["metrics_off"]
         main_thread = (
-            f"| {on['main_ms_per_request']:.3f} / {off['main_ms_per_request']:.3f} | {interval(c['main_paired'])} "
+            [
+                f"{on['main_ms_per_request']:.3f} / {off['main_ms_per_request']:.3f}",
+                interval(c["main_paired"]),
+            ]
             if "main_paired" in c
-            else "| - | - "  # figures saved before the CPU was measured
+            else ["-", "-"]  # figures saved before the CPU was measured
         )
-        lines.append(
-            f"| {c['batch']:,} | {on['rps']:,.1f} | {off['rps']:,.1f} | {interval(c['paired'])} "
-            f"| {pair_ratios(c)} {main_thread}| {load['min']:.1f}-{load['max']:.1f} | {on['non2xx']}, {off['non2xx']} |"
-        )
+        lines.append(paired_row(c, on, off, main_thread))
     lines += [
         "",
         verdict(r["cases"], 0.03, "Served, what the counting costs"),
@@ -527,14 +543,14 @@ def inference_log_section(r: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in r["cases"]:
-        on, off, load = c["log_on"], c["log_off"], c["load_average"]
-        lines.append(
-            f"| {c['batch']:,} | {on['rps']:,.1f} | {off['rps']:,.1f} | {interval(c['paired'])} "
-            f"| {pair_ratios(c)} | {on['cpu_ms_per_request']:.3f} / {off['cpu_ms_per_request']:.3f} "
-            f"| {interval(c['cpu_paired'])} "
-            f"| {on['main_ms_per_request']:.3f} / {off['main_ms_per_request']:.3f} "
-            f"| {interval(c['main_paired'])} | {load['min']:.1f}-{load['max']:.1f} | {on['non2xx']}, {off['non2xx']} |"
-        )
+        on, off = c["log_on"], c["log_off"]
+        cpu = [
+            f"{on['cpu_ms_per_request']:.3f} / {off['cpu_ms_per_request']:.3f}",
+            interval(c["cpu_paired"]),
+            f"{on['main_ms_per_request']:.3f} / {off['main_ms_per_request']:.3f}",
+            interval(c["main_paired"]),
+        ]
+        lines.append(paired_row(c, on, off, cpu))
     lines += [
         "",
         verdict(r["cases"], 0.05, "Served, what the log costs"),
