@@ -340,10 +340,6 @@ class ServerMetrics:
         self.publish()
         return generate_latest(self._exposed), CONTENT_TYPE_LATEST
 
-    def middleware(self, app: ASGIApp) -> ASGIApp:
-        """Wrap an ASGI app so that each ``/invocations`` request is counted with its status."""
-        return RequestCounter(app, self)
-
 
 class _Tally:
     """Counts not yet published: plain integers, cheap to add to under a lock."""
