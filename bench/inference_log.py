@@ -68,7 +68,9 @@ def _cpu_timed(func, repeat: int) -> list[float]:
     return out
 
 
-def in_process(frame: pd.DataFrame, work: Path, repeat: int = 2000) -> list[dict]:
+def in_process(
+    frame: pd.DataFrame, work: Path, batches: tuple[int, ...] = BATCHES, repeat: int = 2000
+) -> list[dict]:
     """The log's cost per request in this process: request path and writer, per batch size.
 
     The loaded router's ``predict`` with the served model's observer feeding a real
@@ -89,7 +91,7 @@ def in_process(frame: pd.DataFrame, work: Path, repeat: int = 2000) -> list[dict
     observe = model.observer()
     out = []
     try:
-        for batch in BATCHES:
+        for batch in batches:
             rows = frame.sample(batch, random_state=batch)
             n = repeat if batch == 1 else repeat // 10
             timings: dict[str, list[float]] = {"with": [], "without": []}
@@ -133,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         __doc__.splitlines()[0], duration=2, rounds=6, rounds_help="on/off rounds per batch size and pair"
     )
     parser.add_argument("--pairs", type=int, default=5, help="pairs of servers, each started afresh")
+    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES), help="rows a request")
     args = parser.parse_args(argv)
+    batches = tuple(args.batches)
     if not wrk_ready(args):
         return 2
 
@@ -153,13 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     frame = pd.read_csv(args.data)[list(F.LR_FEATURES)].astype(float)
     rows = frame.sample(DISTINCT_ROWS, random_state=7).reset_index(drop=True)
-    bodies = {b: write_bodies(rows, b, work / f"bodies-{b}") for b in BATCHES}
-    cases: dict[int, list[dict]] = {b: [] for b in BATCHES}
+    bodies = {b: write_bodies(rows, b, work / f"bodies-{b}") for b in batches}
+    cases: dict[int, list[dict]] = {b: [] for b in batches}
     envs = {name: {**serving.serve_env(env), "MUSHROOM_INFERENCE_LOG": targets[name]} for name in SERVERS}
     for pair in range(args.pairs):
         with served_alike(envs, work / f"pair-{pair}", reverse=pair % 2 == 1) as (ports, procs):
             pids = {name: proc.pid for name, proc in procs.items()}
-            for batch in BATCHES:
+            for batch in batches:
                 cases[batch].append(on_off(ports, SERVERS, bodies[batch], batch, args, pids))
                 ratio = merged(cases[batch][-1:], SERVERS)["paired"]["mean"]
                 print(f"pair {pair + 1}, batch {batch:>5}: on/off {ratio:.3f}", flush=True)
@@ -170,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 if line.startswith("mushroom_router_inference_log_dropped")
             ]
             results["dropped"] += sum(float(line.split()[-1]) for line in dropped if "_created" not in line)
-    results["cases"] = [merged(cases[b], SERVERS) for b in BATCHES]
+    results["cases"] = [merged(cases[b], SERVERS) for b in batches]
     for case in results["cases"]:
         loads = case["load_average"]
         rps, cpu, main_ = case["paired"], case["cpu_paired"], case["main_paired"]
@@ -193,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(wrk leaves in-flight requests uncounted), {results['dropped']:.0f} dropped",
         flush=True,
     )
-    results["in_process"] = in_process(frame, work)
+    results["in_process"] = in_process(frame, work, batches)
     server_ms = {c["batch"]: c["log_off"]["cpu_ms_per_request"] for c in results["cases"]}
     for r in results["in_process"]:
         request_us = (r["with_ms"] - r["without_ms"]) * 1000
