@@ -41,7 +41,9 @@ SERVERS = ("metrics_on", "metrics_off")
 SCRAPE_SECONDS = 1.0
 
 
-def in_process(frame: pd.DataFrame, work: Path, repeat: int = 2000) -> dict:
+def in_process(
+    frame: pd.DataFrame, work: Path, batches: tuple[int, ...] = BATCHES, repeat: int = 2000
+) -> dict:
     """The counting's own cost, timed in this process where the machine's load matters less.
 
     The loaded router's ``predict`` with and without the metrics callback (multiprocess values,
@@ -61,7 +63,7 @@ def in_process(frame: pd.DataFrame, work: Path, repeat: int = 2000) -> dict:
     def count(matrix, routes, poisonous, threshold):  # what the served model's callback does
         server_metrics.observe(routes, poisonous, threshold)
 
-    for batch in BATCHES:
+    for batch in batches:
         rows = frame.sample(batch, random_state=batch)
         timings: dict[str, list[float]] = {"with": [], "without": []}
         n = repeat if batch == 1 else repeat // 10
@@ -103,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         __doc__.splitlines()[0], duration=2, rounds=6, rounds_help="on/off rounds per batch size and pair"
     )
     parser.add_argument("--pairs", type=int, default=5, help="pairs of servers, each started afresh")
+    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES), help="rows a request")
     args = parser.parse_args(argv)
+    batches = tuple(args.batches)
     if not wrk_ready(args):
         return 2
 
@@ -137,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     scraper = threading.Thread(target=scrape, daemon=True)
     scraper.start()
     frame = pd.read_csv(args.data)[list(F.LR_FEATURES)].astype(float)
-    bodies = {b: write_body(frame.sample(b, random_state=b), work / f"body-{b}.json") for b in BATCHES}
-    cases: dict[int, list[dict]] = {b: [] for b in BATCHES}
+    bodies = {b: write_body(frame.sample(b, random_state=b), work / f"body-{b}.json") for b in batches}
+    cases: dict[int, list[dict]] = {b: [] for b in batches}
     try:
         envs = {
             name: {
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 assert off == 404, f"the server with MUSHROOM_METRICS=off answered /metrics with {off}"
                 scraped["port"] = ports["metrics_on"]
                 try:
-                    for batch in BATCHES:
+                    for batch in batches:
                         cases[batch].append(on_off(ports, SERVERS, bodies[batch], batch, args, pids))
                         ratio = merged(cases[batch][-1:], SERVERS)["paired"]["mean"]
                         print(f"pair {pair + 1}, batch {batch:>5}: on/off {ratio:.3f}", flush=True)
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["metrics_bytes"] = len(final)
     finally:
         stop.set()
-    results["cases"] = [merged(cases[b], SERVERS) for b in BATCHES]
+    results["cases"] = [merged(cases[b], SERVERS) for b in batches]
     for case in results["cases"]:
         paired, loads, main_ = case["paired"], case["load_average"], case["main_paired"]
         print(
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     results["scrapes"] = dict(scrapes)
     print(f"scrapes during the runs: {scrapes['count']} ({scrapes['failed']} failed)", flush=True)
-    results["in_process"] = in_process(frame, work)
+    results["in_process"] = in_process(frame, work, batches)
     for r in results["in_process"]["predict"]:
         print(
             f"in process, {r['batch']} rows: predict {r['without_ms']:.3f} ms, with the counting "

@@ -400,8 +400,15 @@ def metrics_section(r: dict) -> list[str]:
         "runs of metrics off against metrics off (by hand, the same day) 0.973 (0.951-0.996) and 0.992 "
         "(0.913-1.079). Runs of the same comparison move by more than each one's interval says (the "
         "machine's speed changes over minutes, and the pairs of one run share them), so a cost near 3% "
-        "at 1,000 rows is at the edge of what this machine resolves; taken as measured, the target is "
-        "missed there by about one point.",
+        "at 1,000 rows is at the edge of what this machine resolves. The most rounds so far, this benchmark "
+        "at 1,000 rows alone with 10 pairs of servers (2026-12-04 23:05 UTC, by hand, not in this run): 0.953"
+        " (0.923-0.983), the pairs 0.857 to 1.016 (median 0.956), the main thread's CPU a request off/on "
+        "0.953 (0.924-0.983); the counting itself timed in that run's process 13 us a request (0.7%). "
+        "Profiles of the two main threads under the same 1,000-row load (perf, 4 rounds of 6 s each, taking "
+        "turns; Python 3.11, so native frames only) differed by 1.2% in all that time, spread thinly over the"
+        " interpreter and its allocator, the counting's own NumPy calls (bincount, the boolean index) about 5"
+        " us of it: no one place the rest goes. Taken as measured, the target is missed at 1,000 rows by one "
+        "to two points.",
         "",
     ]
     return lines
