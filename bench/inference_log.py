@@ -28,7 +28,7 @@ and competes with requests for the CPU, set against the CPU time the server with
 on a request.
 
 Usage: ``python bench/inference_log.py --data mushroom_cleaned.csv [--duration 2] [--rounds 6] [--pairs 5]
-[--out x.json]``
+[--batches 1 1000] [--out x.json]``
 """
 
 from __future__ import annotations

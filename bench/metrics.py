@@ -13,7 +13,8 @@ the load average is reported with them. Each server's CPU time per answered requ
 around each run too (as in bench/inference_log.py): its main thread's, where requests are answered
 under the GIL, moves less with the machine's other load than the requests/s do.
 
-Usage: ``python bench/metrics.py --data mushroom_cleaned.csv [--duration 2] [--rounds 6] [--pairs 5] [--out x.json]``
+Usage: ``python bench/metrics.py --data mushroom_cleaned.csv [--duration 2] [--rounds 6] [--pairs 5]
+[--batches 1 1000] [--out x.json]``
 """
 
 from __future__ import annotations
