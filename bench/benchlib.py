@@ -54,6 +54,16 @@ def wrk_parser(description: str, duration: int, rounds: int, rounds_help: str) -
     return parser
 
 
+def on_off_parser(description: str, batches: tuple[int, ...]) -> argparse.ArgumentParser:
+    """The options of an on/off benchmark (bench/metrics.py, bench/inference_log.py): wrk's, pairs, batch sizes."""
+    parser = wrk_parser(
+        description, duration=2, rounds=6, rounds_help="on/off rounds per batch size and pair"
+    )
+    parser.add_argument("--pairs", type=int, default=5, help="pairs of servers, each started afresh")
+    parser.add_argument("--batches", type=int, nargs="+", default=list(batches), help="rows a request")
+    return parser
+
+
 def wrk_ready(args: argparse.Namespace) -> bool:
     """Whether a wrk benchmark can run (data given, wrk installed); says why not on stderr."""
     if not args.data:

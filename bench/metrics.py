@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 import requests
-from benchlib import trained_work, wrk_parser, wrk_ready
+from benchlib import on_off_parser, trained_work, wrk_ready
 from serving import merged, on_off, served_alike, write_body
 
 from router_model import features as F
@@ -102,12 +102,7 @@ def in_process(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = wrk_parser(
-        __doc__.splitlines()[0], duration=2, rounds=6, rounds_help="on/off rounds per batch size and pair"
-    )
-    parser.add_argument("--pairs", type=int, default=5, help="pairs of servers, each started afresh")
-    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES), help="rows a request")
-    args = parser.parse_args(argv)
+    args = on_off_parser(__doc__.splitlines()[0], BATCHES).parse_args(argv)
     batches = tuple(args.batches)
     if not wrk_ready(args):
         return 2
