@@ -503,13 +503,26 @@ def explain_section(inproc: list[dict], serving: list[dict], note: str = "") -> 
         "where they come from; and Arrow joining each term's text for all rows at once "
         "(`binary_join_element_wise`: head, values, tail), then one `take` into each row's order and one "
         "`binary_join`, 2.05 ms, of which the 14 element-wise joins took 0.93.",
+        "- What the target leaves for a writer (2026-12-05, by hand, not in this run; bench/serving.py "
+        "--explain-only, 5 s runs, two of each, minutes apart; off ran at 458-475 req/s in all of them): the "
+        "router as it is, on at 143-149 req/s (3.19x); with the bulk writer's output kept from the first request "
+        "and handed back (the same bytes, written for free, everything else as served) 291 req/s (1.61x); with a "
+        "tiny explanation a row instead (no writer and not the bytes) 365 req/s (1.29x). So, a request, served: "
+        "the writer 3.4 ms, sending the 1.6 MB more 0.7 ms, coding and sorting the terms 0.6 ms, against 2.1 ms "
+        "for the whole request without explanations. At most 2x lower leaves the writer 0.8 ms served, a quarter "
+        "of what it costs. A compiled writer in Numba (not a dependency; tried in one process on the same rows, "
+        "the same bytes) took 1.5 ms to write them and 0.4 ms to cut each row's bytes out, against 2.5 ms for "
+        "the bulk writer, since copying 71,000 short pieces one by one is most of it, compiled or not: not "
+        "enough for a 45 MB dependency, a second of compiling in each server and a third writer to keep "
+        "byte-equal.",
         "- The 1,000-row target (rows/s at most 2x lower) is still **missed** with every term of every row, though "
         "closer: what is left is making and sending the bytes the contract fixes, 13 times those of the answer "
         "without explanations (each term repeats its feature names and the row's values; orjson already writes "
         "compact JSON and the shortest text of each double, so no byte can go without changing the contract), "
         "against a request that otherwise costs a few milliseconds: joining about 70,000 pieces per 1,000 rows in "
         "CPython (about 1.5 ms), the NumPy gathers that place them (about 1 ms), coding the rows (0.3 ms), "
-        "sending 1.7 MB. Going further needs a compiled writer or a smaller contract (feature names once per "
+        "sending 1.7 MB. Going further needs a writer at a quarter of its cost (the point above: a compiled one "
+        "got to three quarters) or a smaller contract (feature names once per "
         'answer). Ask for fewer rows\' explanations, or `"explain": k`, where throughput matters.',
         "",
     ]
