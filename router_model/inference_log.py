@@ -1,14 +1,14 @@
 """The inference log: every answered row, written off the request path.
 
-The model server hands each answered batch to :meth:`InferenceLog.submit`, which only puts it on a
-bounded queue; a writer thread turns batches into rows and writes them in batches, to Parquet
-files under ``<data dir>/inference/`` (the default) or to a PostgreSQL table when
-``MUSHROOM_INFERENCE_LOG`` is a ``postgresql://`` URL (``off`` disables the log). When the queue is
-full the batch is dropped and counted (:attr:`InferenceLog.dropped`, and ``/metrics`` through
-:attr:`InferenceLog.on_drop`), never blocking a request.
-:meth:`InferenceLog.close` writes what is queued: the model server runs it when it shuts down
-(a SIGTERM included, see :func:`router_model.server_guard.on_shutdown`), and any other process at
-interpreter exit.
+:meth:`InferenceLog.submit` only puts a copy of an answered batch on a bounded queue; a writer
+thread turns batches into rows and writes them in batches, to Parquet files under
+``<data dir>/inference/`` (the default) or to a PostgreSQL table when ``MUSHROOM_INFERENCE_LOG``
+is a ``postgresql://`` URL (``off`` disables the log). When the queue is full the batch is
+dropped and counted (:attr:`InferenceLog.dropped`, and ``/metrics`` through
+:attr:`InferenceLog.on_drop`), never blocking a request. :meth:`InferenceLog.close` writes what
+is queued. The model server keeps no such thread of its own: its requests hand their batches
+through shared memory to a writer process, which runs an :class:`InferenceLog`
+(:mod:`router_model.log_process`).
 
 One row per answered input row: ``time`` (UTC), ``request_id``, ``model_run_id`` (the MLflow run
 that logged the served model: the registry maps it to a version), ``route``, ``threshold``, the
@@ -20,7 +20,6 @@ eight features as the model read them (canonical names; NaN where a row did not 
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import itertools
 import logging
@@ -112,6 +111,19 @@ class Batch:
     def frame(self) -> pd.DataFrame:
         """The batch as log rows (:data:`COLUMNS`)."""
         return frame_of([self])
+
+    def copied(self) -> Batch:
+        """The batch holding copies of its arrays: a queued batch outlives the request's own."""
+        threshold = self.threshold.copy() if isinstance(self.threshold, np.ndarray) else self.threshold
+        return Batch(
+            self.time,
+            self.request_id,
+            self.model_run_id,
+            threshold,
+            self.matrix.copy(),
+            self.routes.copy(),
+            self.poisonous.copy(),
+        )
 
 
 def _sizes(batches: Sequence[Batch]) -> np.ndarray:
@@ -392,8 +404,14 @@ class InferenceLog:
         self._thread.start()
 
     def submit(self, batch: Batch) -> bool:
-        """Queue an answered batch; ``False`` (and counted as dropped) when the queue is full."""
+        """Queue a copy of an answered batch; ``False`` (and counted as dropped) when the queue is full.
+
+        A copy: the batch waits for the writer up to a flush, and a request's own arrays kept that
+        long cost a busy server far more than copying them (its next requests then work in fresh
+        memory; docs/benchmarks.md has the figures).
+        """
         rows = len(batch.poisonous)
+        batch = batch.copied()
         with self._lock:
             # A batch bigger than max_rows still goes into an empty queue: refusing it would
             # drop every request of that size for good.
@@ -458,24 +476,6 @@ class InferenceLog:
         self._queue.append(None)  # after every queued batch
         self._wake.set()
         self._thread.join(timeout)
-
-
-_active: InferenceLog | None = None
-_lock = threading.Lock()
-
-
-def active() -> InferenceLog | None:
-    """The process's inference log, started on first use from the settings; ``None`` when off."""
-    global _active
-    target = destination()
-    if target.lower() == OFF:
-        return None
-    with _lock:
-        if _active is None:
-            _active = InferenceLog(sink_for(target))
-            atexit.register(_active.close)
-            _logger.info("Inference log: %s", settings.redacted(target))
-    return _active
 
 
 #: This process's random half of request ids and its count of them; made on first use, and anew

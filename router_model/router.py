@@ -37,7 +37,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from router_model import features as F
-from router_model import inference_log, settings
+from router_model import inference_log, log_process, settings
 from router_model.additive import AdditiveModel, artifact_key
 from router_model.errors import RouterError
 from router_model.explain import RouteTerms, explanations, route_terms, terms_of
@@ -460,15 +460,15 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
         version must answer the golden rows as it did at training time wherever it loads.
 
         Inside ``mlflow models serve``, once per process, this also installs
-        :mod:`router_model.server_guard`, starts the :mod:`router_model.inference_log` (unless
-        ``MUSHROOM_INFERENCE_LOG=off``), the :mod:`router_model.metrics` on ``/metrics`` (unless
+        :mod:`router_model.server_guard`, starts the inference log (:mod:`router_model.log_process`,
+        unless ``MUSHROOM_INFERENCE_LOG=off``), the :mod:`router_model.metrics` on ``/metrics`` (unless
         ``MUSHROOM_METRICS=off``), the readiness probe ``/ready`` and the :mod:`router_model.hot_swap`
         watcher (when the supervisor started the server); every version loaded there must answer the golden rows as
         it did at training time (:func:`check_golden`), or it does not load.
         """
         from router_model import server_guard
 
-        self._log: inference_log.InferenceLog | None = None
+        self._log: inference_log.InferenceLog | log_process.ProcessLog | None = None
         self._metrics: Any = None  # router_model.metrics.ServerMetrics in the scoring server
         self._run_id = ""
         serving = server_guard.in_scoring_server()
@@ -502,17 +502,16 @@ class MushroomRouterModel(mlflow.pyfunc.PythonModel):
         if self._metrics is not None:
             self._metrics.observe(routes, poisonous, threshold)
         if self._log is not None:
-            # Copies: the log keeps a batch until its writer takes it, up to a flush later. A
-            # request's own arrays kept that long cost a busy server far more than copying them
-            # (its next requests then work in fresh memory; docs/benchmarks.md has the figures).
+            # The request's own arrays: the log copies what it keeps (into its queue, or into the
+            # shared memory its writer process reads).
             batch = inference_log.Batch(
                 time.time(),
                 inference_log.new_request_id(),
                 self._run_id,
-                threshold.copy() if isinstance(threshold, np.ndarray) else threshold,
-                matrix.copy(),
-                routes.copy(),
-                poisonous.copy(),
+                threshold,
+                matrix,
+                routes,
+                poisonous,
             )
             self._log.submit(batch)
 
@@ -565,7 +564,7 @@ def _server_process(run_id: str, model: MushroomRouterModel) -> tuple[Any, Any]:
     server_guard.hook_app(served_metrics)
     if served_metrics is not None:
         server_guard.on_shutdown(served_metrics.stop_publishing)  # the last second's counts too
-    log = inference_log.active()
+    log = log_process.active()
     if log is not None:
         server_guard.on_shutdown(log.close)  # a SIGTERM'd server flushes its log
         if served_metrics is not None:
