@@ -15,17 +15,16 @@ over the pairs).
 After the runs the log server is stopped with SIGTERM (it flushes what it holds) and its Parquet
 files are counted against the rows it answered, so a cheap log that loses rows cannot pass.
 
-Each server's CPU time per answered request is measured too (its process and its uvicorn child,
-around each wrk run): other processes slow a server down without adding to its CPU time, so for a
-CPU-bound server ``cpu_paired`` (off over on) is the steadier figure of what the log costs. Its
-main thread's alone (``main_paired``) says how much of that lands where a saturated server's
-throughput is made; the rest is the writer thread, which can use another core.
+Each server's CPU time per answered request is measured too (its process, its uvicorn child and
+the log's writer process, around each wrk run): other processes slow a server down without adding
+to its CPU time, so for a CPU-bound server ``cpu_paired`` (off over on) is the steadier figure of
+what the log costs. Its main thread's alone (``main_paired``) says how much of that lands where a
+saturated server's throughput is made; the rest is the writer process, which can use another core.
 
 The log's own cost is then timed in one process, in CPU time: the request path (the router's
-observer building the batch and putting it on the bounded queue) and the writer thread's work per
-request (turning queued batches into one table and writing it), which runs in the server's process
-and competes with requests for the CPU, set against the CPU time the server without the log spends
-on a request.
+observer copying the batch into the shared memory the writer process reads) and the writer's work
+per request (turning the batches into one table and writing it), which on busy cores competes with
+requests for the CPU, set against the CPU time the server without the log spends on a request.
 
 Usage: ``python bench/inference_log.py --data mushroom_cleaned.csv [--duration 2] [--rounds 6] [--pairs 5]
 [--batches 1 1000] [--out x.json]``
@@ -47,7 +46,7 @@ from benchlib import on_off_parser, trained_work, wrk_ready
 from serving import merged, on_off, served_alike, write_bodies
 
 from router_model import features as F
-from router_model import inference_log, serving
+from router_model import inference_log, log_process, serving
 
 BATCHES = (1, 1000)
 SERVERS = ("log_on", "log_off")
@@ -74,8 +73,10 @@ def in_process(
     """The log's cost per request in this process: request path and writer, per batch size.
 
     The loaded router's ``predict`` with the served model's observer feeding a real
-    :class:`router_model.inference_log.InferenceLog` (Parquet sink) against ``predict`` with no
-    observer, alternating; then the writer's ``_write`` of a flush's worth of queued batches.
+    :class:`router_model.log_process.ProcessLog` (Parquet files) against ``predict`` with no
+    observer, alternating; then the writer's work (an
+    :class:`router_model.inference_log.InferenceLog`'s ``_write``, as in the writer process) on a
+    flush's worth of batches.
     """
     import mlflow
 
@@ -86,8 +87,12 @@ def in_process(
     model = mlflow.pyfunc.load_model("models:/mushroom-router@champion").unwrap_python_model()
     assert isinstance(model, MushroomRouterModel)
     log = inference_log.InferenceLog(inference_log.ParquetSink(work / "inproc"), flush_seconds=3600)
+    served = log_process.ProcessLog(str(work / "inproc"))
+    # As in a server that has logged its first ring's worth: the shared memory's pages are in place
+    # (the first pass through them costs a page fault each, once in a server's life).
+    served.ring._records[:] = 0
     # What load_context sets inside the scoring server, with the metrics off: the log alone.
-    model._log, model._metrics, model._run_id = log, None, "bench"
+    model._log, model._metrics, model._run_id = served, None, "bench"
     observe = model.observer()
     out = []
     try:
@@ -105,11 +110,11 @@ def in_process(
             per_flush = 2000 if batch == 1 else 50
             distinct = frame.sample(per_flush * batch, random_state=batch).reset_index(drop=True)
             queued: list[inference_log.Batch] = []
-            model._log = SimpleNamespace(submit=queued.append)
+            model._log = SimpleNamespace(submit=lambda b, q=queued: q.append(b.copied()))
             for start in range(0, per_flush * batch, batch):
                 model.router.predict(distinct.iloc[start : start + batch], observe=model.observer())
-            model._log = log
-            writes = _cpu_timed(lambda q=queued: log._write(q), 5)
+            model._log = served
+            writes = _cpu_timed(lambda q=queued: log._write(q), 5)  # the writer process's work
             out.append(
                 {
                     "batch": batch,
@@ -119,6 +124,7 @@ def in_process(
                 }
             )
     finally:
+        served.close()
         log.close()
     return out
 

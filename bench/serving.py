@@ -39,7 +39,7 @@ import pandas as pd
 from benchlib import BIN, REPO, bench_env, free_port, train, wait_ping, wrk_parser, wrk_ready
 
 from router_model import features as F
-from router_model import serving
+from router_model import log_process, serving
 
 BATCHES = (1, 100, 1000, 10000)
 #: The router, its LR sub-model answering labels, and the same answering probabilities.
@@ -134,8 +134,9 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 
     Returns:
         ``(all threads, main threads)``: requests are answered on the uvicorn process's main
-        thread, which holds the GIL while it does; other threads (the inference log's writer, say)
-        can use another core, so a saturated server's throughput follows its main thread.
+        thread, which holds the GIL while it does; other threads and processes (the inference
+        log's writer process, say) can use another core, so a saturated server's throughput
+        follows its main thread. The writer process's CPU counts in all, not in main threads.
     """
     import psutil
 
@@ -145,10 +146,12 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
         try:
             times = proc.cpu_times()
             threads = proc.threads()
+            writer = any(log_process.__name__ in part for part in proc.cmdline())
         except psutil.NoSuchProcess:
             continue
         total += times.user + times.system
-        main += sum(t.user_time + t.system_time for t in threads if t.id == proc.pid)
+        if not writer:
+            main += sum(t.user_time + t.system_time for t in threads if t.id == proc.pid)
     return total, main
 
 
