@@ -49,6 +49,7 @@ import numpy as np
 
 from router_model import features as F
 from router_model import inference_log, settings
+from router_model.errors import RouterError
 from router_model.inference_log import Batch, InferenceLog
 
 _logger = logging.getLogger(__name__)
@@ -88,8 +89,8 @@ def _record_bytes(rows: int, per_row_threshold: bool) -> int:
     return -(-size // _ALIGN) * _ALIGN
 
 
-class RingFormatError(ValueError):
-    """A file descriptor that does not hold an inference-log ring."""
+class RingFormatError(RouterError, ValueError):
+    """A file descriptor that holds no inference-log ring, or a damaged one; the message names it."""
 
 
 class Ring:
