@@ -1,14 +1,14 @@
 """The inference log's writer process, fed through shared memory by the model server's requests.
 
-A writer thread inside the model server costs its requests several per cent of throughput (at
-1,000-row batches about 7%), though the writing itself fits on another core: what costs is a
-second thread in the server, not the writer's work (docs/benchmarks.md, "What the inference log
-costs the model server"). So the server runs no thread for the log. The request path copies each
-answered batch into a ring buffer in shared memory (:class:`Ring`: no lock shared with another
-process, no system call), and a process of the log's own (:func:`start_writer`, started by the
-server's first logged request) reads the ring a few times a second and hands the
-batches to an :class:`~router_model.inference_log.InferenceLog`, whose thread writes them to the
-sink as in any other process.
+A writer thread inside the model server costs its requests throughput, though the writing itself
+fits on another core: what costs is a second thread in the server, not the writer's work
+(docs/benchmarks.md, "What the inference log costs the model server", has the figures). So the
+server runs no thread for the log. The request path copies each answered batch into a ring buffer
+in shared memory (:class:`Ring`: no lock shared with another process, no system call), and a
+process of the log's own (:func:`start_writer`, started by the server's first logged request) reads
+the ring a few times a second and hands the batches to an
+:class:`~router_model.inference_log.InferenceLog`, whose thread writes them to the sink as in any
+other process.
 
 * A full ring drops the batch and counts it, never blocking a request (as a full queue does).
 * The writer process ignores SIGINT and SIGTERM, which the server's process group gets: it writes
