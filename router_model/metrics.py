@@ -28,11 +28,14 @@ files under one directory shared by the server's workers, and ``/metrics`` sums 
 (:func:`multiprocess_dir`). ``MUSHROOM_METRICS=off`` turns all of it off.
 
 A request is counted in plain integers in its own process, and those are added to the value files
-every :data:`PUBLISH_SECONDS` by a background thread, when that process answers a scrape and when
-it shuts down (:meth:`ServerMetrics.publish`). Writing the files on every request (a lock and a
-write into the memory map per value, several values a request) cost a single-row server a few
-per cent of its throughput (``docs/benchmarks.md``); so with ``--workers`` > 1 a scrape answered by
-one worker sees the others' latest second a second late. Adding a batch of counts to a histogram
+(:meth:`ServerMetrics.publish`) :data:`PUBLISH_SECONDS` after the first request counted since they
+last were, when that process answers a scrape, and when it shuts down. Writing the files on every
+request (a lock and a write into the memory map per value, several values a request) cost a
+single-row server a few per cent of its throughput, and so, it seems, did a thread in the server
+that published every second (``docs/benchmarks.md``): the publishing is a timer on the server's
+own event loop (:meth:`ServerMetrics.publish_soon`), and the metrics add no thread. So with
+``--workers`` > 1 a scrape answered by one worker sees the others' latest second a second late,
+a worker gone quiet included. Adding a batch of counts to a histogram
 has no public call in prometheus_client: :meth:`ServerMetrics.publish` adds to the histogram's
 buckets and sum (``Histogram._buckets``, ``Histogram._sum``); tests/monitoring/test_metrics.py pins
 them against prometheus_client's own ``observe``.
@@ -40,6 +43,7 @@ them against prometheus_client's own ``observe``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -78,7 +82,7 @@ INVOCATIONS_PATH = "/invocations"
 PREFIX = "mushroom_router"
 #: Latency buckets (seconds): single rows take milliseconds, 10,000-row batches about a second.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-#: How often a server process adds the counts it holds to the shared value files (seconds).
+#: How often a busy server process adds the counts it holds to the shared value files (seconds).
 PUBLISH_SECONDS = 1.0
 _DIR_PREFIX = "mushroom-router-metrics-"
 _DIR_NAME = re.compile(rf"{_DIR_PREFIX}(\d+)-(\d+)$")
@@ -168,6 +172,8 @@ class ServerMetrics:
         switches: The supervisor's switch count (default: ``MUSHROOM_SERVED_SWITCHES``, if set).
         multiprocess_path: The folder of the workers' value files; ``None`` keeps the values in
             this process (prometheus_client must then not run in multiprocess mode).
+        publish_seconds: How long after the first request counted the counts held are published
+            (:meth:`publish_soon`).
     """
 
     def __init__(
@@ -176,6 +182,7 @@ class ServerMetrics:
         version: str | None = None,
         switches: int | None = None,
         multiprocess_path: Path | None = None,
+        publish_seconds: float = PUBLISH_SECONDS,
     ) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -217,8 +224,8 @@ class ServerMetrics:
         self._exposed = self._exposition_registry(own)
         self._lock = threading.Lock()
         self._tally = _Tally()
-        self._publisher: threading.Thread | None = None
-        self._stop = threading.Event()
+        self.publish_seconds = publish_seconds
+        self._publishing: tuple[Any, Any] | None = None  # (event loop, its timer) while one is set
 
     def _exposition_registry(self, own: Any) -> Any:
         from prometheus_client import CollectorRegistry
@@ -281,6 +288,21 @@ class ServerMetrics:
             tally.latency[bucket] += 1
             tally.latency_sum += seconds
 
+    def publish_soon(self) -> None:
+        """Publish :attr:`publish_seconds` from now, unless that is already due (from the event loop).
+
+        Called after each request is counted, in the thread running the server's event loop: a
+        busy server publishes once every :attr:`publish_seconds`, and a quiet one the counts of
+        its last requests that long after them, without a thread.
+        """
+        loop = asyncio.get_running_loop()
+        if self._publishing is None or self._publishing[0] is not loop:  # none set on this loop
+            self._publishing = (loop, loop.call_later(self.publish_seconds, self._publish_due))
+
+    def _publish_due(self) -> None:
+        self._publishing = None
+        self.publish()
+
     def dropped_rows(self, rows: int) -> None:
         """Count rows the inference log dropped (its ``on_drop`` callback)."""
         self.dropped.inc(rows)
@@ -288,7 +310,8 @@ class ServerMetrics:
     def publish(self) -> None:
         """Add the counts held in this process to the shared values, and start afresh.
 
-        Safe to call from any thread at any time; every count is added exactly once.
+        Safe to call from any thread at any time; every count is added exactly once. The
+        server's shutdown calls it for the counts of its last second.
         """
         with self._lock:
             tally, self._tally = self._tally, _Tally()
@@ -310,25 +333,6 @@ class ServerMetrics:
                 if observed:
                     bucket.inc(observed)
             self.latency._sum.inc(tally.latency_sum)
-
-    def start_publishing(self, seconds: float = PUBLISH_SECONDS) -> None:
-        """Publish every ``seconds`` from a daemon thread, until :meth:`stop_publishing`."""
-        if self._publisher is not None:
-            return
-
-        def every() -> None:
-            while not self._stop.wait(seconds):
-                self.publish()
-
-        self._publisher = threading.Thread(target=every, name="mushroom-router-metrics", daemon=True)
-        self._publisher.start()
-
-    def stop_publishing(self) -> None:
-        """Stop the publishing thread, then publish what is left (the server's shutdown)."""
-        self._stop.set()
-        if self._publisher is not None:
-            self._publisher.join()
-        self.publish()
 
     def exposition(self) -> tuple[bytes, str]:
         """The ``/metrics`` answer: the body and its content type (Prometheus text format).
@@ -410,13 +414,14 @@ class RequestCounter:
             await self.app(scope, receive, send_status)
         finally:
             self.metrics.record_request(status, time.perf_counter() - started)
+            self.metrics.publish_soon()
 
 
 def start(run_id: str = "") -> ServerMetrics | None:
-    """The model server's metrics, in multiprocess mode and publishing; ``None`` when off.
+    """The model server's metrics, in multiprocess mode; ``None`` when off.
 
-    ``MUSHROOM_METRICS=off`` turns them off. The caller stops the publishing at shutdown
-    (:meth:`ServerMetrics.stop_publishing`).
+    ``MUSHROOM_METRICS=off`` turns them off. The caller publishes what is held at shutdown
+    (:meth:`ServerMetrics.publish`).
 
     Sets ``PROMETHEUS_MULTIPROC_DIR`` for this worker before prometheus_client is imported (it
     chooses its value storage on import); if something imported it earlier, its storage is
@@ -432,6 +437,5 @@ def start(run_id: str = "") -> ServerMetrics | None:
         if not getattr(values.ValueClass, "_multiprocess", False):
             values.ValueClass = values.get_value_class()
     metrics = ServerMetrics(run_id, multiprocess_path=path)
-    metrics.start_publishing()
     _logger.info("Metrics on /metrics (values in %s, version %s)", path, metrics.version)
     return metrics

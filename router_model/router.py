@@ -563,7 +563,7 @@ def _server_process(run_id: str, model: MushroomRouterModel) -> tuple[Any, Any]:
     served_metrics = metrics.start(run_id)
     server_guard.hook_app(served_metrics)
     if served_metrics is not None:
-        server_guard.on_shutdown(served_metrics.stop_publishing)  # the last second's counts too
+        server_guard.on_shutdown(served_metrics.publish)  # the last second's counts too
     log = log_process.active()
     if log is not None:
         server_guard.on_shutdown(log.close)  # a SIGTERM'd server flushes its log

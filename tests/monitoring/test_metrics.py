@@ -232,35 +232,64 @@ ROWS_NB = ("mushroom_router_rows_total", (("route", F.NAIVE_BAYES), ("version", 
 REQUESTS_200 = ("mushroom_router_requests_total", (("code", "200"),))
 
 
-def test_counts_reach_the_shared_files_within_the_publishing_period(shared_files):
+def test_counts_reach_the_shared_files_a_publishing_period_after_a_request(shared_files):
     path, shared = shared_files
-    m = ServerMetrics(version="1", multiprocess_path=path)
+    m = ServerMetrics(version="1", multiprocess_path=path, publish_seconds=0.2)
+
+    async def serve() -> list[tuple[float, float]]:
+        seen = []
+        count_one_request(m)
+        m.publish_soon()
+        seen.append((shared()[ROWS_NB], shared().get(REQUESTS_200, 0)))  # held until published
+        await asyncio.sleep(0.05)
+        count_one_request(m)
+        m.publish_soon()  # one publishing is already due: no second one
+        await asyncio.sleep(0.3)  # no more requests: the server has gone quiet
+        seen.append((shared()[ROWS_NB], shared()[REQUESTS_200]))
+        count_one_request(m)
+        m.publish_soon()  # the period starts afresh
+        seen.append((shared()[ROWS_NB], shared()[REQUESTS_200]))
+        await asyncio.sleep(0.3)
+        seen.append((shared()[ROWS_NB], shared()[REQUESTS_200]))
+        return seen
+
+    assert asyncio.run(serve()) == [(0, 0), (2, 2), (2, 2), (3, 3)]
+    assert shared()[("mushroom_router_request_seconds_count", ())] == 3
+    count_one_request(m)  # a new event loop (a test's, or a restarted server's) gets its own timer
+    asyncio.run(publish_later(m, 0.3))
+    assert shared()[ROWS_NB] == 4
+
+
+async def publish_later(m: ServerMetrics, wait: float) -> None:
+    m.publish_soon()
+    await asyncio.sleep(wait)
+
+
+def test_the_metrics_start_no_thread_in_the_server(tmp_path, monkeypatch):
+    from prometheus_client import values
+
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
+    monkeypatch.setattr(metrics, "multiprocess_dir", lambda: tmp_path)
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
+    before = set(threading.enumerate())
+    m = metrics.start("run-1")
+    assert m is not None
     count_one_request(m)
-    assert shared()[ROWS_NB] == 0 and REQUESTS_200 not in shared()  # held in the process until published
-    m.start_publishing(0.05)
-    try:
-        deadline = time.monotonic() + 10
-        while shared()[ROWS_NB] != 1 or shared().get(REQUESTS_200) != 1:
-            assert time.monotonic() < deadline, f"never published: {shared()}"
-            time.sleep(0.02)
-    finally:
-        m.stop_publishing()
-    assert shared()[("mushroom_router_request_seconds_count", ())] == 1
+    m.exposition()
+    assert set(threading.enumerate()) == before
 
 
-@pytest.mark.parametrize("how", ["stop_publishing", "exposition", "now_serving"])
+@pytest.mark.parametrize("how", ["publish", "exposition", "now_serving"])
 def test_counts_held_are_published_at_shutdown_at_a_scrape_and_at_a_switch(shared_files, how):
     path, shared = shared_files
-    m = ServerMetrics(version="1", multiprocess_path=path)
-    m.start_publishing(3600)  # the thread never gets to it
+    m = ServerMetrics(version="1", multiprocess_path=path, publish_seconds=3600)  # no request publishes
     count_one_request(m)
     {
-        "stop_publishing": m.stop_publishing,
+        "publish": m.publish,  # the server's shutdown hook
         "exposition": m.exposition,
         "now_serving": lambda: m.now_serving("run-2", "2", 1),
     }[how]()
     assert (shared()[ROWS_NB], shared()[REQUESTS_200]) == (1, 1)  # under the version that answered
-    m.stop_publishing()
 
 
 class BlockedSink:
