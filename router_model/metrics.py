@@ -31,9 +31,9 @@ A request is counted in plain integers in its own process, and those are added t
 (:meth:`ServerMetrics.publish`) :data:`PUBLISH_SECONDS` after the first request counted since they
 last were, when that process answers a scrape, and when it shuts down. Writing the files on every
 request (a lock and a write into the memory map per value, several values a request) cost a
-single-row server a few per cent of its throughput, and so, it seems, did a thread in the server
-that published every second (``docs/benchmarks.md``): the publishing is a timer on the server's
-own event loop (:meth:`ServerMetrics.publish_soon`), and the metrics add no thread. So with
+single-row server a few per cent of its throughput (``docs/benchmarks.md``). The publishing is a
+timer on the server's own event loop (:meth:`ServerMetrics.publish_soon`), so the metrics add no
+thread to the server (nothing to start, to stop or to join at shutdown). So with
 ``--workers`` > 1 a scrape answered by one worker sees the others' latest second a second late,
 a worker gone quiet included. Adding a batch of counts to a histogram
 has no public call in prometheus_client: :meth:`ServerMetrics.publish` adds to the histogram's
