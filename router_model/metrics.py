@@ -270,6 +270,14 @@ class ServerMetrics:
                     tally.rows[route] += 1
                     tally.poisonous[route] += flagged
             return
+        route = int(routes[0])
+        if route >= 0 and (routes == route).all():  # a batch of one kind, the usual: no bincount
+            flagged = int(np.count_nonzero(poisonous >= threshold))
+            with self._lock:
+                tally = self._tally
+                tally.rows[route] += len(routes)
+                tally.poisonous[route] += flagged
+            return
         scored = routes[routes >= 0] if (routes < 0).any() else routes
         counts = np.bincount(scored, minlength=len(F.ROUTES)).tolist()
         flagged = np.bincount(routes[poisonous >= threshold], minlength=len(F.ROUTES)).tolist()

@@ -62,6 +62,11 @@ def scrape(m: ServerMetrics) -> str:
         ([NB, LR, LR], [0.3, 0.3, 0.5], np.array([0.2, 0.4, 0.5]), (1, 2), (1, 1)),  # per row ("safe")
         ([LR], [0.3], np.array([0.4]), (0, 1), (0, 0)),
         ([NB], [0.3], np.array([0.2]), (1, 0), (1, 0)),
+        # Batches of one route (counted without bincount), against the same rows mixed above.
+        ([LR, LR, LR], [0.2, 0.9, 0.25], 0.25, (0, 3), (0, 2)),
+        ([NB, NB], [0.3, 0.5], np.array([0.4, 0.5]), (2, 0), (1, 0)),
+        ([LR] * 1000, [0.6] * 400 + [0.1] * 600, 0.5, (0, 1000), (0, 400)),
+        ([NB] * 999 + [LR], [0.6] * 1000, 0.5, (999, 1), (999, 1)),  # one route but the last row
     ],
 )
 def test_rows_and_poisonous_rows_are_counted_per_route_at_the_request_threshold(
@@ -79,10 +84,13 @@ def test_unrouted_rows_are_not_counted():
     m = ServerMetrics()
     m.observe(np.array([NB, -1, LR]), np.array([0.8, np.nan, 0.1]), 0.5)
     m.observe(np.array([-1]), np.array([np.nan]), 0.5)
+    m.observe(np.array([-1, -1]), np.array([np.nan, np.nan]), 0.5)
+    m.observe(np.array([-1, LR, LR]), np.array([np.nan, 0.9, 0.9]), 0.5)  # unrouted first
     text = scrape(m)
     assert value(text, "mushroom_router_rows_total", route=F.NAIVE_BAYES, version="unknown") == 1
-    assert value(text, "mushroom_router_rows_total", route=F.LOGISTIC_REGRESSION, version="unknown") == 1
+    assert value(text, "mushroom_router_rows_total", route=F.LOGISTIC_REGRESSION, version="unknown") == 3
     assert value(text, "mushroom_router_poisonous_rows_total", route=F.NAIVE_BAYES) == 1
+    assert value(text, "mushroom_router_poisonous_rows_total", route=F.LOGISTIC_REGRESSION) == 2
 
 
 @pytest.mark.parametrize(
