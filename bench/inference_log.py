@@ -90,7 +90,7 @@ def in_process(
     served = log_process.ProcessLog(str(work / "inproc"))
     # As in a server that has logged its first ring's worth: the shared memory's pages are in place
     # (the first pass through them costs a page fault each, once in a server's life).
-    served.ring._records[:] = 0
+    served.ring.prefault()
     # What load_context sets inside the scoring server, with the metrics off: the log alone.
     model._log, model._metrics, model._run_id = served, None, "bench"
     observe = model.observer()

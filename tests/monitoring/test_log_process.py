@@ -79,6 +79,16 @@ def test_a_batch_bigger_than_a_record_goes_in_as_records_of_the_same_request(rin
     same_rows(got, [sent])
 
 
+def test_an_empty_ring_can_be_prefaulted_and_one_holding_records_cannot(ring):
+    ring.prefault()
+    sent = batch(10)
+    assert ring.put(sent) == 0
+    with pytest.raises(RuntimeError, match="holding records"):
+        ring.prefault()
+    same_rows(taken(ring), [sent])  # untouched by the refused call
+    ring.prefault()  # read, so empty again
+
+
 def test_a_full_ring_drops_and_counts_and_never_waits(ring):
     kept, lost = [], 0
     started = time.monotonic()
