@@ -291,11 +291,40 @@ def alike(args: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, st
     return args, env
 
 
+#: The variables :func:`same_size` adds: fillers up to the same count, then one of padding.
+PAD_PREFIX = "BENCH_ENV_PAD"
+
+
+def same_size(envs: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The environments given the same number of variables and the same size in bytes, by padding.
+
+    A process starts with its environment copied onto its stack, so with address-space
+    randomisation off (:func:`alike`) the environment's size decides where the stack and what
+    is laid out after it land, and so how its hot data share the caches. The switch an on/off
+    benchmark measures is itself a variable (``MUSHROOM_METRICS=off`` in one server only), and
+    a few bytes more of environment measured as a cost of its own (docs/benchmarks.md): padded
+    alike, the two servers differ by the switch's meaning, not its size.
+    """
+    count = max(len(env) for env in envs.values())
+    filled = {
+        name: {**env, **{f"{PAD_PREFIX}_{k}": "" for k in range(count - len(env))}}
+        for name, env in envs.items()
+    }
+
+    def size(env: dict[str, str]) -> int:  # bytes on the stack: "NAME=value\0" each
+        return sum(len(os.fsencode(k)) + len(os.fsencode(v)) + 2 for k, v in env.items())
+
+    largest = max(size(env) for env in filled.values())
+    return {name: {**env, PAD_PREFIX: "x" * (largest - size(env))} for name, env in filled.items()}
+
+
 @contextlib.contextmanager
 def served_alike(
     envs: dict[str, dict[str, str]], logs: Path, reverse: bool = False
 ) -> Iterator[tuple[dict[str, int], dict[str, subprocess.Popen]]]:
-    """One server of the trained model per name, each with its environment, started alike (:func:`alike`).
+    """One server of the trained model per name, each with its environment, started alike.
+
+    Laid out alike (:func:`alike`), with environments of one size (:func:`same_size`).
 
     Yields their ports and processes once every one answers; stops them on the way out.
 
@@ -307,6 +336,7 @@ def served_alike(
             settles on) falls on each server alike.
     """
     ports = {name: free_port() for name in envs}
+    envs = same_size(envs)
     procs: dict[str, subprocess.Popen] = {}
     try:
         for name, env in reversed(envs.items()) if reverse else envs.items():

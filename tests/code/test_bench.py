@@ -41,6 +41,33 @@ def test_one_round_gives_no_interval():
     assert one["mean"] == pytest.approx(0.95) and one["low"] == 0.0 and math.isinf(one["high"])
 
 
+def _stack_bytes(env: dict[str, str]) -> int:
+    return sum(len(f"{k}={v}".encode()) + 1 for k, v in env.items())
+
+
+@pytest.mark.parametrize(
+    "envs",
+    [
+        {"on": {"A": "1"}, "off": {"A": "1", "MUSHROOM_METRICS": "off"}},
+        {
+            "on": {"A": "1", "MUSHROOM_INFERENCE_LOG": "/tmp/a/long/path"},
+            "off": {"A": "1", "MUSHROOM_INFERENCE_LOG": "off"},
+        },
+        {"a": {"A": "1"}, "b": {"A": "1"}},
+        {"a": {"A": "é"}, "b": {"A": "e", "B": "", "C": "xyz"}, "c": {}},
+    ],
+)
+def test_servers_get_environments_of_one_count_and_size_that_keep_every_setting(envs):
+    """With address-space randomisation off, a larger environment moves the stack: padded alike."""
+    padded = serving.same_size(envs)
+    assert padded.keys() == envs.keys()
+    assert len({len(env) for env in padded.values()}) == 1
+    assert len({_stack_bytes(env) for env in padded.values()}) == 1
+    for name, env in envs.items():
+        assert padded[name].items() >= env.items()  # every setting kept as it was
+        assert all(k.startswith(serving.PAD_PREFIX) for k in padded[name].keys() - env.keys())
+
+
 def _case(rps_on: list[float], rps_off: list[float]) -> dict:
     """An ``on_off`` case of wrk runs with only the figures ``merged`` reads."""
 
