@@ -300,10 +300,11 @@ def same_size(envs: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
 
     A process starts with its environment copied onto its stack, so with address-space
     randomisation off (:func:`alike`) the environment's size decides where the stack and what
-    is laid out after it land, and so how its hot data share the caches. The switch an on/off
-    benchmark measures is itself a variable (``MUSHROOM_METRICS=off`` in one server only), and
-    a few bytes more of environment measured as a cost of its own (docs/benchmarks.md): padded
-    alike, the two servers differ by the switch's meaning, not its size.
+    is laid out after it land, and so how its hot data share the caches: a known way for a
+    benchmark to measure layout instead of work. The switch an on/off benchmark measures is
+    itself a variable (``MUSHROOM_METRICS=off`` in one server only); padded alike, the two
+    servers differ by the switch's meaning, not its size. (On this project's machine the effect
+    was below what it resolves: docs/benchmarks.md.)
     """
     count = max(len(env) for env in envs.values())
     filled = {
