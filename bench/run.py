@@ -421,6 +421,31 @@ def metrics_section(r: dict) -> list[str]:
         "what costs: the 1,000-row cost is about 3% (counting all runs since 2026-12-04, 3-3.5%), at the "
         "target's line and within what this machine resolves, while the counting itself costs about 0.1% in "
         "one process (the table of it above).",
+        "- The servers' environments, and variants of the counting (2026-12-05, by hand, not in this run; "
+        "this benchmark at 1,000 rows alone, 6 rounds of 2 s a pair, the variants taking turns pair by pair, "
+        "no scrapes unless said). With address-space randomisation off, the environment a process starts "
+        "with on its stack decides where the stack lands, and the server with metrics off had one variable "
+        "more. Two servers with metrics off, one with 1 to 4,095 bytes more environment (a random size a "
+        "pair): 0.983 (0.964-1.003), 10 pairs; metrics on against off as this benchmark ran them: 0.979 "
+        "(0.958-1.001), 10 pairs; the same with environments of one size: 0.993 (0.966-1.022), 10 pairs. "
+        "Not resolved here either way, but a known confounder that costs nothing to remove: the servers of "
+        "a pair now start with environments of one count and size (`serving.same_size`). A batch of one "
+        "route is now counted without `bincount` (in one process 13 us to 5.5 us for 1,000 rows). Then, "
+        "from a build of the router with a switch for the benchmark (not committed), against metrics off: "
+        "the counting made a no-op (the middleware and the observer called, returning at once) 0.957 "
+        "(0.900-1.018); neither the middleware nor the observer (prometheus_client loaded, `/metrics` "
+        "answered) 1.005 (0.980-1.032); as shipped 1.004 (0.960-1.050); later as shipped 0.951 "
+        "(0.880-1.027), and scraped every second 0.968 (0.889-1.054); 5 pairs each. A variant doing less "
+        "than the shipped one measured costlier than it, and the shipped one 1.004 and 0.951 a quarter of "
+        "an hour apart: five pairs do not resolve 3% on this machine. This benchmark, run three times "
+        "that hour with environments of one size, measured 0.923 (0.828-1.030; rounds from 0.62 to 1.44 in "
+        "its last two pairs), 0.922 (0.872-0.976) and 0.964 (the table above) at 1,000 rows, and 0.990, "
+        "0.966 and 0.962 at single rows (those 15 pairs together 0.972, 0.949-0.996). All 40 pairs of "
+        "metrics on against off at 1,000 rows that day, environments of one size: 0.964 (0.946-0.983); "
+        "this benchmark's 15 pairs 0.936, the runs by hand 25 pairs 0.982. So the served cost at 1,000 "
+        "rows measures 2-6% from run to run, about 3.5% pooled, against under 0.5% of the server's time for "
+        "the counting and the middleware timed in one process (above): NOT met as measured, and where the "
+        "rest goes is not found.",
         "",
     ]
     return lines
