@@ -166,8 +166,8 @@ class Ring:
     def prefault(self) -> None:
         """Touch every page of an empty ring now, so that no later write faults one in.
 
-        A server pays a page fault a page in its first ring's worth of rows, once in its life; a
-        benchmark of the steady state pays them up front (bench/inference_log.py).
+        A server pays one page fault per page in its first ring's worth of rows, once in its life;
+        a benchmark of the steady state pays them up front (bench/inference_log.py).
 
         Raises:
             RuntimeError: When the ring holds records: only an empty ring may be touched.

@@ -261,6 +261,8 @@ class ServerMetrics:
             poisonous: P(poisonous) per row.
             threshold: The request's threshold, or one per row (the ``safe`` threshold).
         """
+        if not len(routes):  # an empty batch: nothing to count, and no first row to look at
+            return
         if len(routes) == 1:  # the most common request: no array counting
             route = int(routes[0])
             if route >= 0:

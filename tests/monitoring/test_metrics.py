@@ -62,11 +62,12 @@ def scrape(m: ServerMetrics) -> str:
         ([NB, LR, LR], [0.3, 0.3, 0.5], np.array([0.2, 0.4, 0.5]), (1, 2), (1, 1)),  # per row ("safe")
         ([LR], [0.3], np.array([0.4]), (0, 1), (0, 0)),
         ([NB], [0.3], np.array([0.2]), (1, 0), (1, 0)),
-        # Batches of one route (counted without bincount), against the same rows mixed above.
+        # Batches of one route, which are counted without bincount; and an empty one.
         ([LR, LR, LR], [0.2, 0.9, 0.25], 0.25, (0, 3), (0, 2)),
         ([NB, NB], [0.3, 0.5], np.array([0.4, 0.5]), (2, 0), (1, 0)),
         ([LR] * 1000, [0.6] * 400 + [0.1] * 600, 0.5, (0, 1000), (0, 400)),
         ([NB] * 999 + [LR], [0.6] * 1000, 0.5, (999, 1), (999, 1)),  # one route but the last row
+        ([], [], 0.5, (0, 0), (0, 0)),
     ],
 )
 def test_rows_and_poisonous_rows_are_counted_per_route_at_the_request_threshold(
