@@ -278,3 +278,36 @@ def test_server_survives_bad_requests(server):
     post(server, "not json")
     post(server, {"dataframe_records": [{"cap-shape": [1, 2]}]})
     assert predictions(post(server, {"dataframe_records": [NB]}))["model"].tolist() == [F.NAIVE_BAYES]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"dataframe_split": {"columns": list(F.LR_FEATURES), "data": []}},
+        {"dataframe_records": []},
+    ],
+    ids=["split", "records"],
+)
+def test_an_empty_batch_gets_an_empty_answer_and_the_server_counts_nothing(server, body):
+    """Zero rows in, zero answers out, with the server's metrics on (they count batches by route)."""
+    before = rows_counted(server)
+    response = post(server, body)
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"] == []
+    assert rows_counted(server) == before
+    assert predictions(post(server, {"dataframe_records": [KINDS["lr"]]}))["model"].tolist() == [
+        F.LOGISTIC_REGRESSION
+    ]  # and the next request is answered
+    assert rows_counted(server) == before + 1
+
+
+def rows_counted(url: str) -> float:
+    """``mushroom_router_rows_total`` over every route, from the server's ``/metrics`` (one worker:
+    a scrape publishes its counts first)."""
+    scraped = requests.get(f"{url}/metrics", timeout=10)
+    assert scraped.status_code == 200, scraped.text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in scraped.text.splitlines()
+        if line.startswith("mushroom_router_rows_total{")
+    )
