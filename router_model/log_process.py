@@ -172,8 +172,11 @@ class Ring:
         Raises:
             RuntimeError: When the ring holds records: only an empty ring may be touched.
         """
-        if self._control[_HEAD] != self._control[_TAIL]:
-            raise RuntimeError("prefault() on a ring holding records would damage them")
+        unread = int(self._control[_HEAD] - self._control[_TAIL])
+        if unread:
+            raise RuntimeError(
+                f"prefault() on a ring holding records ({unread} bytes unread) would damage them"
+            )
         self._records[:] = 0
 
     # The request path's side.

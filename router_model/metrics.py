@@ -261,33 +261,30 @@ class ServerMetrics:
             poisonous: P(poisonous) per row.
             threshold: The request's threshold, or one per row (the ``safe`` threshold).
         """
-        if not len(routes):  # an empty batch: nothing to count, and no first row to look at
-            return
-        if len(routes) == 1:  # the most common request: no array counting
-            route = int(routes[0])
-            if route >= 0:
-                flagged = bool(poisonous[0] >= (threshold if np.isscalar(threshold) else threshold[0]))
-                with self._lock:  # the tally is taken under the lock: publish() swaps it
-                    tally = self._tally
-                    tally.rows[route] += 1
-                    tally.poisonous[route] += flagged
+        n = len(routes)
+        if not n:  # an empty batch: nothing to count, and no first row to look at
             return
         route = int(routes[0])
+        if n == 1:  # the most common request: no array counting
+            if route >= 0:
+                cut = threshold if np.isscalar(threshold) else threshold[0]
+                self._add(route, 1, int(poisonous[0] >= cut))
+            return
         if route >= 0 and (routes == route).all():  # a batch of one kind, the usual: no bincount
-            flagged = int(np.count_nonzero(poisonous >= threshold))
-            with self._lock:
-                tally = self._tally
-                tally.rows[route] += len(routes)
-                tally.poisonous[route] += flagged
+            self._add(route, n, int(np.count_nonzero(poisonous >= threshold)))
             return
         scored = routes[routes >= 0] if (routes < 0).any() else routes
         counts = np.bincount(scored, minlength=len(F.ROUTES)).tolist()
         flagged = np.bincount(routes[poisonous >= threshold], minlength=len(F.ROUTES)).tolist()
-        with self._lock:
+        for index in range(len(F.ROUTES)):
+            if counts[index]:
+                self._add(index, counts[index], flagged[index])
+
+    def _add(self, route: int, rows: int, flagged: int) -> None:
+        with self._lock:  # the tally is taken under the lock: publish() swaps it
             tally = self._tally
-            for index in range(len(F.ROUTES)):
-                tally.rows[index] += counts[index]
-                tally.poisonous[index] += flagged[index]
+            tally.rows[route] += rows
+            tally.poisonous[route] += flagged
 
     def record_request(self, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""

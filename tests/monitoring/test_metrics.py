@@ -17,8 +17,7 @@ import pandas as pd
 import pytest
 import requests
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
-from support import free_port, skip_or_fail, wait_for_http
+from support import free_port, samples, skip_or_fail, wait_for_http
 
 from router_model import features as F
 from router_model import metrics, serving
@@ -26,15 +25,6 @@ from router_model.inference_log import InferenceLog
 from router_model.metrics import RequestCounter, ServerMetrics
 
 NB, LR = F.ROUTES.index(F.NAIVE_BAYES), F.ROUTES.index(F.LOGISTIC_REGRESSION)
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Prometheus text as ``{(sample name, sorted labels): value}``."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def value(text: str, name: str, **labels: str) -> float:

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 import requests
-from support import JSON_FORMS
+from support import JSON_FORMS, samples
 
 from router_model import features as F
 
@@ -306,8 +306,4 @@ def rows_counted(url: str) -> float:
     a scrape publishes its counts first)."""
     scraped = requests.get(f"{url}/metrics", timeout=10)
     assert scraped.status_code == 200, scraped.text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in scraped.text.splitlines()
-        if line.startswith("mushroom_router_rows_total{")
-    )
+    return sum(v for (name, _), v in samples(scraped.text).items() if name == "mushroom_router_rows_total")
