@@ -43,6 +43,7 @@ works, and keep serving the last good version when the registry cannot say what 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -53,6 +54,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,6 +79,8 @@ SWITCH_FILE = "switch.json"
 SWITCH_TIMEOUT_SECONDS = 90.0
 MANIFEST_FILE = "manifest.json"
 MODEL_DIR = "model"
+#: The cache's lock file (:meth:`ModelCache.fetch`), in its folder.
+LOCK_FILE = ".fetch.lock"
 
 
 #: Values of ``state`` in :data:`STATE_FILE`.
@@ -125,6 +129,8 @@ class ModelCache:
     An entry is ``<root>/<cache_key>/`` holding ``model/`` (the MLflow model, ``MLmodel`` at its
     root) and ``manifest.json``. A download goes to a temporary folder, is checked, and is renamed
     into place only when complete, so an empty or partial download is never taken for a version.
+    Processes of one machine sharing the folder take turns to fetch (a lock file), so servers
+    started at the same moment download a version once and all serve that copy.
     """
 
     def __init__(self, root: Path) -> None:
@@ -159,14 +165,34 @@ class ModelCache:
             RuntimeError: If the download holds no ``MLmodel`` (artifacts missing from the store).
             Exception: Whatever MLflow raises when the registry or artifact store cannot answer.
         """
-        import mlflow
-
         key = cache_key(version)
         found = self.verified(key)
         if found is not None:
             return found
-        self.drop(key)
         self.root.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            # Another process (a second server started at the same moment) may have fetched it
+            # while this one waited: then it is used, not dropped and fetched again.
+            found = self.verified(key)
+            if found is not None:
+                return found
+            self.drop(key)
+            return self._download(version, key)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An exclusive ``flock`` on the cache's lock file: this machine's fetches take turns."""
+        with open(self.root / LOCK_FILE, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _download(self, version: Any, key: str) -> Path:
+        """Download ``version`` into a partial folder, check it, write its manifest, move it to ``key``."""
+        import mlflow
+
         partial = self.root / f".{key}.partial-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
         try:

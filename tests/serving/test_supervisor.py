@@ -471,11 +471,72 @@ def test_the_model_cache_is_verified_and_keyed_by_model_id(fresh_store):
     cache.drop(key)
     with pytest.raises(RuntimeError, match=r"version 1 has no MLmodel file in the artifact store"):
         cache.fetch(version)
-    assert cache.verified(key) is None and list(cache.root.iterdir()) == []
+    assert cache.verified(key) is None and entries(cache) == []
     repair()
     assert cache.fetch(version) == model
     cache.prune(set())
-    assert list(cache.root.iterdir()) == []
+    assert entries(cache) == []
+
+
+def entries(cache) -> list[Path]:
+    """What a cache folder holds but its lock file."""
+    from router_model.supervisor import LOCK_FILE
+
+    return [p for p in cache.root.iterdir() if p.name != LOCK_FILE]
+
+
+def _fetch_in_child(root: Path, version, downloads: Path, start, results) -> None:
+    """A second process's fetch, its download slowed so that the two overlap."""
+    import mlflow.artifacts
+
+    from router_model.supervisor import ModelCache
+
+    download = mlflow.artifacts.download_artifacts
+
+    def slow_download(*args, **kwargs):
+        with open(downloads, "a") as log:
+            log.write(f"{os.getpid()}\n")
+        time.sleep(1.0)
+        return download(*args, **kwargs)
+
+    mlflow.artifacts.download_artifacts = slow_download
+    start.wait(timeout=30)
+    try:
+        results.put(("ok", str(ModelCache(root).fetch(version))))
+    except Exception as err:  # reported to the test, which fails naming it
+        results.put(("error", f"{type(err).__name__}: {err}"))
+
+
+def test_two_processes_fetching_one_version_at_once_download_it_once_and_both_serve_it(fresh_store):
+    """Two servers started at once on one cache: the second's rename onto the first's copy failed.
+
+    ``mushroom-router serve`` twice at the same moment (or two replicas on one volume) both found
+    the version missing, both downloaded it, and the later one died renaming its copy onto the
+    other's (``OSError: Directory not empty``).
+    """
+    import multiprocessing
+
+    from router_model.supervisor import ModelCache, cache_key
+
+    pipeline.retrain(source="synthetic")
+    version = registry.alias_version(settings.CHAMPION)
+    root, downloads = fresh_store / "cache", fresh_store / "downloads.txt"
+    context = multiprocessing.get_context("fork")
+    start, results = context.Event(), context.Queue()
+    children = [
+        context.Process(target=_fetch_in_child, args=(root, version, downloads, start, results))
+        for _ in range(2)
+    ]
+    for child in children:
+        child.start()
+    start.set()
+    answers = [results.get(timeout=120) for _ in children]
+    for child in children:
+        child.join(timeout=60)
+    assert answers == [("ok", str(ModelCache(root).model_dir(cache_key(version))))] * 2
+    assert len(downloads.read_text().split()) == 1, "the version was downloaded more than once"
+    assert ModelCache(root).verified(cache_key(version)) is not None
+    assert [p.name for p in entries(ModelCache(root))] == [cache_key(version)]
 
 
 def test_sigterm_during_a_switch_says_so(fresh_store, caplog):
