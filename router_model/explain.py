@@ -206,10 +206,13 @@ def _raw_values(X: np.ndarray, columns: tuple[str, ...]) -> list[list[Any]]:
 def paused_gc() -> Iterator[None]:
     """Pause the cyclic garbage collector while many small containers are made.
 
-    An explanation is a few dozen dicts and lists a row, none of them in a cycle; in a process
-    holding MLflow, scikit-learn and pandas, the collections that so many new containers trigger
-    cost several times the building itself, and in a server, where they trigger collections of
-    the whole heap, more. Objects made meanwhile are freed by reference counting as usual.
+    An explanation is a few dozen dicts and lists a row, and a served request's body and answer
+    a list or dict a row (the model server's fast path pauses it for the whole request), none
+    of them in a cycle; in a process holding MLflow, scikit-learn and pandas, the collections
+    that so many new containers trigger cost several times the building itself, and in a
+    server, where they trigger collections of the whole heap, more. Objects made meanwhile are
+    freed by reference counting as usual; a cycle made meanwhile waits for the next collection.
+    Nested pauses leave the collector as the outermost found it.
     """
     was_enabled = gc.isenabled()
     gc.disable()

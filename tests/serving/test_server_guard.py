@@ -8,6 +8,7 @@ these tests pin each rule on its own and prove the fast serialiser writes MLflow
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import itertools
 import json
@@ -496,6 +497,72 @@ def test_fast_path_answers_the_same_doubles_as_predict_in_process(pyfunc_model, 
         assert [x.hex() for x in got[column]] == [x.hex() for x in expected[column]], column
     assert got["model"].tolist() == expected["model"].astype(str).tolist()
     assert got["prediction"].tolist() == expected["prediction"].astype(str).tolist()
+
+
+@pytest.fixture
+def collections():
+    """The cyclic collector's runs while the test runs, with a threshold low enough to show any."""
+    started: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start":
+            started.append(info["generation"])
+
+    threshold, enabled = gc.get_threshold(), gc.isenabled()
+    gc.set_threshold(100)
+    gc.enable()
+    gc.callbacks.append(count)
+    try:
+        yield started
+    finally:
+        gc.callbacks.remove(count)
+        gc.set_threshold(*threshold)
+        if not enabled:
+            gc.disable()
+
+
+@pytest.mark.parametrize(
+    ("body", "answered"),
+    [
+        pytest.param(
+            {"dataframe_split": {"columns": list(LR), "data": [list(LR.values())] * 1000}},
+            True,
+            id="answered",
+        ),
+        pytest.param(
+            {
+                "dataframe_split": {"columns": list(LR), "data": [list(LR.values())] * 1000},
+                "params": {"explain": True},
+            },
+            True,
+            id="explained",
+        ),
+        pytest.param({"dataframe_records": [LR | {"stem-color": 13}] * 1000}, False, id="declined"),
+    ],
+)
+def test_the_fast_path_runs_no_garbage_collection_and_leaves_the_collector_on(
+    pyfunc_model, collections, body, answered
+):
+    """A 1,000-row body parses into 1,000 lists and answers 1,000 dicts, none in a cycle: the
+    collector used to run several times a request and walk them (several per cent of a busy
+    server's instructions, measured under callgrind; docs/benchmarks.md)."""
+    data = json.dumps(body).encode()
+    server_guard.fast_answer(data, JSON, pyfunc_model)  # warm: first calls build caches
+    collections.clear()
+    answer = server_guard.fast_answer(data, JSON, pyfunc_model)
+    assert (answer is not None) == answered
+    assert collections == [], f"the collector ran {len(collections)} times during one request"
+    assert gc.isenabled()
+
+
+def test_the_fast_path_leaves_the_collector_on_when_scoring_raises(pyfunc_model, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in scoring")
+
+    monkeypatch.setattr(pyfunc_model.unwrap_python_model().router, "score", broken)
+    with pytest.raises(RuntimeError, match="a bug in scoring"):
+        server_guard.fast_answer(json.dumps({"dataframe_records": [LR]}).encode(), JSON, pyfunc_model)
+    assert gc.isenabled()
 
 
 @pytest.mark.parametrize(
