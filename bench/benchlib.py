@@ -59,7 +59,7 @@ def on_off_parser(description: str, batches: tuple[int, ...]) -> argparse.Argume
     parser = wrk_parser(
         description, duration=2, rounds=6, rounds_help="on/off rounds per batch size and pair"
     )
-    parser.add_argument("--pairs", type=int, default=5, help="pairs of servers, each started afresh")
+    parser.add_argument("--pairs", type=int, default=10, help="pairs of servers, each started afresh")
     parser.add_argument("--batches", type=int, nargs="+", default=list(batches), help="rows a request")
     return parser
 

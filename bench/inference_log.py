@@ -43,7 +43,7 @@ from types import SimpleNamespace
 import pandas as pd
 import requests
 from benchlib import on_off_parser, trained_work, wrk_ready
-from serving import merged, on_off, served_alike, write_bodies
+from serving import LAYOUTS, merged, on_off, served_alike, write_bodies
 
 from router_model import features as F
 from router_model import inference_log, log_process, serving
@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "connections": args.connections,
         "threads": args.threads,
         "dropped": 0.0,
+        "layouts": LAYOUTS,
     }
     frame = pd.read_csv(args.data)[list(F.LR_FEATURES)].astype(float)
     rows = frame.sample(DISTINCT_ROWS, random_state=7).reset_index(drop=True)

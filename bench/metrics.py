@@ -11,7 +11,9 @@ from several pairs of servers each started afresh and laid out alike (:func:`ser
 the estimate is their geometric mean with a 95% interval over the pairs (:func:`serving.paired`);
 the load average is reported with them. Each server's CPU time per answered request is measured
 around each run too (as in bench/inference_log.py): its main thread's, where requests are answered
-under the GIL, moves less with the machine's other load than the requests/s do.
+under the GIL, moves less with the machine's other load than the requests/s do. Where valgrind is
+installed, the instructions a request executes on each server are counted too (bench/instructions.py):
+exact where the requests/s are not.
 
 Usage: ``python bench/metrics.py --data mushroom_cleaned.csv [--duration 2] [--rounds 6] [--pairs 5]
 [--batches 1 1000] [--out x.json]``
@@ -28,10 +30,11 @@ import threading
 import time
 from pathlib import Path
 
+import instructions
 import pandas as pd
 import requests
 from benchlib import on_off_parser, trained_work, wrk_ready
-from serving import merged, on_off, served_alike, write_body
+from serving import LAYOUTS, merged, on_off, served_alike, write_body
 
 from router_model import features as F
 from router_model import metrics, serving
@@ -133,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "connections": args.connections,
         "threads": args.threads,
         "scrape_seconds": SCRAPE_SECONDS,
+        "layouts": LAYOUTS,
     }
     scraper = threading.Thread(target=scrape, daemon=True)
     scraper.start()
@@ -188,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"request-counting middleware: {results['in_process']['middleware_us']:.1f} us a request", flush=True
     )
+    if instructions.available():
+        results["instructions"] = instructions.measure(work, env, frame)
+        for case in results["instructions"]["cases"]:
+            print(f"instructions a request, batch {case['batch']:>5}: on/off {case['ratio']:.4f}", flush=True)
+    else:
+        print("instructions a request: not counted (valgrind is not installed)", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     shutil.rmtree(work, ignore_errors=True)

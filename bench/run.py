@@ -311,6 +311,29 @@ def paired_row(c: dict, on: dict, off: dict, middle: list[str]) -> str:
 METRICS_HEADING = "## What /metrics costs the model server"
 
 
+def instructions_lines(counted: dict | None) -> list[str]:
+    """The instructions a request with metrics on and off (bench/instructions.py), or why there are none."""
+    if counted is None:
+        return ["", "Instructions a request: not counted in this run (valgrind is not installed)."]
+    lines = [
+        "",
+        "Instructions a request, counted exactly (`bench/instructions.py`: both servers under valgrind's "
+        f"callgrind, {counted['requests']:,} requests of 1,000 rows or {counted['single_row_requests']:,} single "
+        "rows each, one at a time after 20 to warm up; user-space instructions only, so no kernel time, "
+        "cache misses or waiting, but no noise either):",
+        "",
+        "| rows | metrics on | metrics off | **on/off** | cyclic collector's share, on / off |",
+        "|---|---|---|---|---|",
+    ]
+    for c in counted["cases"]:
+        on, off = c["metrics_on"], c["metrics_off"]
+        lines.append(
+            f"| {c['batch']:,} | {on['per_request']:,.0f} | {off['per_request']:,.0f} | **{c['ratio']:.4f}** "
+            f"| {on['collector_share']:.2%} / {off['collector_share']:.2%} |"
+        )
+    return lines
+
+
 def metrics_section(r: dict) -> list[str]:
     """What the model server's /metrics costs (bench/metrics.py)."""
     lines = [
@@ -320,7 +343,7 @@ def metrics_section(r: dict) -> list[str]:
         "`MUSHROOM_METRICS=off` in one (the inference log off in both, so the difference is the counting "
         f"alone). wrk ({r['threads']} threads, {r['connections']} connections, {r['duration_s']} s per run; "
         f"{r['pairs']} pairs of servers, {r['rounds']} rounds each taking the two in turn, the first of "
-        f"each round alternating) while `/metrics` is scraped every {r['scrape_seconds']:.0f} s. {PAIRED_TEXT}",
+        f"each round alternating) while `/metrics` is scraped every {r['scrape_seconds']:.0f} s. {paired_text(r)}",
         "",
         "| rows/request | metrics on req/s | metrics off req/s | **on/off** (95% interval) | each pair "
         "| main thread ms a request, on / off | main thread off/on (95% interval) "
@@ -361,6 +384,7 @@ def metrics_section(r: dict) -> list[str]:
             f"| {p['batch']:,} | {p['without_ms']:.3f} | {p['with_ms']:.3f} "
             f"| {(p['with_ms'] - p['without_ms']) * 1000:.1f} |"
         )
+    lines += instructions_lines(r.get("instructions"))
     rps_off = {c["batch"]: c["metrics_off"]["rps"] for c in r["cases"]}
     shares = [
         (
@@ -567,16 +591,30 @@ def explain_section(inproc: list[dict], serving: list[dict], note: str = "") -> 
 
 
 #: How the on/off benchmarks (bench/metrics.py, bench/inference_log.py) estimate a cost.
-PAIRED_TEXT = (
-    "The machine is shared and its speed moves by more than these costs from one run to the next, "
-    "but two runs made seconds apart move together: each round's ratio (on over off) is the unit. Two "
-    "server processes also differ by a few per cent for their whole life, even started alike "
-    "(address-space randomisation off, one hash seed and environments padded to one size: `setarch -R`, "
-    "`PYTHONHASHSEED=0`, `serving.same_size`), which no "
-    "number of rounds against the same two averages out: so the rounds come from pairs of servers "
-    "each started afresh, and the figure is the geometric mean of the rounds with a 95% interval over "
-    "the pairs' means (Student's t on the logs). The load average during each case is given."
-)
+def paired_text(r: dict) -> str:
+    """How the on/off pairs were run and estimated, for the layouts they were run with (``serving.LAYOUTS``)."""
+    if r.get("layouts") == "random":
+        layouts = (
+            "Two server processes also differ by a few per cent for their whole life, from where their "
+            "memory lands and how their dicts hash, which no number of rounds against the same two averages "
+            "out: so the rounds come from pairs of servers each started afresh, laid out at random as users' "
+            "servers are (address-space randomisation on, a random hash seed; environments padded to one "
+            "size, `serving.same_size`), so that each pair is a fresh draw of layouts"
+        )
+    else:  # figures saved before the layouts were recorded: laid out alike, fixed
+        layouts = (
+            "Two server processes also differ by a few per cent for their whole life, even started alike "
+            "(address-space randomisation off, one hash seed and environments padded to one size: `setarch -R`, "
+            "`PYTHONHASHSEED=0`, `serving.same_size`), which no number of rounds against the same two averages "
+            "out: so the rounds come from pairs of servers each started afresh"
+        )
+    return (
+        "The machine is shared and its speed moves by more than these costs from one run to the next, "
+        f"but two runs made seconds apart move together: each round's ratio (on over off) is the unit. {layouts}, "
+        "and the figure is the geometric mean of the rounds with a 95% interval over the pairs' means "
+        "(Student's t on the logs). The load average during each case is given."
+    )
+
 
 #: The heading of the inference-log section (``--log-only`` replaces what follows it).
 LOG_HEADING = "## What the inference log costs the model server"
@@ -593,7 +631,7 @@ def inference_log_section(r: dict) -> list[str]:
         "bodies of 1,000), so that the log writes rows as varied as real traffic's "
         f"({r['threads']} threads, {r['connections']} connections, {r['duration_s']} s per run, "
         f"{r['pairs']} pairs of servers, {r['rounds']} rounds each taking the two in turn, the first of each "
-        f"round alternating). {PAIRED_TEXT}",
+        f"round alternating). {paired_text(r)}",
         "",
         "| rows/request | log on req/s | log off req/s | **on/off** (95% interval) | each pair "
         "| CPU ms a request, on / off | CPU off/on (95% interval) | main thread ms a request, on / off "

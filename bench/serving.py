@@ -160,7 +160,7 @@ def paired(groups: list[list[float]]) -> dict[str, float]:
 
     On a shared machine the speed of a run moves by more than a cost being measured, but two runs
     seconds apart move together: each round's ratio is the unit. Two server processes also differ
-    by a few per cent for their whole life, even laid out alike (:func:`alike`), which no number of
+    by a few per cent for their whole life (:data:`LAYOUTS`), which no number of
     rounds against the same two averages out; so the rounds come in groups, one per pair of
     processes started afresh, and with two groups or more the interval is taken over the groups'
     means. Student's t on the logs, which suits ratios (1.1 and 1/1.1 weigh alike).
@@ -280,15 +280,24 @@ def on_off(
 def alike(args: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """A server command and environment that start two processes laid out alike.
 
-    Two identical servers can differ by several per cent in speed, steadily for their lifetime, from
-    where their memory lands and how their dicts hash; an on/off comparison of two processes would
-    then measure that, in either direction. Address-space randomisation off (``setarch -R``, where
-    it exists) and one hash seed make their layouts the same but for the switch being measured.
+    Address-space randomisation off (``setarch -R``, where it exists) and one hash seed make the
+    layouts of two processes the same but for what differs between them. For counting
+    instructions (bench/instructions.py), where a dict probed differently is work of its own; not
+    for timing on/off pairs (:data:`LAYOUTS`).
     """
     env = {**env, "PYTHONHASHSEED": "0"}
     if shutil.which("setarch"):
         return ["setarch", os.uname().machine, "-R", *args], env
     return args, env
+
+
+#: How :func:`served_alike` lays its servers out, recorded with every on/off result. Two
+#: identical servers can differ by several per cent in speed, steadily for their lifetime, from
+#: where their memory lands and how their dicts hash. Fixed layouts (:func:`alike`) do not remove
+#: that, they draw it once: every pair of servers repeats the same two layouts, so the interval
+#: over pairs is narrow around a figure that holds for those two only. Left random, as on users'
+#: machines, each pair is a fresh draw and the interval over pairs covers the layouts' spread.
+LAYOUTS = "random"
 
 
 #: The variables :func:`same_size` adds: fillers up to the same count, then one of padding.
@@ -298,13 +307,10 @@ PAD_PREFIX = "BENCH_ENV_PAD"
 def same_size(envs: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
     """The environments given the same number of variables and the same size in bytes, by padding.
 
-    A process starts with its environment copied onto its stack, so with address-space
-    randomisation off (:func:`alike`) the environment's size decides where the stack and what
-    is laid out after it land, and so how its hot data share the caches: a known way for a
-    benchmark to measure layout instead of work. The switch an on/off benchmark measures is
-    itself a variable (``MUSHROOM_METRICS=off`` in one server only); padded alike, the two
-    servers differ by the switch's meaning, not its size. (On this project's machine the effect
-    was below what it resolves: docs/benchmarks.md.)
+    A process starts with its environment copied onto its stack, so its size shifts where the
+    stack and what is laid out after it land. The switch an on/off benchmark measures is itself
+    a variable (``MUSHROOM_METRICS=off`` in one server only); padded alike, the two servers
+    differ by the switch's meaning, not its size.
     """
     count = max(len(env) for env in envs.values())
     filled = {
@@ -325,7 +331,8 @@ def served_alike(
 ) -> Iterator[tuple[dict[str, int], dict[str, subprocess.Popen]]]:
     """One server of the trained model per name, each with its environment, started alike.
 
-    Laid out alike (:func:`alike`), with environments of one size (:func:`same_size`).
+    With environments of one size (:func:`same_size`), each laid out afresh as users' servers
+    are (:data:`LAYOUTS`).
 
     Yields their ports and processes once every one answers; stops them on the way out.
 
@@ -333,17 +340,15 @@ def served_alike(
         envs: Per name, the server's environment.
         logs: Where each server's output goes (``<logs>-<name>.log``).
         reverse: Start them in the reverse order of ``envs``. Alternate it from pair to pair, so
-            that what comes of being started first (where the memory lands, which core a process
-            settles on) falls on each server alike.
+            that what comes of being started first (which core a process settles on) falls on
+            each server alike.
     """
     ports = {name: free_port() for name in envs}
     envs = same_size(envs)
     procs: dict[str, subprocess.Popen] = {}
     try:
         for name, env in reversed(envs.items()) if reverse else envs.items():
-            procs[name] = start(
-                *alike(serving.serve_command(port=ports[name]), env), Path(f"{logs}-{name}.log")
-            )
+            procs[name] = start(serving.serve_command(port=ports[name]), env, Path(f"{logs}-{name}.log"))
         for name, proc in procs.items():
             wait_ping(ports[name], proc)
         yield ports, procs

@@ -14,6 +14,7 @@ import pytest
 BENCH = str(Path(__file__).resolve().parents[2] / "bench")
 sys.path.insert(0, BENCH)  # the scripts import each other by name; only while they load
 try:
+    import instructions  # bench/instructions.py
     import run  # bench/run.py
     import serving  # bench/serving.py
 finally:
@@ -119,3 +120,35 @@ def test_varied_bodies_carry_every_row_once_in_order(tmp_path, batch):
         sent += body["dataframe_records"] if batch == 1 else body["dataframe_split"]["data"]
     heights = [row["stem-height"] for row in sent] if batch == 1 else [row[0] for row in sent]
     assert heights == [float(i) for i in range(7 // batch * batch)]  # a last, partial body is left out
+
+
+def test_callgrind_counts_are_read_from_the_dump_and_the_annotation():
+    dump = "events: Ir\nfn=(1) main\n0 5\nsummary: 1234567\ntotals: 1234567\n"
+    annotated = """--------------------------------------------------------------------------------
+Ir
+--------------------------------------------------------------------------------
+1,234,567 (100.0%)  PROGRAM TOTALS
+
+--------------------------------------------------------------------------------
+Ir                   file:function
+--------------------------------------------------------------------------------
+53,505,943 ( 3.41%)  /build/Python-3.11.7/Modules/gcmodule.c:gc_collect_main [/lib/libpython3.11.so.1.0]
+   128,772 ( 0.01%)  /build/Python-3.11.7/./Include/object.h:gc_collect_main
+ 9,999,999 ( 1.00%)  /build/Python-3.11.7/Modules/gcmodule.c:gc_collect_main_other [/lib/libpython3.11.so.1.0]
+"""
+    assert instructions.totals(dump) == 1234567
+    assert instructions.inclusive(annotated, "gc_collect_main") == 53505943
+    assert instructions.inclusive(annotated, "list_traverse") == 0
+    with pytest.raises(ValueError, match="no 'totals:' line"):
+        instructions.totals("events: Ir\n")
+
+
+@pytest.mark.parametrize(
+    ("results", "says"),
+    [
+        ({"layouts": serving.LAYOUTS}, "laid out at random as users' servers are"),
+        ({}, "address-space randomisation off"),  # figures saved before the layouts were recorded
+    ],
+)
+def test_the_method_text_names_the_layouts_the_figures_were_measured_with(results, says):
+    assert says in run.paired_text(results)
