@@ -148,8 +148,10 @@ def measure(work: Path, env: dict[str, str], frame: pd.DataFrame, requests: int 
                 f"--callgrind-out-file={dumps[name]}",
                 *serving.server_command(port=ports[name]),
             ]
+            args, server_env = alike(command, envs[name])
             procs[name] = subprocess.Popen(
-                *alike(command, envs[name]),
+                args,
+                env=server_env,
                 stdout=open(work / f"callgrind-{name}.log", "wb"),  # noqa: SIM115 - the process holds it
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

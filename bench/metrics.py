@@ -192,14 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"request-counting middleware: {results['in_process']['middleware_us']:.1f} us a request", flush=True
     )
+    if args.out:  # the timed figures are kept whatever happens to the count below
+        Path(args.out).write_text(json.dumps(results, indent=2))
     if instructions.available():
         results["instructions"] = instructions.measure(work, env, frame)
         for case in results["instructions"]["cases"]:
             print(f"instructions a request, batch {case['batch']:>5}: on/off {case['ratio']:.4f}", flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=2))
     else:
         print("instructions a request: not counted (valgrind is not installed)", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
