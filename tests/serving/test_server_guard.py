@@ -500,7 +500,7 @@ def test_fast_path_answers_the_same_doubles_as_predict_in_process(pyfunc_model, 
 
 
 @pytest.fixture
-def collections():
+def gc_runs():
     """The cyclic collector's runs while the test runs, with a threshold low enough to show any."""
     started: list[int] = []
 
@@ -541,17 +541,17 @@ def collections():
     ],
 )
 def test_the_fast_path_runs_no_garbage_collection_and_leaves_the_collector_on(
-    pyfunc_model, collections, body, answered
+    pyfunc_model, gc_runs, body, answered
 ):
     """A 1,000-row body parses into 1,000 lists and answers 1,000 dicts, none in a cycle: the
     collector used to run several times a request and walk them (several per cent of a busy
     server's instructions, measured under callgrind; docs/benchmarks.md)."""
     data = json.dumps(body).encode()
     server_guard.fast_answer(data, JSON, pyfunc_model)  # warm: first calls build caches
-    collections.clear()
+    gc_runs.clear()
     answer = server_guard.fast_answer(data, JSON, pyfunc_model)
     assert (answer is not None) == answered
-    assert collections == [], f"the collector ran {len(collections)} times during one request"
+    assert gc_runs == [], f"the collector ran {len(gc_runs)} times during one request"
     assert gc.isenabled()
 
 
