@@ -54,9 +54,10 @@ lint: install ## ruff
 format: install ## ruff format
 	$(VENV)/bin/ruff format router_model dags tests bench conftest.py
 
-bench: install ## run every benchmark on MUSHROOM_DATA and write docs/benchmarks.md (installs wrk)
+bench: install ## run every benchmark on MUSHROOM_DATA and write docs/benchmarks.md (installs wrk, valgrind)
 	@test -n "$(MUSHROOM_DATA)" || { echo "make bench needs MUSHROOM_DATA=/path/to/mushroom_cleaned.csv"; exit 2; }
-	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+	@command -v wrk >/dev/null && command -v valgrind >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk valgrind; }
 	$(PY) bench/run.py --data "$(MUSHROOM_DATA)"
 
 airflow: install ## run Airflow 3 (airflow standalone) with the retrain DAG on http://127.0.0.1:8080
