@@ -26,7 +26,7 @@ observer copying the batch into the shared memory the writer process reads) and 
 per request (turning the batches into one table and writing it), which on busy cores competes with
 requests for the CPU, set against the CPU time the server without the log spends on a request.
 
-Usage: ``python bench/inference_log.py --data mushroom_cleaned.csv [--duration 2] [--rounds 6] [--pairs 5]
+Usage: ``python bench/inference_log.py --data mushroom_cleaned.csv [--duration 2] [--rounds 6] [--pairs 10]
 [--batches 1 1000] [--out x.json]``
 """
 

@@ -7,7 +7,7 @@ and the counting adds less). wrk posts identical bodies (single rows as ``datafr
 1,000-row batches as ``dataframe_split``), taking the two servers in turn each round, while a
 scraper reads ``/metrics`` of the server that has it once a second, as Prometheus would. The
 machine may be shared, so each round's ratio compares two runs made seconds apart, the rounds come
-from several pairs of servers each started afresh and laid out alike (:func:`serving.alike`), and
+from several pairs of servers each started afresh, laid out at random (:data:`serving.LAYOUTS`), and
 the estimate is their geometric mean with a 95% interval over the pairs (:func:`serving.paired`);
 the load average is reported with them. Each server's CPU time per answered request is measured
 around each run too (as in bench/inference_log.py): its main thread's, where requests are answered
@@ -15,7 +15,7 @@ under the GIL, moves less with the machine's other load than the requests/s do. 
 installed, the instructions a request executes on each server are counted too (bench/instructions.py):
 exact where the requests/s are not.
 
-Usage: ``python bench/metrics.py --data mushroom_cleaned.csv [--duration 2] [--rounds 6] [--pairs 5]
+Usage: ``python bench/metrics.py --data mushroom_cleaned.csv [--duration 2] [--rounds 6] [--pairs 10]
 [--batches 1 1000] [--out x.json]``
 """
 
