@@ -43,6 +43,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,9 @@ RECORD_ROWS = 65_536
 CLOSE_SECONDS = 30.0
 #: Seconds between two looks (a system call each, on the request path) at whether the writer runs.
 CHECK_SECONDS = 1.0
+#: Up to this many rows (and one threshold) a record is packed whole by one struct from the rows'
+#: values; a bigger one is copied array by array, in place (no Python number a value).
+SMALL_RECORD_ROWS = 8
 
 # The control block: int64 words before the records.
 _HEAD, _TAIL, _CLOSED, _WRITTEN, _DROPPED, _CAPACITY, _MAGIC = range(7)
@@ -71,9 +75,12 @@ _MAGIC_VALUE = 0x3147_4F4C_4853_554D  # b"MUSHLOG1", little-endian
 _ALIGN = 16
 #: A record's length in bytes and its rows; rows -1 marks padding up to the end of the ring.
 _MARK = struct.Struct("<qq")
-#: A record's header: the mark, the answer time, the threshold (NaN: one per row follows), the
-#: lengths of the request id and the model's run id, and the two ids.
-_HEADER = struct.Struct("<qqddBB6x64s64s")
+#: What follows the mark in a record's header: the answer time, the threshold (NaN: one per row
+#: follows), the lengths of the request id and the model's run id, and the two ids. The same for
+#: every record of a batch, so packed once a batch.
+_INFO = struct.Struct("<ddBB6x64s64s")
+#: A record's header: the mark, then the info.
+_HEADER = struct.Struct(_MARK.format + _INFO.format[1:])
 _IDS = 64
 _N_FEATURES = len(F.ALL_FEATURES)
 
@@ -81,6 +88,16 @@ _N_FEATURES = len(F.ALL_FEATURES)
 def supported() -> bool:
     """Whether this machine keeps the order the ring relies on (x86-64, POSIX; see the module doc)."""
     return os.name == "posix" and platform.machine().lower() in {"x86_64", "amd64"}
+
+
+@cache
+def _small_record(rows: int) -> tuple[struct.Struct, int]:
+    """A whole record of ``rows`` rows and one threshold as one struct, and the record's bytes.
+
+    Header, features, probabilities, routes: the layout :meth:`Ring._put_arrays` writes.
+    """
+    record = struct.Struct(f"{_HEADER.format}{rows * (_N_FEATURES + 1)}d{rows}b")
+    return record, _record_bytes(rows, False)
 
 
 def _record_bytes(rows: int, per_row_threshold: bool) -> int:
@@ -108,13 +125,17 @@ class Ring:
         self.fd = fd
         self._map = mmap.mmap(fd, os.fstat(fd).st_size)
         memory = np.frombuffer(self._map, dtype=np.uint8)
-        self._control = memory[:_CONTROL_BYTES].view(np.int64)
+        # The control words as a memoryview, not a NumPy array: reading one gives a Python int
+        # and writing one takes it, without a NumPy scalar each time (the request path does
+        # several a request).
+        self._control = memoryview(self._map)[:_CONTROL_BYTES].cast("q")
         self._records = memory[_CONTROL_BYTES:]
-        # The same bytes as a memoryview: copying an array in through it is one memcpy, cheaper
-        # than NumPy's indexing for the few rows of most requests.
+        # The same bytes as a memoryview: a struct packs into it, and an array copied in through
+        # it is one memcpy, cheaper than NumPy's indexing.
         self._bytes = memoryview(self._map)[_CONTROL_BYTES:]
         self.capacity = len(self._records)
         self.record_rows = RECORD_ROWS
+        self._run_id = ("", b"")  # the last run id a batch gave, and as a record holds it
 
     @classmethod
     def create(cls, capacity: int = RING_BYTES, record_rows: int = RECORD_ROWS) -> Ring:
@@ -172,7 +193,7 @@ class Ring:
         Raises:
             RuntimeError: When the ring holds records: only an empty ring may be touched.
         """
-        unread = int(self._control[_HEAD] - self._control[_TAIL])
+        unread = self._control[_HEAD] - self._control[_TAIL]
         if unread:
             raise RuntimeError(
                 f"prefault() on a ring holding records ({unread} bytes unread) would damage them"
@@ -188,45 +209,82 @@ class Ring:
             The rows that did not fit (dropped): 0 when all of them went in.
         """
         n = len(batch.poisonous)
+        if batch.model_run_id != self._run_id[0]:  # the same for every request until a switch
+            self._run_id = batch.model_run_id, batch.model_run_id.encode()[:_IDS]
+        request_id, run_id = batch.request_id.encode()[:_IDS], self._run_id[1]
+        if n <= SMALL_RECORD_ROWS and n <= self.record_rows and not isinstance(batch.threshold, np.ndarray):
+            # Most requests: the whole record packed by one struct from the rows' values. This
+            # runs after the scoring, with the processor's caches full of it, where every step
+            # costs several times what it costs alone, so it takes as few as it can
+            # (docs/benchmarks.md).
+            record, size = _small_record(n)
+            place = self._reserve(size)
+            if place is None:
+                return n
+            at, head = place
+            record.pack_into(
+                self._bytes,
+                at,
+                size,
+                n,
+                batch.time,
+                float(batch.threshold),
+                len(request_id),
+                len(run_id),
+                request_id,
+                run_id,
+                *batch.matrix.ravel().tolist(),
+                *batch.poisonous.tolist(),
+                *batch.routes.tolist(),
+            )
+            self._control[_HEAD] = head  # last: the record is whole before the reader sees it
+            return 0
         per_row = isinstance(batch.threshold, np.ndarray)
         thresholds = np.broadcast_to(np.asarray(batch.threshold, dtype=np.float64), (n,)) if per_row else None
-        ids = batch.request_id.encode()[:_IDS], batch.model_run_id.encode()[:_IDS]
+        threshold = math.nan if per_row else float(batch.threshold)
+        info = _INFO.pack(batch.time, threshold, len(request_id), len(run_id), request_id, run_id)
         lost = 0
         for start in range(0, n, self.record_rows):
-            stop = min(start + self.record_rows, n)
-            if not self._put(batch, start, stop, thresholds, ids):
-                lost += stop - start
+            rows = slice(start, min(start + self.record_rows, n))
+            arrays = [batch.matrix[rows], batch.poisonous[rows]]
+            if thresholds is not None:
+                arrays.append(thresholds[rows])
+            if not self._put_arrays(info, rows.stop - start, arrays, batch.routes[rows]):
+                lost += rows.stop - start
         return lost
 
-    def _put(
-        self, batch: Batch, start: int, stop: int, thresholds: np.ndarray | None, ids: tuple[bytes, bytes]
-    ) -> bool:
-        rows = stop - start
-        size = _record_bytes(rows, thresholds is not None)
-        head, tail = int(self._control[_HEAD]), int(self._control[_TAIL])
+    def _reserve(self, size: int) -> tuple[int, int] | None:
+        """Where a record of ``size`` bytes goes (the ring's end padded when it does not fit there).
+
+        Returns:
+            The record's offset and the ``head`` to publish once it is written, or ``None`` when
+            the ring is full.
+        """
+        head, tail = self._control[_HEAD], self._control[_TAIL]
         at = head % self.capacity
         pad = self.capacity - at if at + size > self.capacity else 0
         if head + pad + size - tail > self.capacity:
-            return False
+            return None
         if pad:
-            _MARK.pack_into(self._records, at, pad, -1)
+            _MARK.pack_into(self._bytes, at, pad, -1)
             at = 0
-        threshold = math.nan if thresholds is not None else float(batch.threshold)
-        _HEADER.pack_into(self._records, at, size, rows, batch.time, threshold, *map(len, ids), *ids)
-        at += _HEADER.size
-        at = self._put_array(at, batch.matrix[start:stop], np.float64)
-        at = self._put_array(at, batch.poisonous[start:stop], np.float64)
-        if thresholds is not None:
-            at = self._put_array(at, thresholds[start:stop], np.float64)
-        self._put_array(at, batch.routes[start:stop], np.int8)
-        self._control[_HEAD] = head + pad + size  # last: the record is whole before the reader sees it
-        return True
+        return at, head + pad + size
 
-    def _put_array(self, at: int, values: np.ndarray, dtype: type) -> int:
-        data = memoryview(np.ascontiguousarray(values, dtype=dtype)).cast("B")
-        end = at + data.nbytes
-        self._bytes[at:end] = data
-        return end
+    def _put_arrays(self, info: bytes, rows: int, floats: list[np.ndarray], routes: np.ndarray) -> bool:
+        """One record of many rows: its header, then each array copied into place (no second copy)."""
+        size = _record_bytes(rows, len(floats) == 3)
+        place = self._reserve(size)
+        if place is None:
+            return False
+        at, head = place
+        self._bytes[at : at + _HEADER.size] = _MARK.pack(size, rows) + info
+        at += _HEADER.size
+        for values, dtype in [*((v, np.float64) for v in floats), (routes, np.int8)]:
+            data = memoryview(np.ascontiguousarray(values, dtype=dtype)).cast("B")
+            self._bytes[at : at + data.nbytes] = data
+            at += data.nbytes
+        self._control[_HEAD] = head  # last: the record is whole before the reader sees it
+        return True
 
     def close_for_writer(self) -> None:
         """Tell the reader nothing more comes: it reads what is there and stops."""
@@ -249,7 +307,7 @@ class Ring:
         Returns:
             The rows taken.
         """
-        head, tail = int(self._control[_HEAD]), int(self._control[_TAIL])
+        head, tail = self._control[_HEAD], self._control[_TAIL]
         taken = 0
         while tail < head:
             at = tail % self.capacity
@@ -292,12 +350,12 @@ class Ring:
     @property
     def written(self) -> int:
         """Rows the writer process wrote (what it last said)."""
-        return int(self._control[_WRITTEN])
+        return self._control[_WRITTEN]
 
     @property
     def dropped(self) -> int:
         """Rows the writer process dropped: it could not write them, or its queue was full."""
-        return int(self._control[_DROPPED])
+        return self._control[_DROPPED]
 
     def report(self, written: int, dropped: int) -> None:
         """The writer process's counts, for the request path's side (:attr:`written`, :attr:`dropped`)."""
@@ -307,7 +365,8 @@ class Ring:
     def close(self) -> None:
         """Unmap the ring and close its file descriptor (no batch of :meth:`take` may be held)."""
         self._bytes.release()
-        del self._control, self._records
+        self._control.release()
+        del self._records
         self._map.close()
         os.close(self.fd)
 

@@ -42,11 +42,30 @@ def same_rows(got: list[Batch] | pd.DataFrame, sent: list[Batch]) -> None:
     pd.testing.assert_frame_equal(frame.reset_index(drop=True), frame_of(sent), check_dtype=False)
 
 
-@pytest.fixture
-def ring():
+@pytest.fixture(params=["packed", "in place"])
+def ring(request, monkeypatch):
+    """A small ring; a record goes in packed whole (a few rows) or array by array (more)."""
+    if request.param == "in place":
+        monkeypatch.setattr(log_process, "SMALL_RECORD_ROWS", 0)
     made = Ring.create(capacity=1 << 16, record_rows=64)
     yield made
     made.close()
+
+
+def test_a_record_holds_the_same_bytes_packed_whole_or_copied_array_by_array(monkeypatch):
+    rings, most = [], log_process.SMALL_RECORD_ROWS
+    for small in (most, 0):
+        monkeypatch.setattr(log_process, "SMALL_RECORD_ROWS", small)
+        rings.append(Ring.create(capacity=1 << 16, record_rows=64))
+        for b in (batch(1), batch(most), per_row(3), batch(64)):
+            b.request_id, b.time = "the same id", 1.5
+            b.routes[0] = -1  # a row the router recorded as bad: no route
+            assert rings[-1].put(b) == 0
+    packed, in_place = rings
+    assert packed._control[0] == in_place._control[0] > 0  # head: as many bytes each
+    assert bytes(packed._bytes[: packed._control[0]]) == bytes(in_place._bytes[: in_place._control[0]])
+    for made in rings:
+        made.close()
 
 
 @pytest.mark.parametrize(
