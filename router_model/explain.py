@@ -19,10 +19,7 @@ raw values of them, so ``base + sum(contribution) == logit(poisonous_probability
 
 from __future__ import annotations
 
-import gc
 import operator
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -32,6 +29,7 @@ import orjson
 
 from router_model import features as F
 from router_model.additive import AdditiveModel, Codes
+from router_model.collector import paused_gc
 
 #: Keys of one explanation and of one of its terms (the answer's JSON shape).
 BASE, CONTRIBUTIONS = "base", "contributions"
@@ -200,27 +198,6 @@ def _raw_values(X: np.ndarray, columns: tuple[str, ...]) -> list[list[Any]]:
         X[:, j].astype(np.int64).tolist() if name in F.CATEGORY_CARDINALITY else X[:, j].tolist()
         for j, name in enumerate(columns)
     ]
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector while many small containers are made.
-
-    An explanation is a few dozen dicts and lists a row, and a served request's body and answer
-    a list or dict a row (the model server's fast path pauses it for the whole request), none
-    of them in a cycle; in a process holding MLflow, scikit-learn and pandas, the collections
-    that so many new containers trigger cost several times the building itself, and in a
-    server, where they trigger collections of the whole heap, more. Objects made meanwhile are
-    freed by reference counting as usual; a cycle made meanwhile waits for the next collection.
-    Nested pauses leave the collector as the outermost found it.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def explanations(

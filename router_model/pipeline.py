@@ -36,7 +36,6 @@ unless forced (:data:`router_model.settings.FORCE_RETRAIN`).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -54,6 +53,7 @@ from router_model import data as data_mod
 from router_model import features as F
 from router_model import registry, settings, trust
 from router_model.errors import ConfigError, RouterError
+from router_model.locks import FileLock
 from router_model.router import Router
 from router_model.train import TrainConfig, evaluate, train
 
@@ -602,17 +602,13 @@ def _local_lock() -> Iterator[None]:
     path = settings.data_dir() / ".promotion.lock"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a")  # noqa: SIM115 - closed below
+        lock = FileLock(path)
     except OSError as err:
         _logger.warning("No local promotion lock (%s: %s); relying on the registry lock", path, err)
         yield
         return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with lock:
+        yield
 
 
 @contextlib.contextmanager

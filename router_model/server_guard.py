@@ -75,7 +75,7 @@ from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
 
 from router_model import features as F
 from router_model import settings
-from router_model.explain import paused_gc
+from router_model.collector import paused_gc
 from router_model.inputs import column_rows, few_labels
 from router_model.metrics import METRICS_PATH, RequestCounter, ServerMetrics
 from router_model.params import DEFAULTS, Params, parse_params, typed_params

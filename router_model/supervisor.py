@@ -43,7 +43,6 @@ works, and keep serving the last good version when the registry cannot say what 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -54,7 +53,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +62,7 @@ import requests
 
 from router_model import hot_swap, metrics, registry, serving, settings, trust
 from router_model.errors import RouterError
+from router_model.locks import FileLock
 
 _logger = logging.getLogger(__name__)
 
@@ -170,7 +169,7 @@ class ModelCache:
         if found is not None:
             return found
         self.root.mkdir(parents=True, exist_ok=True)
-        with self._locked():
+        with FileLock(self.root / LOCK_FILE):  # this machine's fetches take turns
             # Another process (a second server started at the same moment) may have fetched it
             # while this one waited: then it is used, not dropped and fetched again.
             found = self.verified(key)
@@ -178,16 +177,6 @@ class ModelCache:
                 return found
             self.drop(key)
             return self._download(version, key)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """An exclusive ``flock`` on the cache's lock file: this machine's fetches take turns."""
-        with open(self.root / LOCK_FILE, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _download(self, version: Any, key: str) -> Path:
         """Download ``version`` into a partial folder, check it, write its manifest, move it to ``key``."""
