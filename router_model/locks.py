@@ -13,7 +13,9 @@ from types import TracebackType
 
 
 class FileLock:
-    """An exclusive ``flock`` on ``path`` (created if missing), held inside a ``with`` block.
+    """An exclusive ``flock`` on ``path`` (created if missing), held inside one ``with`` block.
+
+    One use: leaving the block lets the lock go and closes the file.
 
     Args:
         path: The lock file; its folder must exist.
