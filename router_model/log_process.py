@@ -212,7 +212,11 @@ class Ring:
         if batch.model_run_id != self._run_id[0]:  # the same for every request until a switch
             self._run_id = batch.model_run_id, batch.model_run_id.encode()[:_IDS]
         request_id, run_id = batch.request_id.encode()[:_IDS], self._run_id[1]
-        if n <= SMALL_RECORD_ROWS and n <= self.record_rows and not isinstance(batch.threshold, np.ndarray):
+        if (
+            0 < n <= SMALL_RECORD_ROWS
+            and n <= self.record_rows
+            and not isinstance(batch.threshold, np.ndarray)
+        ):
             # Most requests: the whole record packed by one struct from the rows' values. This
             # runs after the scoring, with the processor's caches full of it, where every step
             # costs several times what it costs alone, so it takes as few as it can

@@ -89,6 +89,12 @@ def test_the_ring_gives_back_every_row_as_put(ring, sizes, make):
     assert {b.request_id for b in got} == {b.request_id for b in sent}
 
 
+def test_an_empty_batch_puts_no_record(ring):
+    assert ring.put(batch(0)) == 0
+    assert ring._control[0] == 0  # head: nothing written
+    assert taken(ring) == []
+
+
 def test_a_batch_bigger_than_a_record_goes_in_as_records_of_the_same_request(ring):
     sent = batch(150)
     assert ring.put(sent) == 0
