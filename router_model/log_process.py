@@ -212,11 +212,8 @@ class Ring:
         if batch.model_run_id != self._run_id[0]:  # the same for every request until a switch
             self._run_id = batch.model_run_id, batch.model_run_id.encode()[:_IDS]
         request_id, run_id = batch.request_id.encode()[:_IDS], self._run_id[1]
-        if (
-            0 < n <= SMALL_RECORD_ROWS
-            and n <= self.record_rows
-            and not isinstance(batch.threshold, np.ndarray)
-        ):
+        per_row = isinstance(batch.threshold, np.ndarray)  # "threshold": "safe", one a row
+        if 0 < n <= SMALL_RECORD_ROWS and n <= self.record_rows and not per_row:
             # Most requests: the whole record packed by one struct from the rows' values. This
             # runs after the scoring, with the processor's caches full of it, where every step
             # costs several times what it costs alone, so it takes as few as it can
@@ -243,7 +240,6 @@ class Ring:
             )
             self._control[_HEAD] = head  # last: the record is whole before the reader sees it
             return 0
-        per_row = isinstance(batch.threshold, np.ndarray)
         thresholds = np.broadcast_to(np.asarray(batch.threshold, dtype=np.float64), (n,)) if per_row else None
         threshold = math.nan if per_row else float(batch.threshold)
         info = _INFO.pack(batch.time, threshold, len(request_id), len(run_id), request_id, run_id)
