@@ -25,7 +25,6 @@ class FileLock:
     """
 
     def __init__(self, path: Path) -> None:
-        self.path = path
         self._handle = open(path, "a")  # noqa: SIM115 - closed on exit
 
     def __enter__(self) -> FileLock:
