@@ -20,7 +20,8 @@ raw values of them, so ``base + sum(contribution) == logit(poisonous_probability
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
@@ -73,7 +74,21 @@ class RouteTerms:
 
     def entries(self, X: np.ndarray) -> np.ndarray:
         """Where every term of every row is in the tables laid end to end, shape ``(n_rows, n_terms)``."""
-        return self.codes.base_codes(X) @ self._strides + self._offsets
+        return self.coded_entries(self.codes.base_codes(X))
+
+    def coded_entries(self, codes: np.ndarray) -> np.ndarray:
+        """:meth:`entries` of rows already coded (``codes.base_codes``)."""
+        return codes @ self._strides + self._offsets
+
+    def ranked(self, entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, its terms by absolute contribution, largest first (ties in column order).
+
+        Returns:
+            The terms' order, and their contributions in it.
+        """
+        contributions = self._flat[entries]
+        order = np.argsort(-np.abs(contributions), axis=1, kind="stable")
+        return order, np.take_along_axis(contributions, order, axis=1)
 
     def json_pieces(self) -> JsonPieces:
         """The route's explanation JSON in pieces that are the same for every row (made once)."""
@@ -84,10 +99,22 @@ class RouteTerms:
         return pieces
 
 
-#: Up to this many rows, an answer orjson writes gets each explanation as its dict, not as text
-#: joined in bulk (:func:`_as_json`): for a few rows, the bulk writer's NumPy set-up costs more
-#: than orjson writing the dicts (the same bytes; docs/benchmarks.md has the figures).
+#: Up to this many rows, :func:`explanations` gathers each term's values by plain indexing, which
+#: costs less than setting up the iterators that gather them for many rows.
 FEW_ROWS = 4
+
+#: At most this many templates (:class:`JsonPieces`) a route keeps; one more and it starts over.
+#: A template serves every row with the same codes, so this holds every combination the real
+#: data has (docs/benchmarks.md has the count and the memory), and a server's memory stays
+#: bounded whatever rows it is sent.
+TEMPLATES = 16_384
+
+#: Where a template leaves a row's value out. orjson escapes control characters inside strings
+#: and writes none elsewhere, so this byte cannot occur in the text around it.
+_PLACEHOLDER = b"\x01"
+
+#: A row's template: the text between its values, and how to interleave them with the values.
+Template = tuple[tuple[bytes, ...], Callable[[tuple[bytes, ...]], tuple[bytes, ...]]]
 
 
 def _texts(values: list[Any]) -> list[bytes]:
@@ -112,7 +139,13 @@ class JsonPieces:
     explanation's opening ``{"base":b,"contributions":[`` for the first term), its values (each
     followed by a comma but the last), and its tail ``],"contribution":c}``. The heads are the
     same for every row, and so is the tail of each table entry (a contribution is a table
-    lookup): both are made once, and only the values are written per request (:func:`_as_json`).
+    lookup): both are made once (:func:`_as_json` joins them).
+
+    Rows with the same codes (bins, categories, seasons) have the same terms, order and
+    contributions, and differ only in their measured values (and a season's last digits). So a
+    row's explanation is made once per codes as a template, the text between those values
+    (:meth:`template`), kept in :attr:`templates`; a request then only writes its rows' values
+    and joins each row's (:func:`_fragments`).
 
     Attributes:
         heads: Per term ``t``, at ``2 * t`` its head after the opening and at ``2 * t + 1``
@@ -123,12 +156,29 @@ class JsonPieces:
             at ``len(heads) + 2 * j``, and followed by a comma one further; :attr:`empty` pads
             a term with fewer values than the most.
         empty: Where the empty piece is in :attr:`heads`.
+        free: The columns whose values a template may leave open (:meth:`inlined`).
+        key_strides: A row's codes times these is its template's key (the codes as one number,
+            times two for whether the season is inlined, times the number of terms plus one for
+            how many are listed).
+        season_stride: What an inlined season adds to the key (0 for a route without one).
+        templates: Per key, a row's template (:data:`TEMPLATES` at most).
+        shared: The texts of :attr:`templates`, one object each, shared by all the templates
+            that have them.
+        pickers: The pickers of :attr:`templates` by their slots, likewise.
     """
 
     heads: np.ndarray
     tails: np.ndarray
     slots: np.ndarray
     empty: int
+    free: tuple[int, ...]
+    key_strides: np.ndarray
+    season_stride: int
+    templates: dict[int, Template] = field(default_factory=dict, compare=False, repr=False)
+    shared: dict[bytes, bytes] = field(default_factory=dict, compare=False, repr=False)
+    pickers: dict[bytes, Callable[[tuple[bytes, ...]], tuple[bytes, ...]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def of(cls, terms: RouteTerms) -> JsonPieces:
@@ -145,7 +195,61 @@ class JsonPieces:
             slots[t, 0] = 2 * t + 1
             for k, j in enumerate(where):
                 slots[t, 1 + k] = len(heads) + 1 + 2 * j + (k < len(where) - 1)
-        return cls(_objects([*heads, b""]), _objects(tails), slots, empty)
+        columns = terms.codes.columns
+        free = tuple(j for j, name in enumerate(columns) if name not in F.CATEGORY_CARDINALITY)
+        sizes = terms.codes.base_cardinalities_
+        season_stride = len(terms.positions) + 1 if F.SEASON in columns else 0
+        key_strides = np.array(
+            [int(np.prod(sizes[j + 1 :])) * 2 * (len(terms.positions) + 1) for j in range(len(columns))],
+            dtype=np.int64,
+        )
+        return cls(_objects([*heads, b""]), _objects(tails), slots, empty, free, key_strides, season_stride)
+
+    def inlined(self, X: np.ndarray, codes: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
+        """Per row and column, whether the row's codes say the value's text, so that a template holds it.
+
+        A category's value is its code. A season's value is the season's when it is that float
+        exactly (within :data:`~router_model.features.SEASON_TOLERANCE` it has the same code but
+        its own text). A measured value is never inlined.
+        """
+        out = np.zeros(X.shape, dtype=bool)
+        for j, name in enumerate(columns):
+            if name in F.CATEGORY_CARDINALITY:
+                out[:, j] = True
+            elif name == F.SEASON:
+                out[:, j] = X[:, j] == np.asarray(F.SEASON_VALUES)[codes[:, j]]
+        return out
+
+    def template(self, text: bytes, slots: bytes) -> Template:
+        """A row's template from its explanation written with :data:`_PLACEHOLDER` for its open values.
+
+        Args:
+            text: The explanation with placeholders.
+            slots: Per placeholder, in order, a byte: one plus its column's position in :attr:`free`.
+
+        Returns:
+            The text between the values, and a picker that, given that text followed by the
+            row's :attr:`free` values, returns them interleaved in the explanation's order.
+        """
+        parts = text.split(_PLACEHOLDER)
+        between = tuple(map(self.shared.setdefault, parts, parts))
+        pick = self.pickers.get(slots)
+        if pick is None:
+            n = len(slots)
+            order = [k for pair in zip(range(n), (n + f for f in slots), strict=True) for k in pair]
+            pick = self.pickers.setdefault(
+                slots, operator.itemgetter(*order, n) if n else operator.itemgetter(slice(0, 1))
+            )
+        return between, pick
+
+    def keep(self, made: dict[int, Template]) -> None:
+        """Add templates to :attr:`templates`, starting over first if they would not fit."""
+        if len(self.templates) + len(made) > TEMPLATES:
+            self.templates.clear()
+            self.shared.clear()
+            self.pickers.clear()
+        if len(made) <= TEMPLATES:
+            self.templates.update(made)
 
 
 def _objects(items: list[bytes]) -> np.ndarray:
@@ -212,8 +316,7 @@ def explanations(
             are left, one ``"other"`` term holding their sum and their ``count``.
         for_json: For an answer that orjson writes (the model server's fast path): each row's
             explanation as its JSON text, an ``orjson.Fragment`` holding the bytes orjson writes
-            for the dict (built in bulk: :func:`_as_json`). Up to :data:`FEW_ROWS` rows, the
-            dicts themselves, which orjson writes as the same bytes.
+            for the dict (joined from templates: :func:`_fragments`).
 
     Returns:
         Per row ``{"base": float, "contributions": [{"features": [...], "values": [...],
@@ -222,21 +325,17 @@ def explanations(
     """
     if not len(X):
         return []
-    entries = terms.entries(X)
-    contributions = terms._flat[entries]
-    n_terms = contributions.shape[1]
-    order = np.argsort(-np.abs(contributions), axis=1, kind="stable")
-    ranked = np.take_along_axis(contributions, order, axis=1)
-    keep = n_terms if top <= 0 or top >= n_terms else top
+    if for_json:
+        return _fragments(terms, X, top)
+    order, ranked = terms.ranked(terms.entries(X))
+    n_terms = ranked.shape[1]
+    keep = _listed(n_terms, top)
     columns = _raw_values(X, terms.codes.columns)
-    few = len(X) <= FEW_ROWS
-    if for_json and not few:
-        return _as_json(terms, entries, columns, order[:, :keep], ranked)
     names, base = terms.features, terms.base
     with paused_gc():
         # Per term, every row's values of its features: for many rows built by zip and map, in
         # C; for a few, by plain indexing, which costs less than setting up the iterators.
-        if few:
+        if len(X) <= FEW_ROWS:
             rows = list(zip(*columns, strict=True))
             values = [[[row[j] for j in where] for row in rows] for where in terms.positions]
         else:
@@ -260,38 +359,132 @@ def explanations(
         return out
 
 
+def _listed(n_terms: int, top: int) -> int:
+    """How many terms an explanation lists by name (the rest make the "other" term)."""
+    return n_terms if top <= 0 or top >= n_terms else top
+
+
+def _fragments(terms: RouteTerms, X: np.ndarray, top: int) -> list[orjson.Fragment]:
+    """Every row's explanation as the bytes ``orjson.dumps`` writes for its dict, from templates.
+
+    Building 14 small dicts a row for orjson to write costs far more than the writing, and so
+    does joining each row's 70 pieces. A row's template (:meth:`JsonPieces.template`), made
+    once per codes, holds all of it but the row's measured values; a request writes those, each
+    once by orjson (so every number is exactly its text in the dict's JSON), and joins them into
+    each row's template. Rows whose codes have no template yet get theirs first
+    (:func:`_new_templates`).
+    """
+    pieces = terms.json_pieces()
+    codes = terms.codes.base_codes(X)
+    inlined = pieces.inlined(X, codes, terms.codes.columns)
+    keys = codes @ pieces.key_strides + _listed(len(terms.positions), top)
+    if pieces.season_stride:
+        keys += inlined[:, terms.codes.columns.index(F.SEASON)] * pieces.season_stride
+    keys = keys.tolist()
+    found = list(map(pieces.templates.get, keys))
+    if None in found:
+        found = _new_templates(terms, X, codes, inlined, keys, found, top)
+    # A column no row's template leaves open (a season every row has exactly) is not written.
+    values = [_texts(X[:, j].tolist()) if not inlined[:, j].all() else [b""] * len(X) for j in pieces.free]
+    rows = zip(*values, strict=True) if values else [()] * len(found)
+    with paused_gc():
+        return [
+            orjson.Fragment(b"".join(pick(between + row)))
+            for (between, pick), row in zip(found, rows, strict=True)
+        ]
+
+
+def _new_templates(
+    terms: RouteTerms,
+    X: np.ndarray,
+    codes: np.ndarray,
+    inlined: np.ndarray,
+    keys: list[int],
+    found: list[Template | None],
+    top: int,
+) -> list[Template]:
+    """Make the templates ``found`` lacks (one per new key), keep them, and return every row's.
+
+    A template is the row's explanation written by :func:`_as_json` with :data:`_PLACEHOLDER`
+    for each value its codes do not say (:meth:`JsonPieces.inlined`), cut there.
+    """
+    pieces = terms.json_pieces()
+    rows_of: dict[int, int] = {}  # a new key, and the first row that has it
+    for row, (key, template) in enumerate(zip(keys, found, strict=True)):
+        if template is None:
+            rows_of.setdefault(key, row)
+    rows = np.fromiter(rows_of.values(), dtype=np.int64, count=len(rows_of))
+    entries = terms.coded_entries(codes[rows])
+    order, ranked = terms.ranked(entries)
+    order = order[:, : _listed(ranked.shape[1], top)]
+    shown = inlined[rows]
+    texts = [
+        [
+            text if shown_ else _PLACEHOLDER
+            for text, shown_ in zip(_texts(column), shown[:, j].tolist(), strict=True)
+        ]
+        for j, column in enumerate(_raw_values(X[rows], terms.codes.columns))
+    ]
+    slots = _slots(terms, order, shown)
+    made = dict(
+        zip(rows_of, map(pieces.template, _as_json(terms, entries, texts, order, ranked), slots), strict=True)
+    )
+    pieces.keep(made)
+    return [made[key] if template is None else template for key, template in zip(keys, found, strict=True)]
+
+
+def _slots(terms: RouteTerms, order: np.ndarray, shown: np.ndarray) -> list[bytes]:
+    """Per row, the free column of each of its placeholders, in the order its listed terms put them.
+
+    Returns:
+        Per row, a byte ``1 + f`` per placeholder, ``f`` its column's position in
+        :attr:`JsonPieces.free` (bytes: NumPy makes them for all rows at once).
+    """
+    pieces = terms.json_pieces()
+    n_rows, width = len(order), max(map(len, terms.positions))
+    # Per term, its columns' positions in ``free`` plus one; 0 for none (a category, padding).
+    columns = np.zeros((len(terms.positions), width), dtype=np.int64)
+    for t, where in enumerate(terms.positions):
+        columns[t, : len(where)] = [pieces.free.index(j) + 1 if j in pieces.free else 0 for j in where]
+    placed = columns[order].reshape(n_rows, -1)
+    # A season inlined in the row's template has no placeholder either.
+    for f, j in enumerate(pieces.free):
+        placed[np.logical_and(placed == f + 1, shown[:, [j]])] = 0
+    # The placeholders first, in order (a stable sort), then NumPy's bytes drop the trailing zeros.
+    placed = np.take_along_axis(placed, np.argsort(placed == 0, axis=1, kind="stable"), axis=1)
+    return np.ascontiguousarray(placed, dtype=np.uint8).view(f"S{placed.shape[1]}").ravel().tolist()
+
+
 def _as_json(
     terms: RouteTerms,
     entries: np.ndarray,
-    columns: list[list[Any]],
+    texts: list[list[bytes]],
     order: np.ndarray,
     ranked: np.ndarray,
-) -> list[orjson.Fragment]:
-    """Every row's explanation as the bytes ``orjson.dumps`` writes for its dict, built in bulk.
+) -> list[bytes]:
+    """Rows' explanations as the bytes ``orjson.dumps`` writes for their dicts, built in bulk.
 
-    Building 14 small dicts a row for orjson to write costs far more than the writing. Instead
-    a row's JSON is joined from pieces (:class:`JsonPieces`): those that are the same for every
-    row, made once, and the text of the row's values, each written once by orjson (so every
-    number is exactly its text in the dict's JSON). Which pieces a row takes, in its terms'
+    A row's JSON is joined from pieces (:class:`JsonPieces`): those that are the same for every
+    row, made once, and the text of the row's values. Which pieces a row takes, in its terms'
     order, is worked out for all rows at once with integer arrays.
 
     Args:
+        texts: Per column, every row's value text (or a template's placeholder).
         order: Per row, the listed terms (the ``keep`` largest), in order.
         ranked: Per row, every term's contribution, largest first (the rest make "other").
     """
     pieces = terms.json_pieces()
     n_rows, n_terms = ranked.shape
     keep = order.shape[1]
-    n_columns = len(columns)
+    n_columns = len(texts)
     # Per row, the pieces its terms' heads and values are taken from: the heads, then the
     # row's value texts (2 * j: column j's; 2 * j + 1: the same followed by a comma).
     table = np.empty((n_rows, len(pieces.heads) + 2 * n_columns), dtype=object)
     table[:, : len(pieces.heads)] = pieces.heads
-    for j, column in enumerate(columns):
-        texts = _texts(column)
-        table[:, len(pieces.heads) + 2 * j] = _objects(texts)
+    for j, column in enumerate(texts):
+        table[:, len(pieces.heads) + 2 * j] = _objects(column)
         table[:, len(pieces.heads) + 2 * j + 1] = _objects(
-            list(map(operator.add, texts, repeat(b",", n_rows)))
+            list(map(operator.add, column, repeat(b",", n_rows)))
         )
     slots = pieces.slots[order]
     slots[:, 0, 0] -= 1  # the first term's head comes after the opening
@@ -307,4 +500,4 @@ def _as_json(
         parts[:, -1] = _objects([_OTHER_HEAD + text + count for text in rest])
     else:
         parts[:, -1] = b"]}"
-    return list(map(orjson.Fragment, map(b"".join, parts.tolist())))
+    return list(map(b"".join, parts.tolist()))

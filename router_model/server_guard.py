@@ -765,8 +765,8 @@ def _fast_answer(data: bytes, pyfunc: Any, model: Any) -> bytes | None:
         scores = pyfunc.router.score(matrix, model_name, threshold, observe=pyfunc.observer())
         if explain is None:
             return _answer(scores, None)
-        # Each row's explanation comes as its JSON text, joined from pieces in bulk
-        # (router_model.explain._as_json).
+        # Each row's explanation comes as its JSON text, joined from a template made once per
+        # codes (router_model.explain._fragments).
         return _answer(scores, pyfunc.router.explain(matrix, scores.routes, explain, for_json=True))
     except (_DeclinedError, orjson.JSONDecodeError, InvalidInputError, MlflowException, OverflowError):
         return None

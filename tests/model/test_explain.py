@@ -241,7 +241,7 @@ AWKWARD = [1e-07, 0.1 + 0.2, 123456789.0, 1e16, -0.0, 5e-324, 2.5]
 @pytest.mark.parametrize(
     ("n_rows", "top"), [(1, 0), (1, 2), (4, 0), (5, 3), (57, 0), (57, 1), (57, 3), (57, 13), (57, 100)]
 )
-def test_the_servers_json_text_is_orjsons_text_of_the_dicts(rows, router, route, n_rows, top, monkeypatch):
+def test_the_servers_json_text_is_orjsons_text_of_the_dicts(rows, router, route, n_rows, top):
     columns = F.ROUTE_FEATURES[route]
     terms = E.route_terms(router.submodels[route], tuple(columns))
     X = rows[list(columns)].to_numpy(dtype=float)[:n_rows].copy()
@@ -250,13 +250,77 @@ def test_the_servers_json_text_is_orjsons_text_of_the_dicts(rows, router, route,
     )
     X[: len(AWKWARD), measured] = AWKWARD[: len(X)]
     dicts = orjson.dumps(E.explanations(terms, X, top))
-    texts = E.explanations(terms, X, top, for_json=True)
-    # A few rows' explanations come as dicts (orjson writes them), more as text joined in bulk.
-    kind = dict if n_rows <= E.FEW_ROWS else orjson.Fragment
-    assert [type(text) for text in texts] == [kind] * n_rows
-    assert orjson.dumps(texts) == dicts
-    monkeypatch.setattr(E, "FEW_ROWS", 0)  # the bulk writer on the same rows, a single one included
-    texts = E.explanations(terms, X, top, for_json=True)
-    assert [type(text) for text in texts] == [orjson.Fragment] * n_rows
-    assert orjson.dumps(texts) == dicts
+    pieces = terms.json_pieces()
+    assert pieces.templates == {}
+    for _ in range(2):  # the templates made, then reused
+        texts = E.explanations(terms, X, top, for_json=True)
+        assert [type(text) for text in texts] == [orjson.Fragment] * n_rows
+        assert orjson.dumps(texts) == dicts
+        assert 0 < len(pieces.templates) <= n_rows
     assert E.explanations(terms, X[:0], top, for_json=True) == []
+
+
+def _server_texts(terms: E.RouteTerms, X: np.ndarray, top: int) -> bytes:
+    """The model server's JSON of the rows' explanations, joined from templates."""
+    return orjson.dumps(E.explanations(terms, X, top, for_json=True))
+
+
+@pytest.fixture
+def lr_terms(router):
+    return E.route_terms(router.submodels[F.LOGISTIC_REGRESSION], F.LR_FEATURES)
+
+
+@pytest.mark.parametrize("top", [0, 1, 3])
+def test_a_template_serves_every_row_with_its_codes_with_the_rows_own_values(rows, lr_terms, top):
+    X = rows[list(F.LR_FEATURES)].to_numpy(dtype=float)[:40].copy()
+    assert _server_texts(lr_terms, X, top) == orjson.dumps(E.explanations(lr_terms, X, top))
+    made = dict(lr_terms.json_pieces().templates)
+    assert 0 < len(made) <= len(X)
+    # Other measured values in the same bins: the same codes, so no new template, and each row
+    # still carries its own values.
+    other = X.copy()
+    height, width = (F.LR_FEATURES.index(name) for name in ("stem-height", "stem-width"))
+    other[:, height] = np.nextafter(other[:, height], -np.inf)
+    other[:, width] = np.nextafter(other[:, width], -np.inf)
+    assert (lr_terms.codes.base_codes(other) == lr_terms.codes.base_codes(X)).all()
+    assert _server_texts(lr_terms, other, top) == orjson.dumps(E.explanations(lr_terms, other, top))
+    assert lr_terms.json_pieces().templates == made
+    assert _server_texts(lr_terms, other, top) != _server_texts(lr_terms, X, top)
+
+
+def test_a_season_within_the_tolerance_keeps_its_own_text(rows, lr_terms):
+    X = rows[list(F.LR_FEATURES)].to_numpy(dtype=float)[:12].copy()
+    season = F.LR_FEATURES.index(F.SEASON)
+    assert np.isin(X[:, season], F.SEASON_VALUES).all()  # exact: the template holds the season
+    nudged = X.copy()
+    nudged[::2, season] += F.SEASON_TOLERANCE / 2  # the same season, its own last digits
+    assert (lr_terms.codes.base_codes(nudged) == lr_terms.codes.base_codes(X)).all()
+    for batch in (X, nudged, X):
+        assert _server_texts(lr_terms, batch, 0) == orjson.dumps(E.explanations(lr_terms, batch, 0))
+    own = b'"values":[%s]' % orjson.dumps(float(nudged[0, season]))
+    assert own in _server_texts(lr_terms, nudged, 0)
+    assert own not in _server_texts(lr_terms, X, 0)
+
+
+@pytest.mark.parametrize("bound", [1, 5, 1000])
+def test_the_templates_kept_are_bounded_and_the_answers_unchanged(rows, lr_terms, bound, monkeypatch):
+    monkeypatch.setattr(E, "TEMPLATES", bound)
+    X = rows[list(F.LR_FEATURES)].to_numpy(dtype=float)
+    for start in range(0, 300, 30):
+        batch = X[start : start + 30]
+        assert _server_texts(lr_terms, batch, 2) == orjson.dumps(E.explanations(lr_terms, batch, 2))
+        assert len(lr_terms.json_pieces().templates) <= bound
+
+
+@pytest.mark.parametrize("route", F.ROUTES)
+def test_the_servers_json_text_on_every_row_of_the_real_data(real_router, real_frame, route):
+    """Every row of the real file, 1,000 a request as served, twice (templates made, then reused)."""
+    columns = F.ROUTE_FEATURES[route]
+    terms = E.route_terms(real_router.submodels[route], tuple(columns))
+    X = real_frame[list(columns)].to_numpy(dtype=float)
+    for top in (0, 3):
+        for _ in range(2):
+            for start in range(0, len(X), 1000):
+                batch = X[start : start + 1000]
+                assert _server_texts(terms, batch, top) == orjson.dumps(E.explanations(terms, batch, top))
+    assert len(terms.json_pieces().templates) <= E.TEMPLATES
