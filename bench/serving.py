@@ -103,17 +103,19 @@ def summary(measured: list[dict], batch: int) -> dict[str, float]:
     }
 
 
-def write_body(rows: pd.DataFrame, path: Path) -> Path:
+def write_body(rows: pd.DataFrame, path: Path, params: dict | None = None) -> Path:
     """A request body of ``rows``: one row as ``dataframe_records``, more as ``dataframe_split``."""
     if len(rows) == 1:
-        path.write_text(json.dumps({"dataframe_records": rows.to_dict(orient="records")}))
+        body: dict = {"dataframe_records": rows.to_dict(orient="records")}
     else:
-        split = {"columns": list(rows.columns), "data": rows.to_numpy().tolist()}
-        path.write_text(json.dumps({"dataframe_split": split}))
+        body = {"dataframe_split": {"columns": list(rows.columns), "data": rows.to_numpy().tolist()}}
+    if params:
+        body["params"] = params
+    path.write_text(json.dumps(body))
     return path
 
 
-def write_bodies(rows: pd.DataFrame, batch: int, folder: Path) -> Path:
+def write_bodies(rows: pd.DataFrame, batch: int, folder: Path, params: dict | None = None) -> Path:
     """Bodies of ``batch`` rows each, every row of ``rows`` in one of them, and the ``.list`` naming them.
 
     For servers whose cost depends on the rows themselves (the inference log compresses what it
@@ -121,7 +123,7 @@ def write_bodies(rows: pd.DataFrame, batch: int, folder: Path) -> Path:
     """
     folder.mkdir(parents=True, exist_ok=True)
     paths = [
-        write_body(rows.iloc[start : start + batch], folder / f"body-{start // batch}.json")
+        write_body(rows.iloc[start : start + batch], folder / f"body-{start // batch}.json", params)
         for start in range(0, len(rows) - batch + 1, batch)
     ]
     listed = folder / "bodies.list"
@@ -383,34 +385,36 @@ def explain_cases(port: int, work: Path, frame: pd.DataFrame, args: argparse.Nam
 
     The LR route is the costlier one to explain (14 terms a row against naive Bayes' 4). The two
     bodies of a size differ only in ``"params": {"explain": true}``; off and on alternate each round.
+    Each size runs twice: one body sent over and over, and bodies of different rows in turn (2,000
+    random rows one a request; every row of the data, 1,000 a request), since an explanation's
+    template is made once per codes (router_model.explain) and one body reuses its rows' at once.
     """
     cases = []
-    for batch in (1, 1000):
-        rows = frame.sample(batch, random_state=batch)
+    for batch, varied in ((1, False), (1000, False), (1, True), (1000, True)):
         bodies = {}
         for name, params in (("off", {}), ("on", {"explain": True})):
-            if batch == 1:
-                payload: dict = {"dataframe_records": [rows.iloc[0].to_dict()]}
+            if varied:
+                rows = frame.sample(2000, random_state=7) if batch == 1 else frame
+                bodies[name] = write_bodies(rows, batch, work / f"explain-{name}-{batch}", params)
             else:
-                payload = {
-                    "dataframe_split": {"columns": list(F.LR_FEATURES), "data": rows.to_numpy().tolist()}
-                }
-            if params:
-                payload["params"] = params
-            bodies[name] = work / f"body-explain-{name}-{batch}.json"
-            bodies[name].write_text(json.dumps(payload))
+                rows = frame.sample(batch, random_state=batch)
+                bodies[name] = write_body(rows, work / f"body-explain-{name}-{batch}.json", params)
         runs: dict[str, list[dict]] = {"off": [], "on": []}
         for _ in range(args.rounds):
             for name in runs:
                 runs[name].append(wrk(port, bodies[name], args.duration, args.connections, args.threads))
-        case = {"batch": batch, **{name: summary(measured, batch) for name, measured in runs.items()}}
+        case = {
+            "batch": batch,
+            "varied": varied,
+            **{name: summary(measured, batch) for name, measured in runs.items()},
+        }
         case["p50_ratio"] = case["on"]["p50_ms"] / case["off"]["p50_ms"]
         case["rows_per_s_ratio"] = case["off"]["rows_per_s"] / case["on"]["rows_per_s"]
         cases.append(case)
         print(
-            f"explain, batch {batch:>5}: off {case['off']['rps']:8.1f} req/s p50 {case['off']['p50_ms']:.2f} ms, "
-            f"on {case['on']['rps']:8.1f} req/s p50 {case['on']['p50_ms']:.2f} ms; non-2xx "
-            f"{case['off']['non2xx']}/{case['on']['non2xx']}",
+            f"explain, batch {batch:>5}{' varied' if varied else ''}: off {case['off']['rps']:8.1f} req/s p50 "
+            f"{case['off']['p50_ms']:.2f} ms, on {case['on']['rps']:8.1f} req/s p50 {case['on']['p50_ms']:.2f} ms; "
+            f"non-2xx {case['off']['non2xx']}/{case['on']['non2xx']}",
             flush=True,
         )
     return cases

@@ -245,11 +245,15 @@ class JsonPieces:
     def keep(self, made: dict[int, Template]) -> None:
         """Add templates to :attr:`templates`, starting over first if they would not fit."""
         if len(self.templates) + len(made) > TEMPLATES:
-            self.templates.clear()
-            self.shared.clear()
-            self.pickers.clear()
+            self.forget()
         if len(made) <= TEMPLATES:
             self.templates.update(made)
+
+    def forget(self) -> None:
+        """Drop every template (and what they share): rows get theirs made anew."""
+        self.templates.clear()
+        self.shared.clear()
+        self.pickers.clear()
 
 
 def _objects(items: list[bytes]) -> np.ndarray:
