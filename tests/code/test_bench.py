@@ -108,15 +108,17 @@ def test_a_cost_is_judged_by_its_estimate_and_by_its_interval(mean, low, words):
     assert line == f"- What it costs (target at most 5% of requests/s): 1,000-row batches {words}."
 
 
+@pytest.mark.parametrize("params", [None, {"explain": True}])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_varied_bodies_carry_every_row_once_in_order(tmp_path, batch):
-    """The log's benchmark posts distinct rows: a body per ``batch`` rows, all named by the list."""
+def test_varied_bodies_carry_every_row_once_in_order(tmp_path, batch, params):
+    """The log's and explain's benchmarks post distinct rows: a body per ``batch`` rows, all named by the list."""
     rows = pd.DataFrame({"stem-height": [float(i) for i in range(7)], "season": [0.5] * 7})
-    listed = serving.write_bodies(rows, batch, tmp_path / "bodies")
+    listed = serving.write_bodies(rows, batch, tmp_path / "bodies", params)
     assert listed.suffix == ".list"  # what serving.wrk sends in turn (BODY_LIST)
     sent = []
     for path in listed.read_text().splitlines():
         body = json.loads(Path(path).read_text())
+        assert body.get("params") == params
         sent += body["dataframe_records"] if batch == 1 else body["dataframe_split"]["data"]
     heights = [row["stem-height"] for row in sent] if batch == 1 else [row[0] for row in sent]
     assert heights == [float(i) for i in range(7 // batch * batch)]  # a last, partial body is left out
