@@ -235,10 +235,14 @@ class JsonPieces:
         between = tuple(map(self.shared.setdefault, parts, parts))
         pick = self.pickers.get(slots)
         if pick is None:
+            # Text k at 2k, the value of the k-th placeholder at 2k + 1: indexes into the text
+            # followed by the row's values (the text's n + 1 pieces, then value f at n + 1 + f).
             n = len(slots)
-            order = [k for pair in zip(range(n), (n + f for f in slots), strict=True) for k in pair]
+            order = bytearray(2 * n + 1)
+            order[0::2] = range(n + 1)
+            order[1::2] = map(n.__add__, slots)
             pick = self.pickers.setdefault(
-                slots, operator.itemgetter(*order, n) if n else operator.itemgetter(slice(0, 1))
+                slots, operator.itemgetter(*order) if n else operator.itemgetter(slice(0, 1))
             )
         return between, pick
 
@@ -384,8 +388,7 @@ def _fragments(terms: RouteTerms, X: np.ndarray, top: int) -> list[orjson.Fragme
     keys = codes @ pieces.key_strides + _listed(len(terms.positions), top)
     if pieces.season_stride:
         keys += inlined[:, terms.codes.columns.index(F.SEASON)] * pieces.season_stride
-    keys = keys.tolist()
-    found = list(map(pieces.templates.get, keys))
+    found = list(map(pieces.templates.get, keys.tolist()))
     if None in found:
         found = _new_templates(terms, X, codes, inlined, keys, found, top)
     # A column no row's template leaves open (a season every row has exactly) is not written.
@@ -403,7 +406,7 @@ def _new_templates(
     X: np.ndarray,
     codes: np.ndarray,
     inlined: np.ndarray,
-    keys: list[int],
+    keys: np.ndarray,
     found: list[Template | None],
     top: int,
 ) -> list[Template]:
@@ -413,28 +416,39 @@ def _new_templates(
     for each value its codes do not say (:meth:`JsonPieces.inlined`), cut there.
     """
     pieces = terms.json_pieces()
-    rows_of: dict[int, int] = {}  # a new key, and the first row that has it
-    for row, (key, template) in enumerate(zip(keys, found, strict=True)):
-        if template is None:
-            rows_of.setdefault(key, row)
-    rows = np.fromiter(rows_of.values(), dtype=np.int64, count=len(rows_of))
+    missing = np.flatnonzero(np.fromiter(map(operator.not_, found), dtype=bool, count=len(found)))
+    new_keys, first = np.unique(keys[missing], return_index=True)
+    rows = missing[first]  # the first row with each new key
     entries = terms.coded_entries(codes[rows])
     order, ranked = terms.ranked(entries)
     order = order[:, : _listed(ranked.shape[1], top)]
     shown = inlined[rows]
     texts = [
-        [
-            text if shown_ else _PLACEHOLDER
-            for text, shown_ in zip(_texts(column), shown[:, j].tolist(), strict=True)
-        ]
+        _or_placeholders(_texts(column), shown[:, j])
         for j, column in enumerate(_raw_values(X[rows], terms.codes.columns))
     ]
     slots = _slots(terms, order, shown)
     made = dict(
-        zip(rows_of, map(pieces.template, _as_json(terms, entries, texts, order, ranked), slots), strict=True)
+        zip(
+            new_keys.tolist(),
+            map(pieces.template, _as_json(terms, entries, texts, order, ranked), slots),
+            strict=True,
+        )
     )
     pieces.keep(made)
-    return [made[key] if template is None else template for key, template in zip(keys, found, strict=True)]
+    return [
+        made[key] if template is None else template
+        for key, template in zip(keys.tolist(), found, strict=True)
+    ]
+
+
+def _or_placeholders(texts: list[bytes], shown: np.ndarray) -> list[bytes]:
+    """``texts`` where ``shown``, :data:`_PLACEHOLDER` elsewhere."""
+    if shown.all():
+        return texts
+    if not shown.any():
+        return [_PLACEHOLDER] * len(texts)
+    return [text if here else _PLACEHOLDER for text, here in zip(texts, shown.tolist(), strict=True)]
 
 
 def _slots(terms: RouteTerms, order: np.ndarray, shown: np.ndarray) -> list[bytes]:
