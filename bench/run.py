@@ -635,10 +635,13 @@ def explain_section(inproc: list[dict], serving: list[dict], note: str = "") -> 
         "- Tried and left out with the templates (in process, 1,000 LR rows): filling each row's values with "
         "`bytes %` from a per-template format (1.1-1.3 ms against 1.0 for the join) or with `bytes.replace`, "
         "once per measured column (1.1); writing the whole answer, predictions and explanations, with one join "
-        "instead of handing orjson each row's text (0.2 ms less of about 3, for a second writer of the answer "
-        "to keep byte-equal with orjson's).",
+        "instead of handing orjson each row's text: 0.2 ms less alone, but no difference in the server's fast "
+        "path (2.70-2.78 ms against 2.72-2.82, the two taking turns), and a second writer of the answer to keep "
+        "byte-equal with orjson's.",
         "- The 1,000-row target (rows/s at most 2x lower) is now at the line: 2.05 with one body and 2.16 with "
-        "every row of the data in turn in the table above, 1.82-2.09 by hand. What is left is joining about 29 "
+        "every row of the data in turn in the table above; 1.97 and 2.06 in a second run minutes later "
+        "(bench/serving.py --explain-only alone, 2026-12-05 17:08 UTC; single-row p50 on/off 1.19 and 1.27 "
+        "varied); 1.82-2.09 by hand. What is left is joining about 29 "
         "pieces a row in CPython and sending the 13 times larger answer (each term repeats its feature names and "
         "the row's values; orjson already writes compact JSON and the shortest text of each double, so no byte "
         'can go without changing the contract). Ask for fewer rows\' explanations, or `"explain": k`, where '
