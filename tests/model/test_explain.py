@@ -7,6 +7,8 @@ fails instead where ``MUSHROOM_REQUIRE_SERVICES=1``).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import orjson
 import pandas as pd
@@ -302,14 +304,20 @@ def test_a_season_within_the_tolerance_keeps_its_own_text(rows, lr_terms):
     assert own not in _server_texts(lr_terms, X, 0)
 
 
-@pytest.mark.parametrize("bound", [1, 5, 1000])
+@pytest.mark.parametrize("bound", [1, 5, 40, 1000])
 def test_the_templates_kept_are_bounded_and_the_answers_unchanged(rows, lr_terms, bound, monkeypatch):
+    """A batch with more new codes than the bound keeps none; one that would overflow starts over."""
     monkeypatch.setattr(E, "TEMPLATES", bound)
     X = rows[list(F.LR_FEATURES)].to_numpy(dtype=float)
+    kept = []
     for start in range(0, 300, 30):
         batch = X[start : start + 30]
         assert _server_texts(lr_terms, batch, 2) == orjson.dumps(E.explanations(lr_terms, batch, 2))
-        assert len(lr_terms.json_pieces().templates) <= bound
+        kept.append(len(lr_terms.json_pieces().templates))
+    assert max(kept) <= bound
+    shrank = any(later < earlier for earlier, later in itertools.pairwise(kept))
+    assert shrank == (bound == 40)  # 40 holds a batch's new codes but not two: it started over
+    assert kept[-1] > 0 or bound < 30
 
 
 @pytest.mark.parametrize("route", F.ROUTES)
