@@ -157,6 +157,8 @@ class JsonPieces:
             a term with fewer values than the most.
         empty: Where the empty piece is in :attr:`heads`.
         free: The columns whose values a template may leave open (:meth:`inlined`).
+        open_columns: Per term, its columns' positions in :attr:`free` plus one, 0 for a
+            category and for padding (where a term's values may be left open).
         key_strides: A row's codes times these is its template's key (the codes as one number,
             times two for whether the season is inlined, times the number of terms plus one for
             how many are listed).
@@ -172,6 +174,7 @@ class JsonPieces:
     slots: np.ndarray
     empty: int
     free: tuple[int, ...]
+    open_columns: np.ndarray
     key_strides: np.ndarray
     season_stride: int
     templates: dict[int, Template] = field(default_factory=dict, compare=False, repr=False)
@@ -197,13 +200,25 @@ class JsonPieces:
                 slots[t, 1 + k] = len(heads) + 1 + 2 * j + (k < len(where) - 1)
         columns = terms.codes.columns
         free = tuple(j for j, name in enumerate(columns) if name not in F.CATEGORY_CARDINALITY)
+        open_columns = np.zeros((len(terms.positions), slots.shape[1] - 1), dtype=np.int64)
+        for t, where in enumerate(terms.positions):
+            open_columns[t, : len(where)] = [free.index(j) + 1 if j in free else 0 for j in where]
         sizes = terms.codes.base_cardinalities_
         season_stride = len(terms.positions) + 1 if F.SEASON in columns else 0
         key_strides = np.array(
             [int(np.prod(sizes[j + 1 :])) * 2 * (len(terms.positions) + 1) for j in range(len(columns))],
             dtype=np.int64,
         )
-        return cls(_objects([*heads, b""]), _objects(tails), slots, empty, free, key_strides, season_stride)
+        return cls(
+            _objects([*heads, b""]),
+            _objects(tails),
+            slots,
+            empty,
+            free,
+            open_columns,
+            key_strides,
+            season_stride,
+        )
 
     def inlined(self, X: np.ndarray, codes: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
         """Per row and column, whether the row's codes say the value's text, so that a template holds it.
@@ -424,7 +439,7 @@ def _new_templates(
     order = order[:, : _listed(ranked.shape[1], top)]
     shown = inlined[rows]
     texts = [
-        _or_placeholders(_texts(column), shown[:, j])
+        _or_placeholders(column, shown[:, j])
         for j, column in enumerate(_raw_values(X[rows], terms.codes.columns))
     ]
     slots = _slots(terms, order, shown)
@@ -442,12 +457,13 @@ def _new_templates(
     ]
 
 
-def _or_placeholders(texts: list[bytes], shown: np.ndarray) -> list[bytes]:
-    """``texts`` where ``shown``, :data:`_PLACEHOLDER` elsewhere."""
+def _or_placeholders(values: list[Any], shown: np.ndarray) -> list[bytes]:
+    """The text of ``values`` where ``shown``, :data:`_PLACEHOLDER` elsewhere (a measured column: no text written)."""
+    if not shown.any():
+        return [_PLACEHOLDER] * len(values)
+    texts = _texts(values)
     if shown.all():
         return texts
-    if not shown.any():
-        return [_PLACEHOLDER] * len(texts)
     return [text if here else _PLACEHOLDER for text, here in zip(texts, shown.tolist(), strict=True)]
 
 
@@ -459,12 +475,7 @@ def _slots(terms: RouteTerms, order: np.ndarray, shown: np.ndarray) -> list[byte
         :attr:`JsonPieces.free` (bytes: NumPy makes them for all rows at once).
     """
     pieces = terms.json_pieces()
-    n_rows, width = len(order), max(map(len, terms.positions))
-    # Per term, its columns' positions in ``free`` plus one; 0 for none (a category, padding).
-    columns = np.zeros((len(terms.positions), width), dtype=np.int64)
-    for t, where in enumerate(terms.positions):
-        columns[t, : len(where)] = [pieces.free.index(j) + 1 if j in pieces.free else 0 for j in where]
-    placed = columns[order].reshape(n_rows, -1)
+    placed = pieces.open_columns[order].reshape(len(order), -1)
     # A season inlined in the row's template has no placeholder either.
     for f, j in enumerate(pieces.free):
         placed[np.logical_and(placed == f + 1, shown[:, [j]])] = 0
